@@ -1,0 +1,1 @@
+"""fdl benchmarks: each module measures one workload against its peers, side by side."""

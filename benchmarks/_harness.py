@@ -1,0 +1,125 @@
+"""Timing helpers shared by every benchmark module.
+
+Convention: each ``benchmarks/<name>.py`` defines ``run(quick: bool = False) ->
+list[Result]`` and, under ``if __name__ == "__main__"``, prints
+``format_table(run())``. ``python -m benchmarks`` collects them all.
+Ratios are always measured side by side in one process: warm-up first, then
+several repeats, and medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds per call over ``len(times)`` repeats."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def max(self) -> float:
+        return max(self.times)
+
+
+@dataclass
+class Result:
+    """One peer's measurement on one workload."""
+
+    workload: str
+    peer: str
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    compile_s: float | None = None
+    peak_mem_mb: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(
+    fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, number: int = 1
+) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timings of ``number`` calls.
+
+    Each timing is divided by ``number`` (seconds per call).
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
+    return Timing(times)
+
+
+def time_first_call(fn: Callable[[], Any]) -> float:
+    """Seconds taken by one call (use on a fresh compiled function for compile time)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def result(workload: str, peer: str, timing: Timing, **kwargs: Any) -> Result:
+    """Build a :class:`Result` from a :class:`Timing`."""
+    return Result(
+        workload=workload,
+        peer=peer,
+        median_s=timing.median,
+        min_s=timing.min,
+        max_s=timing.max,
+        repeats=len(timing.times),
+        **kwargs,
+    )
+
+
+def format_table(results: list[Result], baseline_peer: str = "fdl") -> str:
+    """A markdown table per workload: median, min-max, and time relative to ``baseline_peer``.
+
+    The ratio column is ``peer median / baseline median`` (> 1: the peer is slower).
+    """
+    out: list[str] = []
+    workloads: dict[str, list[Result]] = {}
+    for r in results:
+        workloads.setdefault(r.workload, []).append(r)
+    for name, rows in workloads.items():
+        base = next((r for r in rows if r.peer == baseline_peer), rows[0])
+        out.append(f"### {name}\n")
+        out.append(
+            f"| peer | median (ms) | min–max (ms) | time / {base.peer} | compile (s) | note |"
+        )
+        out.append("|---|---:|---:|---:|---:|---|")
+        for r in rows:
+            comp = f"{r.compile_s:.1f}" if r.compile_s is not None else ""
+            out.append(
+                f"| {r.peer} | {r.median_s * 1e3:.3f} | {r.min_s * 1e3:.3f}–{r.max_s * 1e3:.3f} "
+                f"| {r.median_s / base.median_s:.2f}× | {comp} | {r.note} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def threads_note() -> str:
+    """The torch thread count, to state beside every table."""
+    return f"torch threads: {torch.get_num_threads()}"

@@ -1,0 +1,412 @@
+"""Pytree helpers: the one module in fdl that imports ``optree``.
+
+A pytree is a nested structure of ``dict``, ``list``, ``tuple`` and
+``NamedTuple`` containers whose leaves are tensors (or other objects).
+fdl's params are nested dicts of tensors; optimizer states are NamedTuples.
+Both flatten identically with ``optree`` (used here, fast, C++) and with
+``torch.utils._pytree`` (used by ``torch.func`` and ``torch.compile``), so
+every function below works on the same trees the transforms see.
+
+``None`` is an empty node, not a leaf (as in ``optree``, ``jax.tree_util`` and
+``torch.utils._pytree``).
+
+Example:
+    >>> import torch, fdl
+    >>> params = {"fc": {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}}
+    >>> fdl.tree.size(params)
+    8
+    >>> sorted(fdl.tree.to_flat_dict(params))
+    ['fc.bias', 'fc.weight']
+    >>> float(fdl.tree.global_norm(params)) == 6 ** 0.5
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import optree
+import torch
+
+__all__ = [
+    "PyTree",
+    "TreeDef",
+    "add",
+    "all_finite",
+    "allclose",
+    "assert_same_structure",
+    "first_difference",
+    "flatten",
+    "flatten_with_paths",
+    "from_flat_dict",
+    "global_norm",
+    "leaves",
+    "map",
+    "map_with_path",
+    "ones_like",
+    "path_str",
+    "paths",
+    "scale",
+    "size",
+    "stack",
+    "structure",
+    "sub",
+    "to_flat_dict",
+    "unflatten",
+    "unstack",
+    "vdot",
+    "zeros_like",
+]
+
+PyTree = Any
+TreeDef = optree.PyTreeSpec
+
+_builtin_map = map
+
+
+# ---------------------------------------------------------------------------
+# Flattening and structure
+# ---------------------------------------------------------------------------
+
+
+def leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
+    """Return the leaves of ``tree`` in a fixed (sorted-key) order."""
+    return optree.tree_leaves(tree, is_leaf=is_leaf)
+
+
+def structure(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> TreeDef:
+    """Return the tree structure (treedef) of ``tree``."""
+    return optree.tree_structure(tree, is_leaf=is_leaf)
+
+
+def flatten(
+    tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
+) -> tuple[list[Any], TreeDef]:
+    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it."""
+    return optree.tree_flatten(tree, is_leaf=is_leaf)
+
+
+def unflatten(treedef: TreeDef, leaves: Iterable[Any]) -> PyTree:
+    """Rebuild a tree of structure ``treedef`` from ``leaves``."""
+    return optree.tree_unflatten(treedef, list(leaves))
+
+
+def path_str(path: Sequence[Any], sep: str = ".") -> str:
+    """Join a path of keys/indices into a ``"a.b.0"`` string."""
+    return sep.join(str(p) for p in path)
+
+
+def flatten_with_paths(
+    tree: PyTree, sep: str = ".", is_leaf: Callable[[Any], bool] | None = None
+) -> tuple[list[str], list[Any], TreeDef]:
+    """Return ``(paths, leaves, treedef)`` where paths are ``"a.b"`` strings.
+
+    NamedTuple fields appear by name (``"mu.fc.weight"``), sequence entries
+    by index.
+    """
+    raw_paths, lvs, treedef = optree.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    if any(_has_namedtuple(tree)):
+        names = _named_paths(tree, (), is_leaf)
+        return [path_str(p, sep) for p in names], lvs, treedef
+    return [path_str(p, sep) for p in raw_paths], lvs, treedef
+
+
+def _has_namedtuple(tree: PyTree) -> Iterable[bool]:
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        yield True
+    elif isinstance(tree, Mapping):
+        for v in tree.values():
+            yield from _has_namedtuple(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _has_namedtuple(v)
+
+
+def _children(node: Any) -> list[tuple[Any, Any]] | None:
+    """(key, child) pairs of a container node in flatten order, None for a leaf."""
+    if isinstance(node, Mapping):
+        return [(k, node[k]) for k in sorted(node, key=_sort_key)]
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return list(zip(node._fields, node, strict=True))
+    if isinstance(node, (list, tuple)):
+        return list(enumerate(node))
+    if node is None:
+        return []
+    return None
+
+
+def _sort_key(k: Any) -> Any:
+    return (type(k).__name__, k) if not isinstance(k, str) else ("str", k)
+
+
+def _named_paths(tree: PyTree, prefix: tuple, is_leaf: Callable[[Any], bool] | None) -> list[tuple]:
+    if is_leaf is not None and is_leaf(tree):
+        return [prefix]
+    kids = _children(tree)
+    if kids is None:
+        return [prefix]
+    out: list[tuple] = []
+    for k, v in kids:
+        out.extend(_named_paths(v, prefix + (k,), is_leaf))
+    return out
+
+
+def paths(tree: PyTree, sep: str = ".") -> list[str]:
+    """Return the ``"a.b"`` path of every leaf, in leaf order."""
+    return flatten_with_paths(tree, sep)[0]
+
+
+def first_difference(a: PyTree, b: PyTree) -> tuple[str, str] | None:
+    """Find the first place where the structures of ``a`` and ``b`` differ.
+
+    Returns ``None`` when the structures are equal, else ``(path, reason)``
+    where ``path`` is an ``"a.b"`` string (``"<root>"`` for the top) and
+    ``reason`` says what differs there.
+
+    Example:
+        >>> import torch
+        >>> first_difference({"w": torch.ones(1)}, {"w": torch.ones(1), "b": torch.ones(1)})
+        ('<root>', "keys differ: missing ['b'] / extra []")
+    """
+    if structure(a) == structure(b):
+        return None
+    return _first_difference(a, b, ())
+
+
+def _first_difference(a: Any, b: Any, prefix: tuple) -> tuple[str, str] | None:
+    where = path_str(prefix) or "<root>"
+    ka, kb = _children(a), _children(b)
+    if ka is None and kb is None:
+        return None
+    if (ka is None) != (kb is None) or type(a) is not type(b):
+        return where, f"{_kind(a)} vs {_kind(b)}"
+    assert ka is not None and kb is not None
+    if isinstance(a, Mapping):
+        sa, sb = set(a), set(b)
+        if sa != sb:
+            return where, (
+                f"keys differ: missing {sorted(_builtin_map(str, sb - sa))} / "
+                f"extra {sorted(_builtin_map(str, sa - sb))}"
+            )
+    elif len(ka) != len(kb):
+        return where, f"length {len(ka)} vs {len(kb)}"
+    for (k, va), (_, vb) in zip(ka, kb, strict=True):
+        d = _first_difference(va, vb, prefix + (k,))
+        if d is not None:
+            return d
+    return None
+
+
+def _kind(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor{tuple(x.shape)}"
+    return type(x).__name__
+
+
+def assert_same_structure(*trees: PyTree, names: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` naming the first differing path if structures differ.
+
+    Example:
+        >>> import torch
+        >>> assert_same_structure({"w": torch.ones(1)}, {"w": torch.ones(2)})  # shapes not compared
+        >>> assert_same_structure({"w": 1}, {"v": 1}, names=("grads", "params"))
+        Traceback (most recent call last):
+        ...
+        ValueError: grads and params have different tree structures at '<root>': keys differ: ...
+    """
+    if len(trees) < 2:
+        return
+    names = list(names) if names is not None else [f"tree {i}" for i in range(len(trees))]
+    first = structure(trees[0])
+    for i, t in enumerate(trees[1:], start=1):
+        if structure(t) != first:
+            where, why = _first_difference(trees[0], t, ()) or ("<root>", "structures differ")
+            raise ValueError(
+                f"{names[0]} and {names[i]} have different tree structures at '{where}': {why}"
+            )
+
+
+# ---------------------------------------------------------------------------
+# Mapping
+# ---------------------------------------------------------------------------
+
+
+def map(
+    fn: Callable[..., Any],
+    tree: PyTree,
+    *rest: PyTree,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> PyTree:
+    """Apply ``fn`` leafwise over ``tree`` and trees of the same structure.
+
+    Example:
+        >>> import torch
+        >>> map(lambda a, b: a + b, {"x": torch.tensor(1.)}, {"x": torch.tensor(2.)})
+        {'x': tensor(3.)}
+    """
+    if not rest:
+        return optree.tree_map(fn, tree, is_leaf=is_leaf)
+    lvs, treedef = optree.tree_flatten(tree, is_leaf=is_leaf)
+    others = []
+    for r in rest:
+        r_lvs, r_def = optree.tree_flatten(r, is_leaf=is_leaf)
+        if r_def != treedef:
+            assert_same_structure(tree, r, names=("first tree", "other tree"))
+        others.append(r_lvs)
+    return optree.tree_unflatten(treedef, [fn(*xs) for xs in zip(lvs, *others, strict=True)])
+
+
+def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, sep: str = ".") -> PyTree:
+    """Like :func:`map` but ``fn(path, leaf, *others)`` gets the ``"a.b"`` path."""
+    ps, lvs, treedef = flatten_with_paths(tree, sep)
+    others = []
+    for r in rest:
+        assert_same_structure(tree, r, names=("first tree", "other tree"))
+        others.append(leaves(r))
+    return unflatten(treedef, [fn(p, *xs) for p, *xs in zip(ps, lvs, *others, strict=True)])
+
+
+# ---------------------------------------------------------------------------
+# Arithmetic
+# ---------------------------------------------------------------------------
+
+
+def zeros_like(tree: PyTree) -> PyTree:
+    """A tree of zeros with the shapes, dtypes and devices of ``tree``."""
+    return map(torch.zeros_like, tree)
+
+
+def ones_like(tree: PyTree) -> PyTree:
+    """A tree of ones with the shapes, dtypes and devices of ``tree``."""
+    return map(torch.ones_like, tree)
+
+
+def add(tree: PyTree, *others: PyTree) -> PyTree:
+    """Leafwise sum of trees of one structure."""
+    if not others:
+        return tree
+    return map(lambda x, *ys: sum(ys, x), tree, *others)
+
+
+def sub(a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise ``a - b``."""
+    return map(torch.sub, a, b)
+
+
+def scale(tree: PyTree, s: float | torch.Tensor) -> PyTree:
+    """Leafwise ``s * tree`` (``s`` a Python number or a scalar tensor)."""
+    return map(lambda x: x * s, tree)
+
+
+def vdot(a: PyTree, b: PyTree) -> torch.Tensor:
+    """Sum over all leaves of ``sum(a * b)``: the inner product of two trees."""
+    la, lb = leaves(a), leaves(b)
+    if len(la) != len(lb):
+        assert_same_structure(a, b, names=("a", "b"))
+    if not la:
+        return torch.zeros(())
+    return torch.stack([torch.sum(x * y) for x, y in zip(la, lb, strict=True)]).sum()
+
+
+def global_norm(tree: PyTree) -> torch.Tensor:
+    r"""The L2 norm of all leaves concatenated: :math:`\sqrt{\sum_i \|x_i\|_2^2}`."""
+    lvs = leaves(tree)
+    if not lvs:
+        return torch.zeros(())
+    return torch.sqrt(torch.stack([torch.sum(x * x) for x in lvs]).sum())
+
+
+def size(tree: PyTree) -> int:
+    """Total number of elements over all tensor leaves."""
+    return sum(x.numel() for x in leaves(tree) if isinstance(x, torch.Tensor))
+
+
+def all_finite(tree: PyTree) -> torch.Tensor:
+    """A boolean scalar tensor: every element of every leaf is finite."""
+    lvs = leaves(tree)
+    if not lvs:
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([torch.isfinite(x).all() for x in lvs]).all()
+
+
+def allclose(a: PyTree, b: PyTree, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
+    """True when ``a`` and ``b`` have one structure and every leaf pair is close.
+
+    Leaves are compared with :func:`torch.allclose` (shapes must be equal).
+    """
+    if structure(a) != structure(b):
+        return False
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            x, y = torch.as_tensor(x), torch.as_tensor(y)
+            if x.shape != y.shape or not torch.allclose(x, y.to(x.dtype), rtol=rtol, atol=atol):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Stacking (ensembles)
+# ---------------------------------------------------------------------------
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stack trees of one structure along a new leading axis (for ensembles/vmap).
+
+    Example:
+        >>> import torch
+        >>> s = stack([{"w": torch.zeros(3)}, {"w": torch.ones(3)}])
+        >>> s["w"].shape
+        torch.Size([2, 3])
+    """
+    if len(trees) == 0:
+        raise ValueError("stack needs at least one tree")
+    return map(lambda *xs: torch.stack(xs), trees[0], *trees[1:])
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Split every leaf along its leading axis: the inverse of :func:`stack`."""
+    lvs, treedef = flatten(tree)
+    if not lvs:
+        return []
+    n = lvs[0].shape[0]
+    for x in lvs:
+        if x.ndim == 0 or x.shape[0] != n:
+            raise ValueError(
+                f"unstack needs every leaf to have the same leading axis; got {n} and "
+                f"shape {tuple(x.shape)}"
+            )
+    return [unflatten(treedef, [x[i] for x in lvs]) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------
+# Flat "a.b" dicts
+# ---------------------------------------------------------------------------
+
+
+def to_flat_dict(tree: PyTree, sep: str = ".") -> dict[str, Any]:
+    """Flatten a tree to ``{"a.b": leaf}`` (the layout of ``state_dict()``)."""
+    ps, lvs, _ = flatten_with_paths(tree, sep)
+    return dict(zip(ps, lvs, strict=True))
+
+
+def from_flat_dict(flat: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Inverse of :func:`to_flat_dict` for nested dicts: ``{"a.b": x} -> {"a": {"b": x}}``.
+
+    Raises ``ValueError`` when a key is both a leaf and a prefix of another key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(sep)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"key {key!r} conflicts with leaf {sep.join(parts[: i + 1])!r}")
+            node = child
+        if parts[-1] in node:
+            raise ValueError(f"key {key!r} conflicts with another key of the same prefix")
+        node[parts[-1]] = value
+    return out
