@@ -1,0 +1,49 @@
+"""The benchmark harness runs end to end on a tiny workload (it works; no timings checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import __main__ as harness
+
+
+@pytest.fixture
+def only_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "discover", lambda: ["_tiny"])
+
+
+def test_quick_run_writes_report_and_plot(tmp_path: Path, only_tiny: None) -> None:
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nHand-written notes kept.\n")
+    code = harness.main(["--quick", "--out", str(out), "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    text = out.read_text()
+    assert "Hand-written notes kept." in text
+    assert harness.BEGIN in text and harness.END in text
+    assert "| fdl |" in text and "| torch.mm |" in text
+    assert "GFLOP per step" in text and "floor" in text
+    assert "≤ 100× torch.mm" in text and "| met |" in text
+    assert "Machine" in text and "torch" in text
+    assert (tmp_path / "benchmarks.png").stat().st_size > 1000
+    assert (tmp_path / "r.json").exists()
+
+
+def test_rerun_replaces_generated_section(tmp_path: Path, only_tiny: None) -> None:
+    out = tmp_path / "b.md"
+    harness.main(["--quick", "--out", str(out)])
+    harness.main(["--quick", "--out", str(out)])
+    assert out.read_text().count(harness.BEGIN) == 1
+
+
+def test_failing_module_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "discover", lambda: ["_does_not_exist"])
+    out = tmp_path / "b.md"
+    assert harness.main(["--quick", "--out", str(out)]) == 1
+    assert "Failed:" in out.read_text()
+
+
+def test_unknown_only_is_an_error(tmp_path: Path, only_tiny: None) -> None:
+    with pytest.raises(SystemExit):
+        harness.main(["--only", "nope", "--out", str(tmp_path / "b.md")])
