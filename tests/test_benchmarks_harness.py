@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as harness
+from benchmarks._harness import Result
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def test_quick_run_writes_report_and_plot(tmp_path: Path, only_tiny: None) -> No
     assert harness.BEGIN in text and harness.END in text
     assert "| fdl |" in text and "| torch.mm |" in text
     assert "GFLOP per step" in text and "floor" in text
-    assert "≤ 100× torch.mm" in text and "| met |" in text
+    assert "≤ 100× torch.mm" in text and ("| met |" in text or "| **missed** |" in text)
     assert "Machine" in text and "torch" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 1000
     assert (tmp_path / "r.json").exists()
@@ -41,9 +42,25 @@ def test_failing_module_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(harness, "discover", lambda: ["_does_not_exist"])
     out = tmp_path / "b.md"
     assert harness.main(["--quick", "--out", str(out)]) == 1
-    assert "Failed:" in out.read_text()
+    assert "_does_not_exist.py` failed" in out.read_text()
 
 
 def test_unknown_only_is_an_error(tmp_path: Path, only_tiny: None) -> None:
     with pytest.raises(SystemExit):
         harness.main(["--only", "nope", "--out", str(tmp_path / "b.md")])
+
+
+def _res(workload: str, peer: str, t: float, **extra: object) -> Result:
+    return Result(workload, peer, t, t, t, 1, extra=dict(extra))
+
+
+def test_targets_are_judged_met_or_missed() -> None:
+    target = {"text": "≥ 2× faster", "vs": "torch", "max_ratio": 0.5}
+    met = harness._targets_rows([_res("w", "fdl", 1.0, targets=[target]), _res("w", "torch", 3.0)])
+    missed = harness._targets_rows(
+        [_res("w", "fdl", 1.0, targets=[target]), _res("w", "torch", 1.5)]
+    )
+    absent = harness._targets_rows([_res("w", "fdl", 1.0, targets=[target])])
+    assert met[0].endswith("| met |")
+    assert missed[0].endswith("| **missed** |")
+    assert "peer not measured" in absent[0]
