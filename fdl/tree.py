@@ -102,54 +102,39 @@ def flatten_with_paths(
 ) -> tuple[list[str], list[Any], TreeDef]:
     """Return ``(paths, leaves, treedef)`` where paths are ``"a.b"`` strings.
 
-    NamedTuple fields appear by name (``"mu.fc.weight"``), sequence entries
-    by index.
+    Dict entries appear by key, NamedTuple fields by name (``"mu.fc.weight"``),
+    list and tuple entries by index; a bare leaf has the path ``""``.
+
+    Example:
+        >>> import torch
+        >>> ps, lvs, _ = flatten_with_paths({"fc": {"weight": torch.ones(1), "bias": torch.zeros(1)}})
+        >>> ps
+        ['fc.bias', 'fc.weight']
     """
-    raw_paths, lvs, treedef = optree.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    if any(_has_namedtuple(tree)):
-        names = _named_paths(tree, (), is_leaf)
-        return [path_str(p, sep) for p in names], lvs, treedef
-    return [path_str(p, sep) for p in raw_paths], lvs, treedef
+    accessors, lvs, treedef = optree.tree_flatten_with_accessor(tree, is_leaf=is_leaf)
+    return [path_str([_entry_name(e) for e in acc], sep) for acc in accessors], lvs, treedef
 
 
-def _has_namedtuple(tree: PyTree) -> Iterable[bool]:
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        yield True
-    elif isinstance(tree, Mapping):
-        for v in tree.values():
-            yield from _has_namedtuple(v)
-    elif isinstance(tree, (list, tuple)):
-        for v in tree:
-            yield from _has_namedtuple(v)
+def _entry_name(entry: Any) -> Any:
+    """The path component of one accessor entry: a NamedTuple field name, else its key/index."""
+    field = getattr(entry, "field", None)
+    return field if isinstance(field, str) else entry.entry
 
 
 def _children(node: Any) -> list[tuple[Any, Any]] | None:
     """(key, child) pairs of a container node in flatten order, None for a leaf."""
-    if isinstance(node, Mapping):
-        return [(k, node[k]) for k in sorted(node, key=_sort_key)]
+    if node is None:
+        return []
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         return list(zip(node._fields, node, strict=True))
     if isinstance(node, (list, tuple)):
         return list(enumerate(node))
-    if node is None:
-        return []
+    if isinstance(node, Mapping):
+        if optree.is_leaf(node):
+            return None
+        keys = optree.tree_flatten_one_level(node)[2]
+        return [(k, node[k]) for k in keys]
     return None
-
-
-def _sort_key(k: Any) -> Any:
-    return (type(k).__name__, k) if not isinstance(k, str) else ("str", k)
-
-
-def _named_paths(tree: PyTree, prefix: tuple, is_leaf: Callable[[Any], bool] | None) -> list[tuple]:
-    if is_leaf is not None and is_leaf(tree):
-        return [prefix]
-    kids = _children(tree)
-    if kids is None:
-        return [prefix]
-    out: list[tuple] = []
-    for k, v in kids:
-        out.extend(_named_paths(v, prefix + (k,), is_leaf))
-    return out
 
 
 def paths(tree: PyTree, sep: str = ".") -> list[str]:
@@ -171,7 +156,7 @@ def first_difference(a: PyTree, b: PyTree) -> tuple[str, str] | None:
     """
     if structure(a) == structure(b):
         return None
-    return _first_difference(a, b, ())
+    return _first_difference(a, b, ()) or ("<root>", "structures differ")
 
 
 def _first_difference(a: Any, b: Any, prefix: tuple) -> tuple[str, str] | None:
@@ -283,7 +268,13 @@ def ones_like(tree: PyTree) -> PyTree:
 
 
 def add(tree: PyTree, *others: PyTree) -> PyTree:
-    """Leafwise sum of trees of one structure."""
+    """Leafwise sum ``tree + others[0] + ...`` of trees of one structure.
+
+    Example:
+        >>> import torch
+        >>> add({"w": torch.tensor(1.0)}, {"w": torch.tensor(2.0)}, {"w": torch.tensor(3.0)})
+        {'w': tensor(6.)}
+    """
     if not others:
         return tree
     return map(lambda x, *ys: sum(ys, x), tree, *others)
@@ -300,9 +291,19 @@ def scale(tree: PyTree, s: float | torch.Tensor) -> PyTree:
 
 
 def vdot(a: PyTree, b: PyTree) -> torch.Tensor:
-    """Sum over all leaves of ``sum(a * b)``: the inner product of two trees."""
-    la, lb = leaves(a), leaves(b)
-    if len(la) != len(lb):
+    """The inner product of two trees: ``sum_i sum(a_i * b_i)`` over leaf pairs.
+
+    Raises ``ValueError`` naming the first differing path when the structures
+    differ.
+
+    Example:
+        >>> import torch
+        >>> vdot({"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 4.0])})
+        tensor(11.)
+    """
+    la, ta = flatten(a)
+    lb, tb = flatten(b)
+    if ta != tb:
         assert_same_structure(a, b, names=("a", "b"))
     if not la:
         return torch.zeros(())
@@ -310,7 +311,16 @@ def vdot(a: PyTree, b: PyTree) -> torch.Tensor:
 
 
 def global_norm(tree: PyTree) -> torch.Tensor:
-    r"""The L2 norm of all leaves concatenated: :math:`\sqrt{\sum_i \|x_i\|_2^2}`."""
+    r"""The L2 norm of all leaves concatenated: ``sqrt(sum_i sum(x_i * x_i))``.
+
+    This is the norm ``torch.nn.utils.clip_grad_norm_`` computes over a model's
+    gradients. An empty tree has norm ``0``.
+
+    Example:
+        >>> import torch
+        >>> global_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+        tensor(5.)
+    """
     lvs = leaves(tree)
     if not lvs:
         return torch.zeros(())
@@ -371,9 +381,15 @@ def unstack(tree: PyTree) -> list[PyTree]:
     lvs, treedef = flatten(tree)
     if not lvs:
         return []
+    for p, x in zip(paths(tree), lvs, strict=True):
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+            raise ValueError(
+                f"unstack needs tensor leaves with a leading axis; leaf '{p}' is "
+                f"{_kind(x)}"
+            )
     n = lvs[0].shape[0]
     for x in lvs:
-        if x.ndim == 0 or x.shape[0] != n:
+        if x.shape[0] != n:
             raise ValueError(
                 f"unstack needs every leaf to have the same leading axis; got {n} and "
                 f"shape {tuple(x.shape)}"
@@ -387,15 +403,36 @@ def unstack(tree: PyTree) -> list[PyTree]:
 
 
 def to_flat_dict(tree: PyTree, sep: str = ".") -> dict[str, Any]:
-    """Flatten a tree to ``{"a.b": leaf}`` (the layout of ``state_dict()``)."""
+    """Flatten a tree to ``{"a.b": leaf}`` (the layout of ``state_dict()``).
+
+    Keys follow leaf order. ``None`` nodes have no leaves, so they do not
+    appear. Raises ``ValueError`` when two leaves get the same key (a dict key
+    that itself contains ``sep``).
+
+    Example:
+        >>> import torch
+        >>> to_flat_dict({"fc": {"weight": torch.ones(1)}, "steps": [1, 2]})
+        {'fc.weight': tensor([1.]), 'steps.0': 1, 'steps.1': 2}
+    """
     ps, lvs, _ = flatten_with_paths(tree, sep)
-    return dict(zip(ps, lvs, strict=True))
+    out = dict(zip(ps, lvs, strict=True))
+    if len(out) != len(ps):
+        seen: set[str] = set()
+        dup = next(p for p in ps if p in seen or seen.add(p))
+        raise ValueError(f"to_flat_dict: two leaves share the key {dup!r}; use another sep")
+    return out
 
 
 def from_flat_dict(flat: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
     """Inverse of :func:`to_flat_dict` for nested dicts: ``{"a.b": x} -> {"a": {"b": x}}``.
 
-    Raises ``ValueError`` when a key is both a leaf and a prefix of another key.
+    Every level becomes a ``dict`` (lists, tuples and NamedTuples are not
+    rebuilt; use :func:`unflatten` with a treedef for those). Raises
+    ``ValueError`` when a key is both a leaf and a prefix of another key.
+
+    Example:
+        >>> from_flat_dict({"fc.weight": 1, "fc.bias": 2})
+        {'fc': {'weight': 1, 'bias': 2}}
     """
     out: dict[str, Any] = {}
     for key, value in flat.items():

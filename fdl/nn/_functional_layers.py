@@ -1,3 +1,352 @@
-"""Placeholder: filled in by its owner."""
+"""Function forms of the layers, with ``torch.nn.functional``'s names and arguments.
 
-__all__: list[str] = []
+Linear maps, convolutions and pooling call torch's kernels directly
+(``F.linear``, ``F.conv2d``, ``F.max_pool2d``, ...), so code that intercepts
+those kernels (per-sample gradients) sees them. ``bilinear`` and ``dropout`` are
+written out; ``dropout`` takes an explicit ``fdl.random`` key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fdl import random as _random
+
+__all__ = [
+    "adaptive_avg_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "bilinear",
+    "conv1d",
+    "conv2d",
+    "conv_transpose2d",
+    "dropout",
+    "embedding",
+    "flatten",
+    "linear",
+    "max_pool1d",
+    "max_pool2d",
+]
+
+_Size = int | Sequence[int]
+
+
+def linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Affine map :math:`y = x W^\top + b`.
+
+    Args:
+        input: ``(*, in_features)``.
+        weight: ``(out_features, in_features)``.
+        bias: ``(out_features,)`` or ``None``.
+
+    Returns:
+        ``(*, out_features)``.
+
+    Example:
+        >>> import torch
+        >>> linear(torch.ones(2, 3), torch.ones(4, 3)).shape
+        torch.Size([2, 4])
+    """
+    return F.linear(input, weight, bias)
+
+
+def bilinear(
+    input1: torch.Tensor,
+    input2: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Bilinear map :math:`y_k = \sum_{ij} x^{(1)}_i W_{kij} x^{(2)}_j + b_k`.
+
+    Args:
+        input1: ``(*, in1_features)``.
+        input2: ``(*, in2_features)`` with the same leading dimensions.
+        weight: ``(out_features, in1_features, in2_features)``.
+        bias: ``(out_features,)`` or ``None``.
+
+    Returns:
+        ``(*, out_features)``.
+
+    Example:
+        >>> import torch
+        >>> bilinear(torch.ones(5, 2), torch.ones(5, 3), torch.ones(4, 2, 3)).shape
+        torch.Size([5, 4])
+    """
+    # (*, i) x (k, i, j) -> (*, k, j), then contract j with input2
+    y = torch.einsum("...kj,...j->...k", torch.einsum("...i,kij->...kj", input1, weight), input2)
+    return y if bias is None else y + bias
+
+
+def conv1d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Size | str = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """1-d cross-correlation over ``(N, C_in, L)`` (kernel: ``F.conv1d``).
+
+    Example:
+        >>> import torch
+        >>> conv1d(torch.ones(1, 2, 5), torch.ones(3, 2, 3)).shape
+        torch.Size([1, 3, 3])
+    """
+    return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Size | str = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """2-d cross-correlation over ``(N, C_in, H, W)`` (kernel: ``F.conv2d``).
+
+    Example:
+        >>> import torch
+        >>> conv2d(torch.ones(1, 1, 28, 28), torch.ones(32, 1, 3, 3), padding=1).shape
+        torch.Size([1, 32, 28, 28])
+    """
+    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_transpose2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Size = 0,
+    output_padding: _Size = 0,
+    groups: int = 1,
+    dilation: _Size = 1,
+) -> torch.Tensor:
+    """Transposed 2-d convolution; ``weight`` is ``(C_in, C_out / groups, kH, kW)``.
+
+    Example:
+        >>> import torch
+        >>> conv_transpose2d(torch.ones(1, 2, 4, 4), torch.ones(2, 3, 3, 3), stride=2).shape
+        torch.Size([1, 3, 9, 9])
+    """
+    return F.conv_transpose2d(
+        input, weight, bias, stride, padding, output_padding, groups, dilation
+    )
+
+
+def max_pool1d(
+    input: torch.Tensor,
+    kernel_size: _Size,
+    stride: _Size | None = None,
+    padding: _Size = 0,
+    dilation: _Size = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Max over sliding windows of ``(N, C, L)`` (kernel: ``F.max_pool1d``).
+
+    Example:
+        >>> import torch
+        >>> max_pool1d(torch.arange(6.0).reshape(1, 1, 6), 2)
+        tensor([[[1., 3., 5.]]])
+    """
+    stride = kernel_size if stride is None else stride
+    return F.max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool2d(
+    input: torch.Tensor,
+    kernel_size: _Size,
+    stride: _Size | None = None,
+    padding: _Size = 0,
+    dilation: _Size = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Max over sliding windows of ``(N, C, H, W)`` (kernel: ``F.max_pool2d``).
+
+    Example:
+        >>> import torch
+        >>> max_pool2d(torch.ones(1, 1, 28, 28), 2).shape
+        torch.Size([1, 1, 14, 14])
+    """
+    stride = kernel_size if stride is None else stride
+    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def avg_pool1d(
+    input: torch.Tensor,
+    kernel_size: _Size,
+    stride: _Size | None = None,
+    padding: _Size = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> torch.Tensor:
+    """Mean over sliding windows of ``(N, C, L)`` (kernel: ``F.avg_pool1d``).
+
+    Example:
+        >>> import torch
+        >>> avg_pool1d(torch.arange(4.0).reshape(1, 1, 4), 2)
+        tensor([[[0.5000, 2.5000]]])
+    """
+    stride = kernel_size if stride is None else stride
+    return F.avg_pool1d(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+def avg_pool2d(
+    input: torch.Tensor,
+    kernel_size: _Size,
+    stride: _Size | None = None,
+    padding: _Size = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> torch.Tensor:
+    """Mean over sliding windows of ``(N, C, H, W)`` (kernel: ``F.avg_pool2d``).
+
+    Example:
+        >>> import torch
+        >>> avg_pool2d(torch.ones(1, 1, 4, 4), 2).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    stride = kernel_size if stride is None else stride
+    return F.avg_pool2d(
+        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+
+
+def adaptive_avg_pool2d(
+    input: torch.Tensor, output_size: int | Sequence[int | None]
+) -> torch.Tensor:
+    """Mean pooling to a fixed ``output_size`` (kernel: ``F.adaptive_avg_pool2d``).
+
+    Example:
+        >>> import torch
+        >>> adaptive_avg_pool2d(torch.ones(1, 3, 7, 5), (2, 3)).shape
+        torch.Size([1, 3, 2, 3])
+    """
+    return F.adaptive_avg_pool2d(input, output_size)
+
+
+def dropout(
+    input: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    inplace: bool = False,
+    *,
+    key: _random.Key | None = None,
+) -> torch.Tensor:
+    r"""Inverted dropout: :math:`y = x \cdot m / (1 - p)`, :math:`m \sim \text{Bernoulli}(1 - p)`.
+
+    The mask is drawn from ``key`` (an ``fdl.random`` key), never from the
+    global RNG; the same key gives the same mask. With ``training=False`` or
+    ``p == 0`` the input is returned unchanged.
+
+    Args:
+        input: any shape.
+        p: probability of zeroing an element, in ``[0, 1]``.
+        training: apply dropout only when ``True``.
+        inplace: accepted for signature compatibility; fdl never mutates its input.
+        key: an ``fdl.random`` key, required when ``training`` and ``p > 0``.
+
+    Returns:
+        A new tensor of ``input``'s shape.
+
+    Note:
+        Unlike ``torch.nn.functional.dropout`` the mask comes from ``key`` and
+        ``inplace=True`` does not modify ``input``.
+
+    Example:
+        >>> import fdl, torch
+        >>> y = dropout(torch.ones(1000), 0.5, key=fdl.random.key(0))
+        >>> sorted(set(y.tolist()))
+        [0.0, 2.0]
+    """
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    if key is None:
+        raise ValueError(
+            "dropout with training=True needs key=... (an fdl.random key) to draw its mask"
+        )
+    keep = _random.bernoulli(key, 1.0 - p, tuple(input.shape))
+    return input * keep.to(input.dtype) * (1.0 / (1.0 - p))
+
+
+def embedding(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+) -> torch.Tensor:
+    r"""Look up rows of ``weight``: ``y[...] = weight[input[...]]``.
+
+    With ``max_norm`` the looked-up rows are rescaled to norm at most
+    ``max_norm``: :math:`w_i \cdot \text{max\_norm} / (\|w_i\|_p + 10^{-7})` for rows with
+    :math:`\|w_i\|_p > \text{max\_norm}`.
+    The gradient reaches ``weight`` as if the rescaled rows were the weight,
+    as in torch.
+
+    Args:
+        input: integer indices of any shape.
+        weight: ``(num_embeddings, embedding_dim)``.
+        padding_idx: a row that receives no gradient.
+        max_norm: renormalise rows whose norm exceeds this.
+        norm_type: the ``p`` of the norm for ``max_norm``.
+        scale_grad_by_freq: divide gradients by the frequency of each index in the batch.
+        sparse: must be ``False`` (sparse gradients are not supported).
+
+    Returns:
+        ``(*input.shape, embedding_dim)``.
+
+    Note:
+        ``torch.nn.functional.embedding`` with ``max_norm`` rewrites the rows of
+        ``weight`` in place; fdl leaves ``weight`` unchanged and rescales only
+        the output.
+
+    Example:
+        >>> import torch
+        >>> embedding(torch.tensor([[0, 2]]), torch.eye(3))
+        tensor([[[1., 0., 0.],
+                 [0., 0., 1.]]])
+    """
+    if sparse:
+        raise ValueError("embedding: sparse=True is not supported (fdl uses dense gradients)")
+    if input.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"embedding: input must hold integer indices, got dtype {input.dtype}")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx = weight.shape[0] + padding_idx
+    if max_norm is not None:
+        norms = torch.linalg.vector_norm(weight.detach(), ord=norm_type, dim=1, keepdim=True)
+        factor = torch.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0)
+        # value: the rescaled rows; gradient: straight to weight, as torch does
+        weight = weight + (weight.detach() * factor - weight.detach())
+    return F.embedding(input, weight, padding_idx, None, norm_type, scale_grad_by_freq, False)
+
+
+def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch.Tensor:
+    """Merge dimensions ``start_dim..end_dim`` into one, as ``torch.flatten``.
+
+    ``fdl.nn.Flatten`` flattens from dimension 1 (keeping the batch); this
+    function, like ``torch.flatten``, starts at 0 by default.
+
+    Example:
+        >>> import torch
+        >>> flatten(torch.ones(2, 3, 4), 1).shape
+        torch.Size([2, 12])
+    """
+    return torch.flatten(input, start_dim, end_dim)

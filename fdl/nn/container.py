@@ -1,3 +1,210 @@
-"""Placeholder: filled in by its owner."""
+"""``Sequential``: layers applied one after another, params keyed by position or name."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from fdl import random as _random
+from fdl import tree as _tree
+from fdl.nn._base import Layer, Params, State, eval_shape
+
+__all__ = ["Sequential"]
+
+
+def _prune(tree: Any) -> Any:
+    """Drop empty sub-dicts, so ``{"0": {...}, "1": {}}`` equals ``{"0": {...}}``."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        v = _prune(v)
+        if not (isinstance(v, dict) and not v):
+            out[k] = v
+    return out
+
+
+class Sequential(Layer):
+    """Apply layers in order, as ``torch.nn.Sequential``.
+
+    ``Sequential(l0, l1, ...)`` keys params ``"0"``, ``"1"``, ...;
+    ``Sequential(OrderedDict(conv1=..., fc1=...))`` uses the names. Children
+    without params (activations, pooling, Flatten, Dropout) have no entry in
+    ``params`` (an empty entry is accepted too), so
+    ``fdl.nn.state_dict(params)`` has the keys of the torch module's
+    ``state_dict()``.
+
+    Keys: ``apply(..., key=k)`` splits ``k`` into one key per child
+    (``fdl.random.split(k, len(self))[i]`` for child ``i``).
+
+    State: if any child is stateful (BatchNorm) the Sequential is stateful:
+    ``init_state()`` returns the children's states keyed like params, and
+    ``apply(params, x, state=state, ...)`` returns ``(y, new_state)``.
+    Otherwise ``apply`` returns ``y`` alone.
+
+    Children are reachable by index (``seq[0]``), slice (a new Sequential
+    keeping the names, as torch) and name (``seq.conv1``).
+
+    Example:
+        >>> import fdl, torch
+        >>> from collections import OrderedDict
+        >>> model = fdl.nn.Sequential(
+        ...     OrderedDict(
+        ...         conv1=fdl.nn.Conv2d(1, 4, 3, padding=1),
+        ...         pool=fdl.nn.MaxPool2d(2),
+        ...         flatten=fdl.nn.Flatten(),
+        ...         fc1=fdl.nn.Linear(4 * 14 * 14, 10),
+        ...     )
+        ... )
+        >>> params = model.init(fdl.random.key(0))
+        >>> sorted(fdl.nn.state_dict(params))
+        ['conv1.bias', 'conv1.weight', 'fc1.bias', 'fc1.weight']
+        >>> model.apply(params, torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    _layers: tuple[tuple[str, Layer], ...]
+
+    def __init__(self, *args: Any) -> None:
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            items = list(args[0].items())
+        else:
+            items = [(str(i), layer) for i, layer in enumerate(args)]
+        for name, layer in items:
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(
+                    f"Sequential: child names must be non-empty strings without '.', got {name!r}"
+                )
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"Sequential: child {name!r} must be an fdl.nn layer, "
+                    f"got {type(layer).__name__}"
+                )
+        object.__setattr__(self, "_layers", tuple(items))
+
+    # -- container protocol ------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Sequential is immutable; build a new one instead")
+
+    def __getattr__(self, name: str) -> Layer:
+        layers = self.__dict__.get("_layers", ())
+        for n, layer in layers:
+            if n == name:
+                return layer
+        raise AttributeError(f"Sequential has no child or attribute {name!r}")
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(layer for _, layer in self._layers)
+
+    def __getitem__(self, idx: int | slice) -> Any:
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(self._layers[idx]))
+        return self._layers[idx][1]
+
+    def named_children(self) -> Iterator[tuple[str, Layer]]:
+        """``(name, layer)`` pairs in order, as ``torch.nn.Module.named_children``."""
+        return iter(self._layers)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequential) and self._layers == other._layers
+
+    def __hash__(self) -> int:
+        return hash(self._layers)
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): {layer!r}".replace("\n", "\n  ") for name, layer in self._layers]
+        return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
+
+    # -- layer protocol ----------------------------------------------------
+
+    @property
+    def stateful(self) -> bool:  # type: ignore[override]
+        """True when any child is stateful."""
+        return any(layer.stateful for _, layer in self._layers)
+
+    def init(self, key: _random.Key) -> Params:
+        """Each child's ``init`` with its own key (``split(key, len(self))[i]``)."""
+        keys = _random.split(key, max(len(self._layers), 1))
+        params = {}
+        for i, (name, layer) in enumerate(self._layers):
+            p = layer.init(keys[i])
+            if p:
+                params[name] = p
+        return params
+
+    def init_state(self) -> State:
+        """The stateful children's ``init_state()``, keyed by child name."""
+        state = {}
+        for name, layer in self._layers:
+            s = layer.init_state() if layer.stateful else {}
+            if s:
+                state[name] = s
+        return state
+
+    def check_params(self, params: Params, where: str = "") -> None:
+        """Raise ``ValueError`` naming the path and both shapes if ``params`` is wrong."""
+        super().check_params(_prune(params), where)
+
+    def _check_state(self, state: Any) -> None:
+        expected = self.__dict__.get("_state_shapes_cache")
+        if expected is None:
+            expected = eval_shape(self.init_state)
+            object.__setattr__(self, "_state_shapes_cache", expected)
+        diff = (
+            _tree.first_difference(_prune(state), expected)
+            if isinstance(state, dict)
+            else (
+                "<root>",
+                f"expected a dict, got {type(state).__name__}",
+            )
+        )
+        if diff is not None:
+            raise ValueError(
+                f"Sequential: state at '{diff[0]}' does not match the layers: {diff[1]} "
+                "(build it with init_state())"
+            )
+
+    def apply(
+        self,
+        params: Params,
+        x: Any,
+        *,
+        state: State | None = None,
+        key: _random.Key | None = None,
+        train: bool = False,
+    ) -> Any:
+        """Thread ``x`` through the children; returns ``y``, or ``(y, new_state)`` if stateful."""
+        stateful = self.stateful
+        if not torch.compiler.is_compiling():
+            self.check_params(params)
+            if stateful:
+                if state is None:
+                    raise ValueError(
+                        "Sequential: this model has stateful layers; pass state=... "
+                        "(from model.init_state()) and take (y, new_state) back"
+                    )
+                self._check_state(state)
+            elif state is not None and _prune(state):
+                raise ValueError(
+                    "Sequential: this model has no stateful layers but got a non-empty state"
+                )
+        keys = _random.split(key, len(self._layers)) if key is not None else None
+        new_state: State = {}
+        for i, (name, layer) in enumerate(self._layers):
+            p = params.get(name, {})
+            k = keys[i] if keys is not None else None
+            if layer.stateful:
+                assert state is not None
+                x, s = layer.apply(p, x, state=state.get(name, {}), key=k, train=train)
+                if s:
+                    new_state[name] = s
+            else:
+                x = layer.apply(p, x, key=k, train=train)
+        return (x, new_state) if stateful else x

@@ -1,3 +1,101 @@
-"""Placeholder: filled in by its owner."""
+"""Reshaping layers: ``Flatten`` and ``Unflatten`` (no params)."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fdl import random as _random
+from fdl.nn import _functional_layers as _F
+from fdl.nn._base import Layer, Params
+from fdl.nn._layer_utils import check_params_fast
+
+__all__ = ["Flatten", "Unflatten"]
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """Merge dimensions ``start_dim..end_dim`` into one, as ``torch.nn.Flatten``.
+
+    The default keeps the batch dimension: ``(N, C, H, W) -> (N, C * H * W)``.
+
+    Example:
+        >>> import fdl, torch
+        >>> fdl.nn.Flatten().apply({}, torch.zeros(64, 64, 7, 7)).shape
+        torch.Size([64, 3136])
+    """
+
+    start_dim: int = 1
+    end_dim: int = -1
+
+    def apply(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        *,
+        key: _random.Key | None = None,
+        train: bool = False,
+    ) -> torch.Tensor:
+        """``(*, d_start, ..., d_end, *) -> (*, d_start * ... * d_end, *)``."""
+        check_params_fast(self, params)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"Flatten: input must be a tensor, got {type(x).__name__}")
+        rank = max(x.dim(), 1)
+        for d in (self.start_dim, self.end_dim):
+            if not -rank <= d < rank:
+                raise ValueError(
+                    f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not fit an "
+                    f"input of shape {tuple(x.shape)}"
+                )
+        return _F.flatten(x, self.start_dim, self.end_dim)
+
+
+@dataclass(frozen=True)
+class Unflatten(Layer):
+    """Split dimension ``dim`` into ``unflattened_size``, as ``torch.nn.Unflatten``.
+
+    Example:
+        >>> import fdl, torch
+        >>> fdl.nn.Unflatten(1, (2, 5)).apply({}, torch.zeros(3, 10)).shape
+        torch.Size([3, 2, 5])
+    """
+
+    dim: int
+    unflattened_size: Sequence[int]
+
+    def __post_init__(self) -> None:
+        size = self.unflattened_size
+        if isinstance(size, int) or not all(isinstance(s, int) for s in size):
+            raise TypeError(f"Unflatten: unflattened_size must be a tuple of ints, got {size!r}")
+        object.__setattr__(self, "unflattened_size", tuple(size))
+
+    def apply(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        *,
+        key: _random.Key | None = None,
+        train: bool = False,
+    ) -> torch.Tensor:
+        """``(*, d, *) -> (*, *unflattened_size, *)`` where ``prod(unflattened_size) == d``."""
+        check_params_fast(self, params)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"Unflatten: input must be a tensor, got {type(x).__name__}")
+        known = [s for s in self.unflattened_size if s != -1]
+        ok = -x.dim() <= self.dim < x.dim()
+        if ok:
+            n = x.shape[self.dim]
+            ok = (
+                n == math.prod(known)
+                if len(known) == len(self.unflattened_size)
+                else (math.prod(known) > 0 and n % math.prod(known) == 0)
+            )
+        if not ok:
+            raise ValueError(
+                f"Unflatten: expected input with a dimension {self.dim} that splits into "
+                f"{self.unflattened_size}, got {tuple(x.shape)}"
+            )
+        return x.unflatten(self.dim, self.unflattened_size)

@@ -1,0 +1,161 @@
+"""One training step: fdl's compiled pure step against PyTorch training loops.
+
+Workloads (random inputs, 10 classes, nll_loss on log_softmax, Adam lr 1e-3):
+
+- ``cnn_b64``: the MNIST CNN of ``examples/mnist_cnn.py`` at batch 64.
+- ``mlp_b128``: an MLP 784-256-256-10 at batch 128, where per-op dispatch dominates.
+
+Peers, each a full step (forward, backward, Adam update):
+
+- ``fdl``: ``fdl.train.make_train_step`` (``torch.compile(fullgraph=True)``).
+- ``torch eager``: ``nn.Module`` + ``torch.optim.Adam``; ``zero_grad``,
+  ``backward``, ``step``.
+- ``torch.compile + fused Adam``: the same module under ``torch.compile`` with
+  ``torch.optim.Adam(fused=True)``.
+
+Run: ``python -m benchmarks.train_step`` (``--quick`` for fewer repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+import fdl
+from benchmarks._harness import Result, format_table, measure, result, threads_note, time_first_call
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _TorchMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 256)
+        self.fc2 = torch.nn.Linear(256, 256)
+        self.fc3 = torch.nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return torch.log_softmax(self.fc3(x), dim=1)
+
+
+class _FdlMLP(fdl.nn.Layer):
+    def __init__(self) -> None:
+        self.fc1 = fdl.nn.Linear(784, 256)
+        self.fc2 = fdl.nn.Linear(256, 256)
+        self.fc3 = fdl.nn.Linear(256, 10)
+
+    def init(self, key: torch.Tensor) -> dict[str, Any]:
+        k1, k2, k3 = fdl.random.split(key, 3)
+        return {"fc1": self.fc1.init(k1), "fc2": self.fc2.init(k2), "fc3": self.fc3.init(k3)}
+
+    def apply(self, params: dict[str, Any], x: torch.Tensor, **_: Any) -> torch.Tensor:
+        F = fdl.nn.functional
+        x = F.relu(self.fc1.apply(params["fc1"], x))
+        x = F.relu(self.fc2.apply(params["fc2"], x))
+        return F.log_softmax(self.fc3.apply(params["fc3"], x), dim=1)
+
+
+def _fdl_step(model: Any, params: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = fdl.optim.adam(lr=1e-3)
+
+    def loss_fn(p: Any, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return fdl.losses.nll_loss(model.apply(p, xb), yb)
+
+    step = fdl.train.make_train_step(loss_fn, opt)
+    carry = {"params": params, "state": opt.init(params)}
+
+    def call() -> None:
+        carry["params"], carry["state"], _ = step(carry["params"], carry["state"], x, y)
+
+    return call
+
+
+def _torch_step(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, compiled: bool
+) -> Callable[[], None]:
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=compiled or None)
+    forward = torch.compile(net) if compiled else net
+
+    def call() -> None:
+        opt.zero_grad()
+        loss = torch.nn.functional.nll_loss(forward(x), y)
+        loss.backward()
+        opt.step()
+
+    return call
+
+
+def _workload(
+    name: str,
+    torch_net: Callable[[], torch.nn.Module],
+    fdl_model: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    quick: bool,
+) -> list[Result]:
+    torch.manual_seed(0)
+    nets = [torch_net() for _ in range(3)]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    params = fdl.nn.load_state_dict(
+        {k: v.detach().clone() for k, v in nets[0].state_dict().items()}, fdl_model
+    )
+    peers = [
+        ("fdl", _fdl_step(fdl_model, params, x, y), "make_train_step, torch.compile"),
+        ("torch eager", _torch_step(nets[1], x, y, compiled=False), "nn.Module + optim.Adam"),
+        (
+            "torch.compile + fused Adam",
+            _torch_step(nets[2], x, y, compiled=True),
+            "torch.compile(module), Adam(fused=True)",
+        ),
+    ]
+    repeats, number = (5, 5) if quick else (15, 10)
+    out = []
+    for peer, call, note in peers:
+        first = time_first_call(call)  # includes compilation for the compiled peers
+        timing = measure(call, warmup=3, repeats=repeats, number=number)
+        out.append(result(name, peer, timing, compile_s=first, note=note))
+    return out
+
+
+def run(quick: bool = False) -> list[Result]:
+    """Time one training step of each peer on each workload."""
+    cnn_torch, cnn_fdl = _example("mnist_cnn_torch"), _example("mnist_cnn")
+    k1, k2, k3, k4 = fdl.random.split(fdl.random.key(0), 4)
+    x_img = fdl.random.normal(k1, (64, 1, 28, 28))
+    y_img = fdl.random.randint(k2, (64,), 0, 10)
+    x_vec = fdl.random.normal(k3, (128, 784))
+    y_vec = fdl.random.randint(k4, (128,), 0, 10)
+    results = _workload("cnn_b64", cnn_torch.CNN, cnn_fdl.CNN(), x_img, y_img, quick)
+    results += _workload("mlp_b128", _TorchMLP, _FdlMLP(), x_vec, y_vec, quick)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(threads_note())
+    print(format_table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Train the MNIST CNN with fdl: a pure model, a pure optimizer, one compiled step.
+
+The network of ``examples/mnist_cnn_torch.py``, written as an fdl layer::
+
+    conv1 (1->32, 3x3, pad 1) -> relu -> max_pool 2x2     28x28 -> 14x14
+    conv2 (32->64, 3x3, pad 1) -> relu -> max_pool 2x2    14x14 -> 7x7
+    flatten (64*7*7 = 3136) -> fc1 (128) -> relu -> fc2 (10) -> log_softmax
+
+A 2x2 max-pool follows *each* convolution; with a single pool the first
+linear layer would receive 64*14*14 = 12544 features instead of 3136.
+
+Loss: the model returns log-probabilities, so the loss is ``nll_loss``
+(``-mean(log p[y])``). The torch reference feeds the same log-probabilities
+to ``CrossEntropyLoss``, which applies log_softmax a second time; as
+``log_softmax(log p) = log p`` that is a redundant pass, not a different loss.
+The pairings are log_softmax with nll_loss, or raw logits with cross_entropy.
+
+Data: MNIST scaled to [0, 1] then ``normalize(x, 0.5, 0.5)``; batch 64,
+shuffled from the seed every epoch; Adam with lr 1e-3.
+
+Run::
+
+    python examples/mnist_cnn.py                 # 3 epochs, compiled step
+    python examples/mnist_cnn.py --epochs 1 --limit 5000 --no-compile
+
+Prints ``Epoch {n}, Loss: {mean training loss}`` per epoch and the test
+accuracy, and writes to ``--out``: ``checkpoint.safetensors`` (params,
+optimizer state, key, epoch), ``history.json`` and ``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fdl
+import fdl.nn.functional as F
+from fdl import nn
+
+
+class CNN(nn.Layer):
+    """The MNIST CNN: ``apply(params, x)`` maps ``(N, 1, 28, 28)`` to log-probabilities ``(N, 10)``.
+
+    Parameter names match ``examples/mnist_cnn_torch.CNN().state_dict()``
+    (``conv1.weight``, ..., ``fc2.bias``), so torch weights load as they are.
+    """
+
+    def __init__(self) -> None:
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, stride=1, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, stride=1, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def init(self, key: torch.Tensor) -> dict[str, Any]:
+        k1, k2, k3, k4 = fdl.random.split(key, 4)
+        return {
+            "conv1": self.conv1.init(k1),
+            "conv2": self.conv2.init(k2),
+            "fc1": self.fc1.init(k3),
+            "fc2": self.fc2.init(k4),
+        }
+
+    def apply(
+        self,
+        params: dict[str, Any],
+        x: torch.Tensor,
+        *,
+        key: torch.Tensor | None = None,
+        train: bool = False,
+    ) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1.apply(params["conv1"], x)), 2)  # (N, 32, 14, 14)
+        x = F.max_pool2d(F.relu(self.conv2.apply(params["conv2"], x)), 2)  # (N, 64, 7, 7)
+        x = x.flatten(1)  # (N, 3136)
+        x = F.relu(self.fc1.apply(params["fc1"], x))  # (N, 128)
+        return F.log_softmax(self.fc2.apply(params["fc2"], x), dim=1)  # (N, 10)
+
+
+def load_mnist(data_dir: str | None, limit: int | None = None) -> tuple[Any, Any]:
+    """Train and test splits as tensors, normalized with mean 0.5 and std 0.5."""
+    splits = []
+    for train in (True, False):
+        x, y = fdl.data.mnist(data_dir, train=train)
+        if limit is not None and train:
+            x, y = x[:limit], y[:limit]
+        splits.append((fdl.data.normalize(x, 0.5, 0.5), y))
+    return splits[0], splits[1]
+
+
+def save_curve(history: list[dict[str, Any]], path: Path) -> None:
+    """Plot training/validation loss and accuracy per epoch to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="nll loss", title="loss")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.compile the step",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="folder holding MNIST/raw (or FDL_DATA_DIR)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N train images")
+    parser.add_argument("--out", default="runs/mnist_cnn", help="folder for checkpoint and plots")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = load_mnist(args.data_dir, args.limit)
+
+    model = CNN()
+    key = fdl.random.key(args.seed)
+    init_key, train_key = fdl.random.split(key)
+    params = model.init(init_key)
+    optimizer = fdl.optim.adam(lr=args.lr)
+
+    def report(record: dict[str, Any]) -> None:
+        print(f"Epoch {record['epoch']}, Loss: {record['train_loss']}", flush=True)
+
+    t0 = time.perf_counter()
+    params, opt_state, history = fdl.train.fit(
+        model.apply,
+        fdl.losses.nll_loss,
+        optimizer,
+        params,
+        train,
+        key=train_key,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        val_data=test,  # a per-epoch curve only: nothing is selected on it
+        compile=args.compile,
+        progress=not args.no_progress,
+        history_path=out / "history.json",
+        callback=report,
+    )
+    wall = time.perf_counter() - t0
+
+    # every one of the 10000 test images counts: the last partial batch is padded, not dropped
+    classes = fdl.train.predict(model.apply, params, test[0], 1000, output="classes")
+    accuracy = 100.0 * float((classes == test[1]).float().mean())
+    print(f"Accuracy of the network on the {len(test[1])} test images: {accuracy}%")
+
+    fdl.checkpoint.save(
+        out / "checkpoint.safetensors",
+        {"params": params, "opt_state": opt_state, "key": key, "epoch": torch.tensor(args.epochs)},
+        metadata={"example": "mnist_cnn", "test_accuracy": f"{accuracy:.2f}"},
+    )
+    save_curve(history, out / "training_curve.png")
+    print(
+        f"Trained in {wall:.1f}s; wrote {out}/checkpoint.safetensors, history.json, "
+        "training_curve.png"
+    )
+    return {"accuracy": accuracy, "wall_s": wall, "history": history}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Leaf-list arithmetic for the optimizer blocks: the one place ``torch._foreach_*`` ops live.
+
+Every building block in :mod:`fdl.optim.transform` works on flat lists of
+leaves and calls the functions below. Each function returns **new** tensors and
+never mutates its arguments; in-place ops are applied only to buffers the
+function itself has just allocated.
+
+Two paths compute the same numbers with the same sequence of torch ops:
+
+* eager (not tracing): ``torch._foreach_*`` ops over the whole list, one call
+  per op instead of one per leaf (less Python and dispatcher overhead);
+* tracing (``torch.compile``): plain per-leaf ops, which the compiler fuses.
+
+``_per_leaf()`` forces the per-leaf path in eager mode (used by the tests that
+check both paths give identical results).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+Scalar = float | Tensor
+Leaves = list[Tensor]
+
+_FOREACH = True
+
+
+@contextlib.contextmanager
+def _per_leaf() -> Iterator[None]:
+    """Force the per-leaf path in eager mode (for tests and debugging)."""
+    global _FOREACH
+    old, _FOREACH = _FOREACH, False
+    try:
+        yield
+    finally:
+        _FOREACH = old
+
+
+def use_foreach(xs: Sequence[Tensor]) -> bool:
+    """True when the eager ``torch._foreach_*`` path applies to ``xs``."""
+    return _FOREACH and len(xs) > 0 and not torch.compiler.is_compiling()
+
+
+def scale(xs: Sequence[Tensor], s: Scalar) -> Leaves:
+    """``x * s``."""
+    if use_foreach(xs):
+        return list(torch._foreach_mul(xs, s))
+    return [x * s for x in xs]
+
+
+def mul(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+    """``x * y`` leafwise."""
+    if use_foreach(xs):
+        return list(torch._foreach_mul(xs, ys))
+    return [x * y for x, y in zip(xs, ys, strict=True)]
+
+
+def div(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+    """``x / y`` leafwise."""
+    if use_foreach(xs):
+        return list(torch._foreach_div(xs, ys))
+    return [x / y for x, y in zip(xs, ys, strict=True)]
+
+
+def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: float = 1.0) -> Leaves:
+    """``x + alpha * y`` leafwise (``alpha`` a Python number)."""
+    if use_foreach(xs):
+        return list(torch._foreach_add(xs, ys, alpha=alpha))
+    return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
+
+
+def add_cast(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+    """``x + y`` leafwise, the result in ``x``'s dtype (``apply_updates``)."""
+    ys = [y if y.dtype == x.dtype else y.to(x.dtype) for x, y in zip(xs, ys, strict=True)]
+    if use_foreach(xs):
+        return list(torch._foreach_add(xs, ys))
+    return [x + y for x, y in zip(xs, ys, strict=True)]
+
+
+def axpby(xs: Sequence[Tensor], a: Scalar, ys: Sequence[Tensor], b: Scalar) -> Leaves:
+    """``a * x + b * y`` leafwise, computed as ``(x * a) + (y * b)``."""
+    if use_foreach(xs):
+        out = torch._foreach_mul(xs, a)
+        torch._foreach_add_(out, torch._foreach_mul(ys, b))
+        return list(out)
+    return [x * a + y * b for x, y in zip(xs, ys, strict=True)]
+
+
+def lerp(xs: Sequence[Tensor], ys: Sequence[Tensor], weight: float) -> Leaves:
+    """``x + weight * (y - x)`` leafwise (``torch.lerp``)."""
+    if use_foreach(xs):
+        return list(torch._foreach_lerp(xs, ys, weight))
+    return [torch.lerp(x, y, weight) for x, y in zip(xs, ys, strict=True)]
+
+
+def decay_add(xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], alpha: float) -> Leaves:
+    """``x * decay + alpha * y`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_mul(xs, decay)
+        torch._foreach_add_(out, ys, alpha=alpha)
+        return list(out)
+    return [torch.add(x * decay, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
+
+
+def decay_addcmul(
+    xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], zs: Sequence[Tensor], value: float
+) -> Leaves:
+    """``x * decay + value * y * z`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_mul(xs, decay)
+        torch._foreach_addcmul_(out, ys, zs, value=value)
+        return list(out)
+    return [torch.addcmul(x * decay, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
+
+
+def decay_addcdiv(
+    xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], zs: Sequence[Tensor]
+) -> Leaves:
+    """``x * decay + y / z`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_mul(xs, decay)
+        torch._foreach_addcdiv_(out, ys, zs)
+        return list(out)
+    return [torch.addcdiv(x * decay, y, z) for x, y, z in zip(xs, ys, zs, strict=True)]
+
+
+def sqrt_affine(xs: Sequence[Tensor], a: Scalar, b: Scalar) -> Leaves:
+    """``sqrt(x) * a + b`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_sqrt(xs)
+        torch._foreach_mul_(out, a)
+        torch._foreach_add_(out, b)
+        return list(out)
+    return [torch.sqrt(x) * a + b for x in xs]
+
+
+def sqrt_add(xs: Sequence[Tensor], b: float) -> Leaves:
+    """``sqrt(x) + b`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_sqrt(xs)
+        torch._foreach_add_(out, b)
+        return list(out)
+    return [torch.sqrt(x) + b for x in xs]
+
+
+def add_sqrt(xs: Sequence[Tensor], b: float) -> Leaves:
+    """``sqrt(x + b)`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_add(xs, b)
+        torch._foreach_sqrt_(out)
+        return list(out)
+    return [torch.sqrt(x + b) for x in xs]
+
+
+def addcmul(
+    xs: Sequence[Tensor], ys: Sequence[Tensor], zs: Sequence[Tensor], value: float
+) -> Leaves:
+    """``x + value * y * z`` leafwise."""
+    if use_foreach(xs):
+        return list(torch._foreach_addcmul(xs, ys, zs, value=value))
+    return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
+
+
+def div_sqrt_add(xs: Sequence[Tensor], d: Scalar, b: float) -> Leaves:
+    """``sqrt(x / d) + b`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_div(xs, d)
+        torch._foreach_sqrt_(out)
+        torch._foreach_add_(out, b)
+        return list(out)
+    return [torch.sqrt(x / d) + b for x in xs]
+
+
+def sqrt_add_rdiv(xs: Sequence[Tensor], b: float, c: Scalar) -> Leaves:
+    """``c / (sqrt(x) + b)`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_sqrt(xs)
+        torch._foreach_add_(out, b)
+        torch._foreach_reciprocal_(out)
+        torch._foreach_mul_(out, c)
+        return list(out)
+    return [torch.reciprocal(torch.sqrt(x) + b) * c for x in xs]
+
+
+def centered_sqrt_add(xs: Sequence[Tensor], ms: Sequence[Tensor], eps: float) -> Leaves:
+    """``sqrt(x - m * m) + eps`` leafwise (centered RMSprop)."""
+    if use_foreach(xs):
+        out = torch._foreach_addcmul(xs, ms, ms, value=-1.0)
+        torch._foreach_sqrt_(out)
+        torch._foreach_add_(out, eps)
+        return list(out)
+    return [
+        torch.sqrt(torch.addcmul(x, m, m, value=-1.0)) + eps for x, m in zip(xs, ms, strict=True)
+    ]
+
+
+def abs_add(xs: Sequence[Tensor], b: float) -> Leaves:
+    """``|x| + b`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_abs(xs)
+        torch._foreach_add_(out, b)
+        return list(out)
+    return [torch.abs(x) + b for x in xs]
+
+
+def maximum(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+    """Elementwise ``max(x, y)`` leafwise."""
+    if use_foreach(xs):
+        return list(torch._foreach_maximum(xs, ys))
+    return [torch.maximum(x, y) for x, y in zip(xs, ys, strict=True)]
+
+
+def clamp(xs: Sequence[Tensor], lo: float, hi: float) -> Leaves:
+    """``min(max(x, lo), hi)`` leafwise."""
+    if use_foreach(xs):
+        out = torch._foreach_clamp_min(xs, lo)
+        torch._foreach_clamp_max_(out, hi)
+        return list(out)
+    return [torch.clamp(x, lo, hi) for x in xs]
+
+
+def norms(xs: Sequence[Tensor], ord: float) -> Leaves:
+    """The vector ``ord``-norm of every leaf, as 0-d tensors."""
+    if use_foreach(xs):
+        return list(torch._foreach_norm(xs, ord))
+    return [torch.linalg.vector_norm(x, ord) for x in xs]
+
+
+def where(cond: Tensor, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+    """``torch.where(cond, x, y)`` leafwise, ``cond`` a boolean scalar tensor."""
+    return [torch.where(cond, x, y) for x, y in zip(xs, ys, strict=True)]
+
+
+def where_zero(cond: Tensor, xs: Sequence[Tensor]) -> Leaves:
+    """``x`` where ``cond`` else zeros, leafwise."""
+    return [torch.where(cond, x, torch.zeros_like(x)) for x in xs]

@@ -1,0 +1,484 @@
+"""The optimizers: ``torch.optim`` names in lower case, each a short ``chain`` of blocks.
+
+Every optimizer takes ``torch.optim``'s keyword arguments with torch's defaults
+and validation, and reproduces torch's update step for step. ``lr`` may be a
+float, a scalar tensor or a schedule (see :mod:`fdl.optim.schedules`).
+``torch.optim``'s implementation flags (``foreach``, ``fused``, ``capturable``,
+``differentiable``) are not accepted: fdl's update is pure, uses
+``torch._foreach_*`` ops by itself in eager mode and is fused by
+``torch.compile``.
+
+Notation in the formulas: ``θ`` params, ``g`` gradient, ``η`` learning rate,
+``λ`` weight decay, ``t`` the 1-based step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fdl.optim import transform as T
+from fdl.optim.base import GradientTransformation, ScalarOrSchedule, chain
+
+__all__ = ["adadelta", "adagrad", "adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd"]
+
+_IMPL_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def _reject_extra(name: str, extra: dict[str, Any]) -> None:
+    for k in extra:
+        if k in _IMPL_FLAGS:
+            raise TypeError(
+                f"fdl.optim.{name} does not accept torch.optim's implementation flag {k!r}: "
+                "the update is pure, uses torch._foreach_* ops by itself in eager mode and is "
+                "fused by torch.compile"
+            )
+    if extra:
+        raise TypeError(
+            f"fdl.optim.{name}() got an unexpected keyword argument {next(iter(extra))!r}"
+        )
+
+
+def _check_lr(lr: ScalarOrSchedule) -> None:
+    if callable(lr):
+        return
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        value = float(lr)
+    elif isinstance(lr, (int, float)):
+        value = float(lr)
+    else:
+        raise TypeError(
+            f"lr must be a float, a 1-element tensor or a schedule; got {type(lr).__name__}"
+        )
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+def _check(name: str, value: float, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"Invalid {name}: {value}")
+
+
+def _check_betas(betas: tuple[float, float]) -> None:
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
+    for i, b in enumerate(betas):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+
+
+def _head(maximize: bool, weight_decay: float) -> list[GradientTransformation]:
+    """``maximize`` negates the gradient, then L2 weight decay adds ``λθ`` (torch's order)."""
+    blocks = [T.scale(-1.0)] if maximize else []
+    if weight_decay != 0:
+        blocks.append(T.add_decayed_weights(weight_decay))
+    return blocks
+
+
+def sgd(
+    lr: ScalarOrSchedule = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    .. math::
+        g \leftarrow \pm g + \lambda\theta, \quad
+        b_t = \begin{cases} g & t=1 \\ \mu b_{t-1} + (1-d) g & t>1 \end{cases}, \quad
+        \theta_{t+1} = \theta_t - \eta \cdot
+            \begin{cases} g + \mu b_t & \text{nesterov} \\ b_t & \mu \ne 0 \\
+            g & \mu = 0 \end{cases}
+
+    ``chain(scale(-1) if maximize, add_decayed_weights(λ), trace(μ, nesterov, d),
+    scale_by_learning_rate(η))``.
+
+    Args:
+        lr: learning rate ``η`` (float, tensor or schedule).
+        momentum: ``μ``. dampening: ``d``. weight_decay: L2 penalty ``λ``.
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+        maximize: ascend the objective instead.
+
+    Returns:
+        A :class:`~fdl.optim.GradientTransformation`.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.sgd(lr=0.1, momentum=0.9)
+        >>> p = {"w": torch.ones(2)}
+        >>> u, s = opt.update({"w": torch.ones(2)}, opt.init(p), p)
+        >>> fdl.optim.apply_updates(p, u)
+        {'w': tensor([0.9000, 0.9000])}
+    """
+    _reject_extra("sgd", unsupported)
+    _check_lr(lr)
+    _check("momentum value", momentum, momentum >= 0.0)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    blocks = _head(maximize, weight_decay)
+    if momentum != 0:
+        blocks.append(T.trace(momentum, nesterov=nesterov, dampening=dampening))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)
+
+
+def adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Adam (Kingma & Ba, 2015), as ``torch.optim.Adam``.
+
+    .. math::
+        g \leftarrow \pm g\ (+\lambda\theta\ \text{if L2}), \quad
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g^2
+
+    .. math::
+        \theta_{t+1} = \theta_t - \eta\Big(
+            \frac{m_t/(1-\beta_1^t)}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+            \ (+\lambda\theta_t\ \text{if decoupled})\Big)
+
+    with :math:`\hat v_t = v_t`, or :math:`\max(\hat v_{t-1}, v_t)` with
+    ``amsgrad``. ``chain(scale(-1) if maximize, add_decayed_weights(λ) (L2),
+    scale_by_adam(β1, β2, ε, amsgrad), add_decayed_weights(λ) (decoupled),
+    scale_by_learning_rate(η))``.
+
+    Args:
+        lr: ``η``. betas: ``(β1, β2)``. eps: ``ε``. weight_decay: ``λ``.
+        amsgrad: use the running maximum of ``v``.
+        maximize: ascend the objective.
+        decoupled_weight_decay: AdamW's decay ``θ ← θ(1 - ηλ)`` instead of L2.
+
+    Returns:
+        A :class:`~fdl.optim.GradientTransformation`.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.adam(lr=0.1)
+        >>> p = {"w": torch.zeros(2)}
+        >>> u, s = opt.update({"w": torch.tensor([1.0, -1.0])}, opt.init(p), p)
+        >>> u["w"]
+        tensor([-0.1000,  0.1000])
+    """
+    _reject_extra("adam", unsupported)
+    _check_lr(lr)
+    _check("epsilon value", eps, eps >= 0.0)
+    _check_betas(betas)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    decoupled = decoupled_weight_decay and weight_decay != 0
+    blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
+    blocks.append(T.scale_by_adam(betas[0], betas[1], eps, amsgrad=amsgrad))
+    if decoupled:
+        blocks.append(T.add_decayed_weights(weight_decay))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)
+
+
+def adamw(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""AdamW (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``: Adam with decoupled decay.
+
+    .. math::
+        \theta_{t+1} = \theta_t - \eta\Big(
+            \frac{m_t/(1-\beta_1^t)}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+            + \lambda\theta_t\Big)
+
+    i.e. torch's ``θ ← θ(1 - ηλ)`` followed by the Adam step. Same as
+    ``adam(..., decoupled_weight_decay=True)``; the default ``λ`` is ``1e-2``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.adamw(lr=0.1, weight_decay=0.5)
+        >>> p = {"w": torch.ones(1)}
+        >>> u, s = opt.update({"w": torch.zeros(1)}, opt.init(p), p)
+        >>> u["w"]
+        tensor([-0.0500])
+    """
+    _reject_extra("adamw", unsupported)
+    return adam(
+        lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True
+    )
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""RMSprop (Hinton), as ``torch.optim.RMSprop``.
+
+    .. math::
+        s_t = \alpha s_{t-1} + (1-\alpha) g^2, \quad
+        \bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g, \quad
+        a_t = \sqrt{s_t - \bar g_t^2} + \epsilon\ \text{(centered; else } \sqrt{s_t}+\epsilon)
+
+    .. math::
+        b_t = \mu b_{t-1} + g / a_t\ (b_0 = 0), \qquad
+        \theta_{t+1} = \theta_t - \eta\, b_t\ \ (\text{or } \eta\, g/a_t \text{ when } \mu = 0)
+
+    ``chain(scale(-1) if maximize, add_decayed_weights(λ), scale_by_rms(α, ε,
+    centered), trace(μ), scale_by_learning_rate(η))``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.rmsprop(lr=0.01, alpha=0.0, eps=0.0)
+        >>> p = {"w": torch.zeros(1)}
+        >>> opt.update({"w": torch.tensor([5.0])}, opt.init(p), p)[0]
+        {'w': tensor([-0.0100])}
+    """
+    _reject_extra("rmsprop", unsupported)
+    _check_lr(lr)
+    _check("epsilon value", eps, eps >= 0.0)
+    _check("momentum value", momentum, momentum >= 0.0)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    _check("alpha value", alpha, alpha >= 0.0)
+    blocks = _head(maximize, weight_decay)
+    blocks.append(T.scale_by_rms(alpha, eps, centered))
+    if momentum > 0:
+        blocks.append(T.trace(momentum))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)
+
+
+def _decayed_lr(lr: ScalarOrSchedule, lr_decay: float) -> ScalarOrSchedule:
+    """Adagrad's ``η / (1 + (t-1) δ)`` as a schedule of the step count ``t-1``."""
+    if lr_decay == 0:
+        return lr
+    base: Callable[[torch.Tensor], Any] = lr if callable(lr) else (lambda count: lr)
+
+    def schedule(count: torch.Tensor) -> torch.Tensor:
+        return base(count) / (1.0 + count.to(torch.float64) * lr_decay)
+
+    return schedule
+
+
+def adagrad(
+    lr: ScalarOrSchedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Adagrad (Duchi et al., 2011), as ``torch.optim.Adagrad``.
+
+    .. math::
+        S_t = S_{t-1} + g^2\ (S_0 = \text{initial\_accumulator\_value}), \qquad
+        \theta_{t+1} = \theta_t - \frac{\eta}{1 + (t-1)\delta}\,\frac{g}{\sqrt{S_t} + \epsilon}
+
+    with ``δ = lr_decay``. ``chain(scale(-1) if maximize, add_decayed_weights(λ),
+    scale_by_rss(S_0, ε), scale_by_learning_rate(η / (1 + count·δ)))``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.adagrad(lr=0.5)
+        >>> p = {"w": torch.zeros(1)}
+        >>> opt.update({"w": torch.tensor([-2.0])}, opt.init(p), p)[0]
+        {'w': tensor([0.5000])}
+    """
+    _reject_extra("adagrad", unsupported)
+    _check_lr(lr)
+    _check("lr_decay value", lr_decay, lr_decay >= 0.0)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    _check(
+        "initial_accumulator_value value",
+        initial_accumulator_value,
+        initial_accumulator_value >= 0.0,
+    )
+    _check("epsilon value", eps, eps >= 0.0)
+    blocks = _head(maximize, weight_decay)
+    blocks.append(T.scale_by_rss(initial_accumulator_value, eps))
+    blocks.append(T.scale_by_learning_rate(_decayed_lr(lr, lr_decay)))
+    return chain(*blocks)
+
+
+def adamax(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Adamax (Kingma & Ba, 2015, §7), as ``torch.optim.Adamax``.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g, \quad
+        n_t = \max(\beta_2 n_{t-1}, |g| + \epsilon), \quad
+        \theta_{t+1} = \theta_t - \frac{\eta}{1-\beta_1^t}\,\frac{m_t}{n_t}
+
+    ``chain(scale(-1) if maximize, add_decayed_weights(λ), scale_by_adamax(β1, β2, ε),
+    scale_by_learning_rate(η))``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.adamax(lr=0.1)
+        >>> p = {"w": torch.zeros(1)}
+        >>> opt.update({"w": torch.tensor([3.0])}, opt.init(p), p)[0]
+        {'w': tensor([-0.1000])}
+    """
+    _reject_extra("adamax", unsupported)
+    _check_lr(lr)
+    _check("epsilon value", eps, eps >= 0.0)
+    _check_betas(betas)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    blocks = _head(maximize, weight_decay)
+    blocks.append(T.scale_by_adamax(betas[0], betas[1], eps))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)
+
+
+def nadam(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""NAdam (Dozat, 2016), as ``torch.optim.NAdam``.
+
+    .. math::
+        \theta_{t+1} = \theta_t - \eta\Big(
+            \frac{1-\mu_t}{1-\Pi_t}\frac{g}{d_t}
+            + \frac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}}\frac{m_t}{d_t}
+            \ (+\lambda\theta_t\ \text{if decoupled})\Big)
+
+    with :math:`\mu_t = \beta_1(1 - \frac12 0.96^{t\psi})`, :math:`\Pi_t = \prod_{i\le t}\mu_i`,
+    :math:`d_t = \sqrt{v_t/(1-\beta_2^t)} + \epsilon` (see :func:`scale_by_nadam`),
+    ``ψ = momentum_decay``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.nadam()
+        >>> p = {"w": torch.zeros(1)}
+        >>> u, s = opt.update({"w": torch.ones(1)}, opt.init(p), p)
+        >>> u["w"].shape
+        torch.Size([1])
+    """
+    _reject_extra("nadam", unsupported)
+    _check_lr(lr)
+    _check("epsilon value", eps, eps >= 0.0)
+    _check_betas(betas)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    _check("momentum_decay value", momentum_decay, momentum_decay >= 0.0)
+    decoupled = decoupled_weight_decay and weight_decay != 0
+    blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
+    blocks.append(T.scale_by_nadam(betas[0], betas[1], eps, momentum_decay))
+    if decoupled:
+        blocks.append(T.add_decayed_weights(weight_decay))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)
+
+
+def radam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""RAdam (Liu et al., 2020), as ``torch.optim.RAdam``.
+
+    .. math::
+        \theta_{t+1} = \theta_t - \eta\Big(\hat m_t \cdot
+            \begin{cases} r_t \frac{\sqrt{1-\beta_2^t}}{\sqrt{v_t}+\epsilon} & \rho_t > 5 \\
+            1 & \text{otherwise}\end{cases}
+            \ (+\lambda\theta_t\ \text{if decoupled})\Big)
+
+    (``ρ_t``, ``r_t`` as in :func:`scale_by_radam`).
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.radam(lr=0.1)
+        >>> p = {"w": torch.zeros(1)}
+        >>> opt.update({"w": torch.tensor([2.0])}, opt.init(p), p)[0]  # SGD with momentum early on
+        {'w': tensor([-0.2000])}
+    """
+    _reject_extra("radam", unsupported)
+    _check_lr(lr)
+    _check("epsilon value", eps, eps >= 0.0)
+    _check_betas(betas)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    decoupled = decoupled_weight_decay and weight_decay != 0
+    blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
+    blocks.append(T.scale_by_radam(betas[0], betas[1], eps))
+    if decoupled:
+        blocks.append(T.add_decayed_weights(weight_decay))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)
+
+
+def adadelta(
+    lr: ScalarOrSchedule = 1.0,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Adadelta (Zeiler, 2012), as ``torch.optim.Adadelta`` (with torch's ``lr``, default 1).
+
+    .. math::
+        E[g^2]_t = \rho E[g^2]_{t-1} + (1-\rho) g^2, \quad
+        \Delta_t = \frac{\sqrt{E[\Delta^2]_{t-1}+\epsilon}}{\sqrt{E[g^2]_t+\epsilon}}\, g, \quad
+        E[\Delta^2]_t = \rho E[\Delta^2]_{t-1} + (1-\rho)\Delta_t^2, \quad
+        \theta_{t+1} = \theta_t - \eta\,\Delta_t
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.adadelta()
+        >>> p = {"w": torch.zeros(1)}
+        >>> u, s = opt.update({"w": torch.ones(1)}, opt.init(p), p)
+        >>> bool(u["w"] < 0)
+        True
+    """
+    _reject_extra("adadelta", unsupported)
+    _check_lr(lr)
+    _check("rho value", rho, 0.0 <= rho <= 1.0)
+    _check("epsilon value", eps, eps >= 0.0)
+    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    blocks = _head(maximize, weight_decay)
+    blocks.append(T.scale_by_adadelta(rho, eps))
+    blocks.append(T.scale_by_learning_rate(lr))
+    return chain(*blocks)

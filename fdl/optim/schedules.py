@@ -1,0 +1,476 @@
+r"""Learning-rate schedules mirroring ``torch.optim.lr_scheduler``.
+
+A schedule is a callable from the step-count tensor to the learning rate (a
+float64 scalar tensor). Pass it as the ``lr`` of any optimizer::
+
+    opt = fdl.optim.adam(lr=fdl.optim.schedules.CosineAnnealingLR(1e-3, T_max=100))
+
+Each class takes the base learning rate first (torch reads it from the
+optimizer) followed by the torch scheduler's own arguments, with torch's names
+and defaults.
+
+**Step convention.** ``count`` is the number of optimizer updates already
+applied: the schedule receives 0 at the first update, 1 at the second, ...
+``schedule(k)`` equals the learning rate torch's optimizer uses at its ``k``-th
+``opt.step()`` (0-based) in the loop ``for k in range(n): opt.step();
+sched.step()``, i.e. ``sched.get_last_lr()`` after ``k`` calls of
+``sched.step()``. So a schedule plus an fdl optimizer reproduce that loop
+exactly. (To step a schedule per epoch instead, pass ``lambda c:
+sched(c // steps_per_epoch)``.)
+
+The values are computed in closed form from ``count``, so they are tensors
+inside a compiled step and never cause a recompile. Torch computes most
+schedules recursively (``lr_t = f(lr_{t-1})``); the two agree to rounding.
+
+Example:
+    >>> import torch
+    >>> s = StepLR(0.1, step_size=2, gamma=0.5)
+    >>> [round(float(s(torch.tensor(k))), 4) for k in range(5)]
+    [0.1, 0.1, 0.05, 0.05, 0.025]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "ExponentialLR",
+    "LambdaLR",
+    "LinearLR",
+    "MultiStepLR",
+    "OneCycleLR",
+    "PolynomialLR",
+    "SequentialLR",
+    "StepLR",
+]
+
+Tensor = torch.Tensor
+
+
+def _f64(count: Tensor | int) -> Tensor:
+    return torch.as_tensor(count).to(torch.float64)
+
+
+def _check_lr(lr: float) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+@dataclass(frozen=True)
+class StepLR:
+    r"""Decay by ``gamma`` every ``step_size`` steps.
+
+    :math:`\eta_k = \eta\,\gamma^{\lfloor k/s \rfloor}` with ``s = step_size``.
+
+    Mirrors ``torch.optim.lr_scheduler.StepLR(opt, step_size, gamma=0.1)``.
+
+    Example:
+        >>> import torch
+        >>> float(StepLR(1.0, step_size=3)(torch.tensor(3)))
+        0.1
+    """
+
+    lr: float
+    step_size: int
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if not isinstance(self.step_size, int) or self.step_size < 1:
+            raise ValueError(f"step_size must be a positive int; got {self.step_size!r}")
+
+    def __call__(self, count: Tensor) -> Tensor:
+        k = torch.div(torch.as_tensor(count), self.step_size, rounding_mode="floor")
+        return self.lr * self.gamma ** _f64(k)
+
+
+@dataclass(frozen=True)
+class MultiStepLR:
+    r"""Decay by ``gamma`` at each milestone: :math:`\eta_k = \eta\,\gamma^{|\{m_i \le k\}|}`.
+
+    A milestone listed twice decays twice, as in torch. Mirrors
+    ``torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)``.
+
+    Example:
+        >>> import torch
+        >>> s = MultiStepLR(1.0, milestones=[2, 4], gamma=0.5)
+        >>> [float(s(torch.tensor(k))) for k in range(6)]
+        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    """
+
+    lr: float
+    milestones: Sequence[int]
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        object.__setattr__(self, "milestones", tuple(sorted(int(m) for m in self.milestones)))
+
+    def __call__(self, count: Tensor) -> Tensor:
+        count = torch.as_tensor(count)
+        n = torch.zeros((), dtype=torch.float64, device=count.device)
+        for m in self.milestones:
+            n = n + (count >= m).to(torch.float64)
+        return self.lr * self.gamma**n
+
+
+@dataclass(frozen=True)
+class ExponentialLR:
+    r"""Decay by ``gamma`` every step: :math:`\eta_k = \eta\,\gamma^k`.
+
+    Mirrors ``torch.optim.lr_scheduler.ExponentialLR(opt, gamma)``.
+
+    Example:
+        >>> import torch
+        >>> float(ExponentialLR(1.0, gamma=0.5)(torch.tensor(3)))
+        0.125
+    """
+
+    lr: float
+    gamma: float
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+
+    def __call__(self, count: Tensor) -> Tensor:
+        return self.lr * self.gamma ** _f64(count)
+
+
+@dataclass(frozen=True)
+class CosineAnnealingLR:
+    r"""Cosine annealing from ``lr`` to ``eta_min`` over ``T_max`` steps.
+
+    :math:`\eta_k = \eta_{min} + (\eta - \eta_{min})\frac{1 + \cos(\pi k / T_{max})}{2}`.
+
+    Past ``T_max`` the cosine continues (the rate rises again), as torch's does.
+    Mirrors ``torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max, eta_min=0.0)``.
+
+    Example:
+        >>> import torch
+        >>> s = CosineAnnealingLR(1.0, T_max=2)
+        >>> [round(float(s(torch.tensor(k))), 6) for k in range(3)]
+        [1.0, 0.5, 0.0]
+    """
+
+    lr: float
+    T_max: int
+    eta_min: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if not self.T_max > 0:
+            raise ValueError(f"T_max must be positive; got {self.T_max!r}")
+
+    def __call__(self, count: Tensor) -> Tensor:
+        cos = torch.cos(math.pi * _f64(count) / self.T_max)
+        return self.eta_min + (self.lr - self.eta_min) * (1.0 + cos) / 2.0
+
+
+@dataclass(frozen=True)
+class CosineAnnealingWarmRestarts:
+    r"""SGDR: cosine annealing restarted after ``T_0``, ``T_0·T_mult``, ... steps.
+
+    .. math::
+        \eta_k = \eta_{min} + (\eta - \eta_{min})\frac{1 + \cos(\pi T_{cur} / T_i)}{2}
+
+    where the current period ``T_i = T_0 T_mult^n`` and ``T_cur`` the steps since
+    it began, found with exact integer arithmetic (no logarithms). Mirrors
+    ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0, T_mult=1,
+    eta_min=0.0)`` stepped once per update.
+
+    Example:
+        >>> import torch
+        >>> s = CosineAnnealingWarmRestarts(1.0, T_0=2)
+        >>> [round(float(s(torch.tensor(k))), 6) for k in range(4)]
+        [1.0, 0.5, 1.0, 0.5]
+    """
+
+    lr: float
+    T_0: int
+    T_mult: int = 1
+    eta_min: float = 0.0
+    _starts: tuple[int, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if not isinstance(self.T_0, int) or self.T_0 <= 0:
+            raise ValueError(f"Expected positive integer T_0, but got {self.T_0}")
+        if not isinstance(self.T_mult, int) or self.T_mult < 1:
+            raise ValueError(f"Expected integer T_mult >= 1, but got {self.T_mult}")
+        starts = [0]
+        period = self.T_0
+        while self.T_mult > 1 and starts[-1] < 2**40:
+            starts.append(starts[-1] + period)
+            period *= self.T_mult
+        object.__setattr__(self, "_starts", tuple(starts))
+
+    def __call__(self, count: Tensor) -> Tensor:
+        count = torch.as_tensor(count)
+        if self.T_mult == 1:
+            t_cur = _f64(torch.remainder(count, self.T_0))
+            t_i = float(self.T_0)
+        else:
+            n = torch.zeros((), dtype=torch.float64, device=count.device)
+            start = torch.zeros((), dtype=torch.float64, device=count.device)
+            for prev, s in zip(self._starts[:-1], self._starts[1:], strict=True):
+                passed = (count >= s).to(torch.float64)
+                n = n + passed
+                start = start + passed * (s - prev)
+            t_cur = _f64(count) - start
+            t_i = self.T_0 * float(self.T_mult) ** n
+        cos = torch.cos(math.pi * t_cur / t_i)
+        return self.eta_min + (self.lr - self.eta_min) * (1.0 + cos) / 2.0
+
+
+@dataclass(frozen=True)
+class LinearLR:
+    r"""Linear ramp of the factor from ``start_factor`` to ``end_factor`` over ``total_iters``.
+
+    :math:`\eta_k = \eta\,\big(f_s + (f_e - f_s)\min(k, N)/N\big)`. Mirrors
+    ``torch.optim.lr_scheduler.LinearLR(opt, start_factor=1/3, end_factor=1.0,
+    total_iters=5)``: the usual warm-up.
+
+    Example:
+        >>> import torch
+        >>> s = LinearLR(1.0, start_factor=0.5, total_iters=2)
+        >>> [float(s(torch.tensor(k))) for k in range(4)]
+        [0.5, 0.75, 1.0, 1.0]
+    """
+
+    lr: float
+    start_factor: float = 1.0 / 3
+    end_factor: float = 1.0
+    total_iters: int = 5
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if self.start_factor > 1.0 or self.start_factor <= 0:
+            raise ValueError(
+                "Starting multiplicative factor expected to be greater than 0 and less or "
+                f"equal to 1; got {self.start_factor}"
+            )
+        if self.end_factor > 1.0 or self.end_factor < 0:
+            raise ValueError(
+                "Ending multiplicative factor expected to be between 0 and 1; "
+                f"got {self.end_factor}"
+            )
+
+    def __call__(self, count: Tensor) -> Tensor:
+        k = torch.clamp(_f64(count), max=float(self.total_iters))
+        span = self.end_factor - self.start_factor
+        return self.lr * (self.start_factor + span * k / self.total_iters)
+
+
+@dataclass(frozen=True)
+class ConstantLR:
+    r"""Scale by ``factor`` for the first ``total_iters`` steps.
+
+    :math:`\eta_k = \eta f` for :math:`k < N`, else :math:`\eta`.
+
+    Mirrors ``torch.optim.lr_scheduler.ConstantLR(opt, factor=1/3, total_iters=5)``.
+
+    Example:
+        >>> import torch
+        >>> s = ConstantLR(1.0, factor=0.5, total_iters=1)
+        >>> [float(s(torch.tensor(k))) for k in range(3)]
+        [0.5, 1.0, 1.0]
+    """
+
+    lr: float
+    factor: float = 1.0 / 3
+    total_iters: int = 5
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if self.factor > 1.0 or self.factor < 0:
+            raise ValueError(
+                f"Constant multiplicative factor expected to be between 0 and 1; got {self.factor}"
+            )
+
+    def __call__(self, count: Tensor) -> Tensor:
+        after = (torch.as_tensor(count) >= self.total_iters).to(torch.float64)
+        return self.lr * (self.factor + after * (1.0 - self.factor))
+
+
+@dataclass(frozen=True)
+class PolynomialLR:
+    r"""Polynomial decay to zero: :math:`\eta_k = \eta\,(1 - \min(k, N)/N)^p`.
+
+    Mirrors ``torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=5, power=1.0)``.
+
+    Example:
+        >>> import torch
+        >>> s = PolynomialLR(1.0, total_iters=2, power=2.0)
+        >>> [float(s(torch.tensor(k))) for k in range(3)]
+        [1.0, 0.25, 0.0]
+    """
+
+    lr: float
+    total_iters: int = 5
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+
+    def __call__(self, count: Tensor) -> Tensor:
+        k = torch.clamp(_f64(count), max=float(self.total_iters))
+        return self.lr * (1.0 - k / self.total_iters) ** self.power
+
+
+@dataclass(frozen=True)
+class LambdaLR:
+    r"""The base rate times a function of the step count: :math:`\eta_k = \eta\,f(k)`.
+
+    ``lr_lambda`` receives the int64 count **tensor** and must use tensor ops
+    (so it traces under ``torch.compile``). Mirrors
+    ``torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)``.
+
+    Example:
+        >>> import torch
+        >>> float(LambdaLR(2.0, lambda k: 0.5 ** k)(torch.tensor(2)))
+        0.5
+    """
+
+    lr: float
+    lr_lambda: Callable[[Tensor], Tensor | float]
+
+    def __call__(self, count: Tensor) -> Tensor:
+        return self.lr * torch.as_tensor(self.lr_lambda(count), dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class OneCycleLR:
+    r"""The 1cycle policy (Smith & Topin, 2018): warm up to ``max_lr``, then anneal far below.
+
+    Phases (two-phase default): from ``η_0 = max_lr / div_factor`` up to
+    ``max_lr`` over steps ``[0, pct_start·T - 1]``, then down to
+    ``η_min = η_0 / final_div_factor`` at step ``T - 1``; with ``three_phase``
+    the second phase returns to ``η_0`` at ``2·pct_start·T - 2`` and the third
+    anneals to ``η_min``. Within a phase from ``a`` to ``b`` at fraction ``p``:
+
+    .. math::
+        \text{cos: } b + \frac{a - b}{2}(1 + \cos \pi p), \qquad \text{linear: } a + (b - a)\,p
+
+    Mirrors ``torch.optim.lr_scheduler.OneCycleLR`` with ``cycle_momentum=False``:
+    fdl schedules only the learning rate (the optimizer's betas/momentum stay
+    fixed). Where torch raises after ``total_steps`` steps, fdl holds the value
+    of step ``total_steps``.
+
+    Example:
+        >>> import torch
+        >>> s = OneCycleLR(1.0, total_steps=10)
+        >>> round(float(s(torch.tensor(0))), 6), round(float(s(torch.tensor(2))), 6)
+        (0.04, 1.0)
+    """
+
+    max_lr: float
+    total_steps: int | None = None
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+
+    def __post_init__(self) -> None:
+        _check_lr(self.max_lr)
+        if self.total_steps is None:
+            if self.epochs is None or self.steps_per_epoch is None:
+                raise ValueError(
+                    "You must define either total_steps OR (epochs AND steps_per_epoch)"
+                )
+            if self.epochs <= 0 or self.steps_per_epoch <= 0:
+                raise ValueError(
+                    f"epochs and steps_per_epoch must be positive; got {self.epochs}, "
+                    f"{self.steps_per_epoch}"
+                )
+            object.__setattr__(self, "total_steps", self.epochs * self.steps_per_epoch)
+        elif self.total_steps <= 0:
+            raise ValueError(f"Expected positive integer total_steps, but got {self.total_steps}")
+        if not 0.0 <= self.pct_start <= 1.0:
+            raise ValueError(f"Expected float between 0 and 1 pct_start, but got {self.pct_start}")
+        if self.anneal_strategy not in ("cos", "linear"):
+            raise ValueError(
+                f"anneal_strategy must be one of 'cos' or 'linear', got {self.anneal_strategy}"
+            )
+
+    def _phases(self) -> list[tuple[float, float, float]]:
+        """(end_step, start_lr, end_lr) of each phase, as torch builds them."""
+        T = float(self.total_steps)  # type: ignore[arg-type]
+        initial = self.max_lr / self.div_factor
+        minimum = initial / self.final_div_factor
+        if self.three_phase:
+            return [
+                (self.pct_start * T - 1, initial, self.max_lr),
+                (2 * self.pct_start * T - 2, self.max_lr, initial),
+                (T - 1, initial, minimum),
+            ]
+        return [(self.pct_start * T - 1, initial, self.max_lr), (T - 1, self.max_lr, minimum)]
+
+    def __call__(self, count: Tensor) -> Tensor:
+        k = torch.clamp(_f64(count), max=float(self.total_steps))  # type: ignore[arg-type]
+        phases = self._phases()
+        out = None
+        start_step = 0.0
+        values = []
+        for end_step, a, b in phases:
+            pct = (k - start_step) / (end_step - start_step)
+            if self.anneal_strategy == "cos":
+                values.append(b + (a - b) / 2.0 * (torch.cos(math.pi * pct) + 1.0))
+            else:
+                values.append((b - a) * pct + a)
+            start_step = end_step
+        out = values[-1]
+        for (end_step, _, _), v in zip(reversed(phases[:-1]), reversed(values[:-1]), strict=True):
+            out = torch.where(k <= end_step, v, out)
+        return out
+
+
+@dataclass(frozen=True)
+class SequentialLR:
+    r"""Run ``schedules[i]`` from ``milestones[i-1]`` on, each restarted at its milestone.
+
+    :math:`\eta_k = s_i(k - m_{i})` for :math:`m_i \le k < m_{i+1}` (with
+    :math:`m_0 = 0`): the join used for warm-up, e.g.
+    ``SequentialLR([LinearLR(lr, 0.1, total_iters=5), CosineAnnealingLR(lr, 95)], [5])``.
+    Mirrors ``torch.optim.lr_scheduler.SequentialLR(opt, schedulers, milestones)``.
+
+    Example:
+        >>> import torch
+        >>> s = SequentialLR([ConstantLR(1.0, 0.1, 2), ExponentialLR(1.0, 0.5)], milestones=[2])
+        >>> [float(s(torch.tensor(k))) for k in range(4)]
+        [0.1, 0.1, 1.0, 0.5]
+    """
+
+    schedules: Sequence[Callable[[Tensor], Tensor]]
+    milestones: Sequence[int]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedules", tuple(self.schedules))
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if len(self.schedules) < 1:
+            raise ValueError("SequentialLR expects at least one schedule")
+        if len(self.milestones) != len(self.schedules) - 1:
+            raise ValueError(
+                "Sequential Schedulers expects number of schedulers provided to be one more than "
+                f"the number of milestone points, but got number of schedulers "
+                f"{len(self.schedules)} and the number of milestones to be equal to "
+                f"{len(self.milestones)}"
+            )
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing; got {list(self.milestones)}")
+
+    def __call__(self, count: Tensor) -> Tensor:
+        count = torch.as_tensor(count)
+        out = torch.as_tensor(self.schedules[0](count), dtype=torch.float64)
+        for m, s in zip(self.milestones, self.schedules[1:], strict=True):
+            out = torch.where(count >= m, torch.as_tensor(s(count - m), dtype=torch.float64), out)
+        return out

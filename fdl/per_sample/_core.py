@@ -1,0 +1,368 @@
+"""Per-sample gradient representations and the two ways of computing them.
+
+A representation answers three questions about the per-example gradients
+``grad_i`` of a batch without committing to how they are stored:
+``materialize()`` (every leaf as ``(B, *shape)``), ``sq_norms()`` (``‖grad_i‖²``
+over the whole pytree) and ``weighted_sum(w)`` (``Σ_i w[i] grad_i``).
+
+* :class:`Dense` holds materialised per-example gradients (the ``vmap`` path).
+* :class:`Factored` holds the factors of linear/conv layers recorded by
+  :class:`fdl.per_sample._rules.Recorder` (the ``rules`` path).
+* :class:`Chunked` concatenates representations of consecutive sub-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from fdl import tree as _tree
+from fdl.per_sample import _rules
+
+LossFn = Callable[..., Any]
+
+
+class NoRule(Exception):
+    """The rules path does not apply; the message says why."""
+
+
+# ---------------------------------------------------------------------------
+# representations
+# ---------------------------------------------------------------------------
+
+
+class Dense:
+    """Materialised per-example gradients, one ``(B, *shape)`` tensor per leaf."""
+
+    def __init__(self, leaves: list[torch.Tensor]) -> None:
+        self.leaves = leaves
+
+    def materialize(self) -> list[torch.Tensor]:
+        return self.leaves
+
+    def sq_norms(self) -> torch.Tensor:
+        return sum(leaf.flatten(1).square().sum(1) for leaf in self.leaves)
+
+    def weighted_sum(self, w: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.tensordot(w.to(leaf.dtype), leaf, dims=1) for leaf in self.leaves]
+
+
+class Factored:
+    """Per-example gradients of linear/conv parameters kept as (input, output-grad) factors."""
+
+    def __init__(self, records: list[_rules.Record], params: list[torch.Tensor], n: int) -> None:
+        self.records = records
+        self.params = params
+        self.n = n
+        self.slots: list[list[tuple[_rules.Record, str]]] = [[] for _ in params]
+        for r in records:
+            self.slots[r.weight].append((r, "weight"))
+            if r.bias is not None:
+                self.slots[r.bias].append((r, "bias"))
+
+    def _leaf(self, i: int) -> torch.Tensor:
+        p = self.params[i]
+        out = None
+        for r, role in self.slots[i]:
+            g = _rules.weight_per_sample(r) if role == "weight" else _rules.bias_per_sample(r)
+            out = g if out is None else out + g
+        if out is None:
+            return torch.zeros((self.n, *p.shape), dtype=p.dtype, device=p.device)
+        return out.to(p.dtype)
+
+    def materialize(self) -> list[torch.Tensor]:
+        return [self._leaf(i) for i in range(len(self.params))]
+
+    def sq_norms(self) -> torch.Tensor:
+        total = None
+        for i, slots in enumerate(self.slots):
+            if not slots:
+                continue
+            if len(slots) == 1:
+                r, role = slots[0]
+                if role == "weight":
+                    s = _rules.weight_sq_norms(r)
+                else:
+                    s = _rules.bias_per_sample(r).square().sum(1)
+            else:  # a parameter shared by several layers: sum first, then square
+                s = self._leaf(i).flatten(1).square().sum(1)
+            total = s if total is None else total + s
+        return total
+
+    def weighted_sum(self, w: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for p, slots in zip(self.params, self.slots, strict=True):
+            acc = torch.zeros_like(p)
+            for r, role in slots:
+                if role == "weight":
+                    acc = acc + _rules.weight_weighted_sum(r, w).to(p.dtype)
+                else:
+                    acc = acc + _rules.bias_weighted_sum(r, w).to(p.dtype)
+            out.append(acc)
+        return out
+
+
+class Chunked:
+    """Consecutive sub-batches, each with its own representation."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def materialize(self) -> list[torch.Tensor]:
+        per_part = [p.materialize() for p in self.parts]
+        return [torch.cat(leaves, 0) for leaves in zip(*per_part, strict=True)]
+
+    def sq_norms(self) -> torch.Tensor:
+        return torch.cat([p.sq_norms() for p in self.parts], 0)
+
+    def weighted_sum(self, w: torch.Tensor) -> list[torch.Tensor]:
+        total: list[torch.Tensor] | None = None
+        start = 0
+        for p in self.parts:
+            n = _part_size(p)
+            s = p.weighted_sum(w[start : start + n])
+            start += n
+            total = s if total is None else [a + b for a, b in zip(total, s, strict=True)]
+        return total
+
+
+def _part_size(rep: Any) -> int:
+    if isinstance(rep, Factored):
+        return rep.n
+    if isinstance(rep, Dense):
+        return rep.leaves[0].shape[0]
+    return sum(_part_size(p) for p in rep.parts)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def batch_size(batch: Sequence[Any]) -> int:
+    """The common leading size of every tensor in ``batch``; ValueError if they differ."""
+    sizes = {}
+    paths, leaves, _ = _tree.flatten_with_paths(tuple(batch))
+    for path, leaf in zip(paths, leaves, strict=True):
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0:
+            raise ValueError(
+                f"per-sample gradients need every batch argument to be a tensor with a "
+                f"leading batch axis; argument leaf {path!r} is "
+                f"{type(leaf).__name__ if not isinstance(leaf, torch.Tensor) else 'a 0-d tensor'}"
+            )
+        sizes[path] = leaf.shape[0]
+    if not sizes:
+        raise ValueError("per-sample gradients need at least one batch argument after params")
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"batch arguments disagree on the batch size: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def in_transform() -> bool:
+    """True under ``torch.compile`` tracing or inside a ``torch.func`` transform."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+def _slice(batch: Sequence[Any], start: int, stop: int) -> tuple[Any, ...]:
+    return tuple(_tree.map(lambda t: t[start:stop], tuple(batch)))
+
+
+def _split_out(out: Any, has_aux: bool) -> tuple[torch.Tensor, Any]:
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(
+                f"has_aux=True: loss_fn must return (loss, aux), got {type(out).__name__}"
+            )
+        loss, aux = out
+    else:
+        loss, aux = out, None
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        what = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar loss tensor, got {what}")
+    return loss.reshape(()), aux
+
+
+# ---------------------------------------------------------------------------
+# the vmap path
+# ---------------------------------------------------------------------------
+
+
+def vmap_dense(
+    loss_fn: LossFn, params: Any, batch: Sequence[Any], has_aux: bool, chunk_size: int | None
+) -> Dense:
+    """``vmap`` over examples of ``grad(loss_fn)`` on a batch of one."""
+    flat, treedef = _tree.flatten(params)
+
+    def loss_of_one(p: list[torch.Tensor], *example: Any) -> torch.Tensor:
+        one = _tree.map(lambda t: t.unsqueeze(0), example)  # add the batch axis of one
+        loss, _ = _split_out(loss_fn(_tree.unflatten(treedef, p), *one), has_aux)
+        return loss
+
+    in_dims = (None,) + (0,) * len(batch)
+    grads = torch.func.vmap(torch.func.grad(loss_of_one), in_dims=in_dims, chunk_size=chunk_size)(
+        flat, *batch
+    )
+    return Dense(list(grads))
+
+
+def vmap_sq_norms(
+    loss_fn: LossFn, params: Any, batch: Sequence[Any], has_aux: bool, chunk_size: int | None
+) -> torch.Tensor:
+    """``‖grad_i‖²`` by ``vmap`` in chunks: only ``chunk_size`` gradients exist at a time."""
+    flat, treedef = _tree.flatten(params)
+
+    def loss_of_one(p: list[torch.Tensor], *example: Any) -> torch.Tensor:
+        one = _tree.map(lambda t: t.unsqueeze(0), example)
+        loss, _ = _split_out(loss_fn(_tree.unflatten(treedef, p), *one), has_aux)
+        return loss
+
+    def sq_norm_of_one(p: list[torch.Tensor], *example: Any) -> torch.Tensor:
+        g = torch.func.grad(loss_of_one)(p, *example)
+        return sum(t.square().sum() for t in g)
+
+    in_dims = (None,) + (0,) * len(batch)
+    return torch.func.vmap(sq_norm_of_one, in_dims=in_dims, chunk_size=chunk_size)(flat, *batch)
+
+
+# ---------------------------------------------------------------------------
+# the rules path
+# ---------------------------------------------------------------------------
+
+
+def _record(
+    loss_fn: LossFn, flat: list[torch.Tensor], treedef: Any, batch: Sequence[Any], has_aux: bool
+) -> tuple[torch.Tensor, Any, list[_rules.Record]]:
+    """Run ``loss_fn`` once, recording linear/conv calls, and backpropagate to their outputs."""
+    req = [p.detach().requires_grad_(p.is_floating_point()) for p in flat]
+    rec = _rules.Recorder({id(t): i for i, t in enumerate(req)})
+    with torch.enable_grad():
+        with rec:
+            out = loss_fn(_tree.unflatten(treedef, req), *batch)
+        loss, aux = _split_out(out, has_aux)
+        records = rec.records
+        if not records:
+            raise NoRule("no linear or convolution layer uses a parameter")
+        wrt = [r.out for r in records] + [p for p in req if p.requires_grad]
+        if not loss.requires_grad:
+            raise NoRule("the loss does not depend on the parameters")
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    n_rec = len(records)
+    tracked = [i for i, p in enumerate(req) if p.requires_grad]
+    paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
+    for i, g in zip(tracked, grads[n_rec:], strict=True):
+        if g is not None:
+            raise NoRule(f"parameter {paths[i]!r} is used outside linear/convolution layers")
+    for r, g in zip(records, grads[:n_rec], strict=True):
+        r.g = torch.zeros_like(r.out) if g is None else g
+        r.out = None  # drop the graph
+    return loss.detach(), aux, records
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
+    return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale + 1e-30))
+
+
+def _reduction_scale(
+    full: list[_rules.Record], one: list[_rules.Record], n: int
+) -> float:
+    """Find ``c`` with ``batch output grad of example 0 == c · its batch-of-one output grad``.
+
+    ``c`` is 1 for a sum over examples and ``1/n`` for a mean. Anything else
+    (a non-linear reduction, examples coupled by the model such as batch
+    statistics, a random op that draws differently) raises :class:`NoRule`.
+    """
+    same_layers = len(full) == len(one) and all(
+        (a.kind, a.weight, a.bias) == (b.kind, b.weight, b.bias)
+        for a, b in zip(full, one, strict=False)
+    )
+    if not same_layers:
+        raise NoRule("the layers called differ between the batch and a single example")
+    num = sum(float(r.g[:1].double().square().sum()) for r in full)
+    den = sum(float(r.g.double().square().sum()) for r in one)
+    if den == 0.0 or num == 0.0:
+        raise NoRule("example 0 has a zero gradient, so the loss reduction cannot be identified")
+    ratio = (num / den) ** 0.5
+    for c in (1.0, 1.0 / n):
+        if abs(ratio / c - 1.0) < 1e-3:
+            break
+    else:
+        raise NoRule(
+            f"loss_fn is not a sum or mean of per-example terms (the batch gradient of example 0 "
+            f"is {ratio:.6g} times its single-example gradient; expected 1 or 1/{n})"
+        )
+    for a, b in zip(full, one, strict=True):
+        ga, gb = a.g[:1], c * b.g
+        if not _close(ga, gb, float(gb.abs().max())) or not _close(
+            a.a[:1], b.a, float(b.a.abs().max())
+        ):
+            raise NoRule(
+                "example 0 gets a different gradient in the batch than alone: the model couples "
+                "examples (e.g. batch statistics) or draws randomness per batch"
+            )
+    return c
+
+
+def rules_factored(
+    loss_fn: LossFn, params: Any, batch: Sequence[Any], has_aux: bool
+) -> tuple[torch.Tensor, Any, Factored]:
+    """The rules path on one (sub-)batch: loss, aux and the factored representation."""
+    flat, treedef = _tree.flatten(params)
+    n = batch_size(batch)
+    loss, aux, records = _record(loss_fn, flat, treedef, batch, has_aux)
+    if n > 1:
+        _, _, one = _record(loss_fn, flat, treedef, _slice(batch, 0, 1), has_aux)
+        c = _reduction_scale(records, one, n)
+        if c != 1.0:
+            for r in records:
+                r.g = r.g * n  # undo the batch mean: per-example output gradients
+    return loss, aux, Factored(records, flat, n)
+
+
+def decompose(
+    loss_fn: LossFn,
+    params: Any,
+    batch: Sequence[Any],
+    *,
+    has_aux: bool,
+    chunk_size: int | None,
+    method: str,
+    need_loss: bool,
+) -> tuple[torch.Tensor | None, Any, Any, str]:
+    """Per-example gradients of ``loss_fn`` as a representation.
+
+    Returns ``(loss, aux, rep, method_used)``; ``loss``/``aux`` are those of the
+    whole batch (``None`` when not needed and not free).
+    """
+    n = batch_size(batch)
+    if method != "vmap" and not in_transform():
+        try:
+            if chunk_size is None or chunk_size >= n:
+                loss, aux, rep = rules_factored(loss_fn, params, batch, has_aux)
+                return loss, aux, rep, "rules"
+            parts = [
+                rules_factored(loss_fn, params, _slice(batch, s, s + chunk_size), has_aux)[2]
+                for s in range(0, n, chunk_size)
+            ]
+            loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
+            return loss, aux, Chunked(parts), "rules"
+        except NoRule as e:
+            if method == "rules":
+                raise ValueError(f"method='rules' does not apply to this loss_fn: {e}") from None
+    elif method == "rules":
+        raise ValueError("method='rules' cannot run under torch.compile or torch.func transforms")
+    rep = vmap_dense(loss_fn, params, batch, has_aux, chunk_size)
+    loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
+    return loss, aux, rep, "vmap"
+
+
+def _batch_loss(
+    loss_fn: LossFn, params: Any, batch: Sequence[Any], has_aux: bool, need: bool
+) -> tuple[torch.Tensor | None, Any]:
+    if not (need or has_aux):
+        return None, None
+    with torch.no_grad():
+        return _split_out(loss_fn(params, *batch), has_aux)

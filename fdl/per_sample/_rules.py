@@ -1,0 +1,264 @@
+"""Per-sample gradient rules for linear and convolution layers.
+
+For a layer ``out = op(a, W) + b`` applied to a batch, the gradient of the
+loss with respect to ``W`` is a sum over examples (and positions) of outer
+products of the output gradient ``g`` and the input activation ``a``. Keeping
+the two factors apart gives each example's gradient, its squared norm and any
+weighted sum over examples without running a backward pass per example:
+
+* linear, ``a: (B, T, in)``, ``g: (B, T, out)``:
+  ``grad_W[i] = Σ_t g[i, t]ᵀ a[i, t]`` and ``grad_b[i] = Σ_t g[i, t]``;
+  ``‖grad_W[i]‖² = Σ_{t,s} (a[i,t]·a[i,s]) (g[i,t]·g[i,s])`` (Gram form, used when
+  ``T²(in + out) < T·in·out``; with ``T = 1`` it is ``‖a[i]‖²‖g[i]‖²``).
+* convolution: the same with ``a`` unfolded into patches (im2col),
+  ``A[i]: (C_in·k, L)`` and ``G[i]: (C_out, L)`` over the ``L`` output positions,
+  per group.
+* ``Σ_i w[i] grad_W[i]`` is the ordinary weight gradient of the output
+  gradient ``w[i]·g[i]``: one matmul (linear) or one convolution-weight
+  backward (conv), the cost of a normal batch gradient.
+
+:class:`Recorder` is a ``TorchFunctionMode`` that intercepts
+``torch.nn.functional.linear``, ``conv1d`` and ``conv2d`` when their weight is
+one of the parameters being differentiated, runs them on detached parameters
+(so the parameters themselves stay out of the autograd graph) and keeps the
+input and the output tensor of each call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_LINEAR = F.linear
+_CONVS = {F.conv1d: 1, F.conv2d: 2}
+
+
+def _pair(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * n
+    t = tuple(int(e) for e in v)
+    return t * n if len(t) == 1 else t
+
+
+@dataclass
+class Record:
+    """One intercepted layer call: its input, output and parameter slots."""
+
+    kind: str  # "linear" or "conv"
+    weight: int  # index of the weight among the parameter leaves
+    bias: int | None  # index of the bias, if any
+    a: torch.Tensor  # the layer input (detached)
+    out: torch.Tensor  # the layer output (in the graph)
+    weight_shape: tuple[int, ...] = ()
+    nd: int = 0  # spatial dims of a conv (1 or 2)
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    g: torch.Tensor | None = field(default=None, repr=False)  # per-example output grad
+
+
+def _as_graph_node(out: torch.Tensor) -> torch.Tensor:
+    """A first layer on plain data gives an output outside the graph: make it a leaf."""
+    return out if out.requires_grad else out.requires_grad_()
+
+
+class Recorder(TorchFunctionMode):
+    """Intercept linear/conv calls whose weight is a tracked parameter."""
+
+    def __init__(self, leaf_ids: dict[int, int]) -> None:
+        super().__init__()
+        self.leaf_ids = leaf_ids
+        self.records: list[Record] = []
+
+    def _slot(self, t: Any) -> int | None:
+        return self.leaf_ids.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is _LINEAR:
+            rec = self._linear(*args, **kwargs)
+        elif func in _CONVS:
+            rec = self._conv(_CONVS[func], func, *args, **kwargs)
+        else:
+            rec = None
+        if rec is None:
+            return func(*args, **kwargs)
+        return rec
+
+    def _linear(self, x: Any, weight: Any, bias: Any = None) -> torch.Tensor | None:
+        w_slot, b_slot = self._slot(weight), self._slot(bias)
+        if w_slot is None or (bias is not None and b_slot is None):
+            return None
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return None
+        out = _LINEAR(x, weight.detach(), None if bias is None else bias.detach())
+        out = _as_graph_node(out)
+        self.records.append(Record("linear", w_slot, b_slot, x.detach(), out))
+        return out
+
+    def _conv(
+        self,
+        nd: int,
+        func: Any,
+        x: Any,
+        weight: Any,
+        bias: Any = None,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+    ) -> torch.Tensor | None:
+        w_slot, b_slot = self._slot(weight), self._slot(bias)
+        if w_slot is None or (bias is not None and b_slot is None):
+            return None
+        if not isinstance(x, torch.Tensor) or x.dim() != nd + 2:
+            return None
+        ksize = tuple(weight.shape[2:])
+        stride_t, dil_t = _pair(stride, nd), _pair(dilation, nd)
+        if isinstance(padding, str):
+            if padding == "valid":
+                pad_t = (0,) * nd
+            elif padding == "same":
+                totals = [d * (k - 1) for d, k in zip(dil_t, ksize, strict=True)]
+                if any(t % 2 for t in totals):
+                    return None  # asymmetric padding: no rule
+                pad_t = tuple(t // 2 for t in totals)
+            else:
+                return None
+        else:
+            pad_t = _pair(padding, nd)
+        out = func(
+            x,
+            weight.detach(),
+            None if bias is None else bias.detach(),
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
+        out = _as_graph_node(out)
+        self.records.append(
+            Record(
+                "conv",
+                w_slot,
+                b_slot,
+                x.detach(),
+                out,
+                weight_shape=tuple(weight.shape),
+                nd=nd,
+                stride=stride_t,
+                padding=pad_t,
+                dilation=dil_t,
+                groups=int(groups),
+            )
+        )
+        return out
+
+
+# ---------------------------------------------------------------------------
+# per-record computations (g is the per-example output gradient)
+# ---------------------------------------------------------------------------
+
+
+def _linear_factors(r: Record) -> tuple[torch.Tensor, torch.Tensor]:
+    b = r.a.shape[0]
+    a = r.a.reshape(b, -1, r.a.shape[-1])  # (B, T, in)
+    g = r.g.reshape(b, -1, r.g.shape[-1])  # (B, T, out)
+    return a, g
+
+
+def _im2col(
+    x: torch.Tensor,
+    k: tuple[int, ...],
+    stride: tuple[int, ...],
+    pad: tuple[int, ...],
+    dil: tuple[int, ...],
+) -> torch.Tensor:
+    """Patches of a 2-d convolution, ``(B, C·kh·kw, L)`` in ``F.unfold``'s order.
+
+    Built from strided views (``Tensor.unfold``) and one copy, which is much
+    faster on a CPU than ``F.unfold``.
+    """
+    if any(pad):
+        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
+    span = [d * (kk - 1) + 1 for d, kk in zip(dil, k, strict=True)]
+    v = x.unfold(2, span[0], stride[0]).unfold(3, span[1], stride[1])  # (B, C, Ho, Wo, sh, sw)
+    if dil[0] > 1 or dil[1] > 1:
+        v = v[..., :: dil[0], :: dil[1]]  # (B, C, Ho, Wo, kh, kw)
+    b, c, ho, wo = v.shape[:4]
+    return v.permute(0, 1, 4, 5, 2, 3).reshape(b, c * k[0] * k[1], ho * wo)
+
+
+def _conv_factors(r: Record) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches ``A: (B, groups, C_in/groups·k, L)`` and ``G: (B, groups, C_out/groups, L)``."""
+    x = r.a
+    k = r.weight_shape[2:]
+    if r.nd == 1:
+        x = x.unsqueeze(2)
+        k, stride, pad, dil = (1, *k), (1, *r.stride), (0, *r.padding), (1, *r.dilation)
+    else:
+        stride, pad, dil = r.stride, r.padding, r.dilation
+    cols = _im2col(x, k, stride, pad, dil)  # (B, C_in·k, L)
+    b, l_out = cols.shape[0], cols.shape[-1]
+    a = cols.reshape(b, r.groups, -1, l_out)
+    g = r.g.reshape(b, r.groups, -1, l_out)
+    return a, g
+
+
+def weight_per_sample(r: Record) -> torch.Tensor:
+    """``(B, *weight.shape)`` per-example weight gradients."""
+    if r.kind == "linear":
+        a, g = _linear_factors(r)
+        return torch.bmm(g.transpose(1, 2), a)  # (B, out, in)
+    a, g = _conv_factors(r)
+    gw = torch.einsum("bgol,bgil->bgoi", g, a)  # (B, groups, C_out/groups, C_in/groups·k)
+    return gw.reshape(gw.shape[0], *r.weight_shape)
+
+
+def bias_per_sample(r: Record) -> torch.Tensor:
+    """``(B, C_out)`` per-example bias gradients."""
+    if r.kind == "linear":
+        return r.g.reshape(r.g.shape[0], -1, r.g.shape[-1]).sum(1)
+    return r.g.reshape(r.g.shape[0], r.g.shape[1], -1).sum(-1)
+
+
+def _gram_sq_norms(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``Σ_{t,s} (a_t·a_s)(g_t·g_s)`` per example; ``a: (B, T, n)``, ``g: (B, T, m)``."""
+    return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+
+
+def weight_sq_norms(r: Record) -> torch.Tensor:
+    """``(B,)`` squared Frobenius norms of the per-example weight gradients."""
+    if r.kind == "linear":
+        a, g = _linear_factors(r)
+        t, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
+        if t == 1:
+            return a.square().sum((1, 2)) * g.square().sum((1, 2))
+        if t * t * (n_in + n_out) < t * n_in * n_out:
+            return _gram_sq_norms(a, g)
+        return torch.bmm(g.transpose(1, 2), a).square().sum((1, 2))
+    a, g = _conv_factors(r)
+    n_k, n_out, l_out = a.shape[2], g.shape[2], a.shape[3]
+    if r.groups == 1 and l_out * l_out * (n_k + n_out) < l_out * n_k * n_out:
+        return _gram_sq_norms(a[:, 0].transpose(1, 2), g[:, 0].transpose(1, 2))
+    return weight_per_sample(r).flatten(1).square().sum(1)
+
+
+def weight_weighted_sum(r: Record, w: torch.Tensor) -> torch.Tensor:
+    """``Σ_i w[i] grad_W[i]`` as one ordinary weight-gradient computation."""
+    shape = (-1,) + (1,) * (r.g.dim() - 1)
+    gw = r.g * w.reshape(shape).to(r.g.dtype)
+    if r.kind == "linear":
+        return gw.reshape(-1, gw.shape[-1]).T @ r.a.reshape(-1, r.a.shape[-1])
+    fn = torch.nn.grad.conv1d_weight if r.nd == 1 else torch.nn.grad.conv2d_weight
+    return fn(r.a, r.weight_shape, gw, r.stride, r.padding, r.dilation, r.groups)
+
+
+def bias_weighted_sum(r: Record, w: torch.Tensor) -> torch.Tensor:
+    """``Σ_i w[i] grad_b[i]``."""
+    return w.to(r.g.dtype) @ bias_per_sample(r)

@@ -1,0 +1,47 @@
+"""Differential privacy: DP-SGD steps and the Rényi-DP accountant.
+
+* :mod:`fdl.privacy.dp_sgd`: per-example clipping, Gaussian noise from an
+  ``fdl.random`` key, Poisson batches of one fixed shape, and a train step
+  usable with any ``fdl.optim`` optimizer.
+* :mod:`fdl.privacy.accountant`: ε for the sampled Gaussian mechanism
+  (:func:`epsilon`) and its inverse (:func:`noise_multiplier_for`).
+
+Example:
+    >>> import fdl
+    >>> eps = fdl.privacy.epsilon(steps=2340, noise_multiplier=1.1, sample_rate=256 / 60000,
+    ...                           delta=1e-5)
+    >>> 1.0 < eps < 1.2
+    True
+"""
+
+from fdl.privacy.accountant import (
+    DEFAULT_ORDERS,
+    epsilon,
+    noise_multiplier_for,
+    rdp_sampled_gaussian,
+    rdp_to_epsilon,
+)
+from fdl.privacy.dp_sgd import (
+    add_noise,
+    clip_factors,
+    clip_per_sample,
+    dp_grads,
+    make_dp_train_step,
+    poisson_max_size,
+    poisson_sample,
+)
+
+__all__ = [
+    "DEFAULT_ORDERS",
+    "add_noise",
+    "clip_factors",
+    "clip_per_sample",
+    "dp_grads",
+    "epsilon",
+    "make_dp_train_step",
+    "noise_multiplier_for",
+    "poisson_max_size",
+    "poisson_sample",
+    "rdp_sampled_gaussian",
+    "rdp_to_epsilon",
+]

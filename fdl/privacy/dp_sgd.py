@@ -1,0 +1,361 @@
+"""DP-SGD: clipped per-example gradients plus Gaussian noise, and Poisson batches.
+
+One private gradient, for a batch of examples ``i`` with inclusion mask ``m_i``::
+
+    n_i   = ‖grad_i‖                              (global L2 norm over the params pytree)
+    f_i   = m_i · min(1, C / (n_i + 1e-6))         (clip factor, as Opacus's flat clipping)
+    g     = (Σ_i f_i · grad_i + σ·C·z) / B_e       (z ~ N(0, I) from an fdl.random key)
+
+with ``C = max_grad_norm``, ``σ = noise_multiplier`` and ``B_e =
+expected_batch_size`` (``sample_rate · dataset size`` under Poisson sampling).
+``g`` goes to any ``fdl.optim`` optimizer like an ordinary gradient.
+
+Poisson sampling includes every example independently with probability
+``q``; the batch size varies. :func:`poisson_sample` returns a fixed number
+``max_size`` of indices and a mask, so the compiled step sees one shape and
+never recompiles; masked rows contribute nothing.
+
+On the rules path (see :mod:`fdl.per_sample`) the norms come from the
+recorded layer factors and ``Σ_i f_i grad_i`` is one ordinary weight-gradient
+computation per layer, so a private step costs about one batch gradient;
+per-example gradients are never materialised for linear layers.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from fdl import random as _random
+from fdl import tree as _tree
+from fdl.per_sample import _core
+
+__all__ = [
+    "add_noise",
+    "clip_factors",
+    "clip_per_sample",
+    "dp_grads",
+    "make_dp_train_step",
+    "poisson_max_size",
+    "poisson_sample",
+]
+
+CLIP_EPS = 1e-6
+
+
+def _check_clip(max_grad_norm: float) -> float:
+    c = float(max_grad_norm)
+    if not c > 0.0 or math.isinf(c):
+        raise ValueError(f"max_grad_norm must be a positive finite number, got {max_grad_norm}")
+    return c
+
+
+def _check_noise(noise_multiplier: float) -> float:
+    s = float(noise_multiplier)
+    if not s >= 0.0 or math.isinf(s):
+        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier}")
+    return s
+
+
+def _check_expected(expected_batch_size: float) -> float:
+    b = float(expected_batch_size)
+    if not b > 0.0 or math.isinf(b):
+        raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
+    return b
+
+
+def _check_rate(sample_rate: float) -> float:
+    q = float(sample_rate)
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    return q
+
+
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Per-example clip factors ``min(1, C / (norms + 1e-6))``.
+
+    Args:
+        norms: ``(B,)`` per-example gradient norms.
+        max_grad_norm: ``C > 0``.
+
+    Returns:
+        ``(B,)`` factors in ``(0, 1]``.
+
+    Example:
+        >>> clip_factors(torch.tensor([0.5, 4.0]), 1.0)
+        tensor([1.0000, 0.2500])
+    """
+    c = _check_clip(max_grad_norm)
+    return torch.clamp(c / (norms + CLIP_EPS), max=1.0)
+
+
+def clip_per_sample(grads: Any, max_grad_norm: float) -> Any:
+    """Scale each example's gradient (leading axis of every leaf) to norm at most ``C``.
+
+    ``grads_i · min(1, C / (‖grads_i‖ + 1e-6))`` with the norm over the whole pytree.
+
+    Args:
+        grads: per-example gradients, e.g. from :func:`fdl.per_sample_grads`.
+        max_grad_norm: ``C > 0``.
+
+    Returns:
+        The clipped per-example gradients (same structure).
+
+    Example:
+        >>> g = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}
+        >>> clip_per_sample(g, 1.0)["w"]
+        tensor([[0.6000, 0.8000],
+                [0.3000, 0.4000]])
+    """
+    leaves = _tree.leaves(grads)
+    sq = sum(t.flatten(1).square().sum(1) for t in leaves)
+    f = clip_factors(sq.sqrt(), max_grad_norm)
+    return _tree.map(lambda t: t * f.reshape((-1,) + (1,) * (t.dim() - 1)).to(t.dtype), grads)
+
+
+def add_noise(
+    grads: Any, key: _random.Key, noise_multiplier: float, max_grad_norm: float
+) -> Any:
+    """``grads + σ·C·z`` with ``z ~ N(0, I)`` drawn leaf by leaf from ``key``.
+
+    Args:
+        grads: a pytree of summed clipped gradients.
+        key: an ``fdl.random`` key (split once per leaf).
+        noise_multiplier: ``σ >= 0``.
+        max_grad_norm: ``C > 0``.
+
+    Returns:
+        The noised pytree.
+
+    Example:
+        >>> import fdl
+        >>> g = add_noise({"w": torch.zeros(10000)}, fdl.random.key(0), 2.0, 0.5)
+        >>> round(float(g["w"].std()), 1)
+        1.0
+    """
+    std = _check_noise(noise_multiplier) * _check_clip(max_grad_norm)
+    flat, treedef = _tree.flatten(grads)
+    keys = _random.split(key, max(len(flat), 1))
+    noised = [
+        t + _random.normal(keys[i], tuple(t.shape), dtype=t.dtype) * std
+        for i, t in enumerate(flat)
+    ]
+    return _tree.unflatten(treedef, noised)
+
+
+def dp_grads(
+    loss_fn: Callable[..., Any],
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    has_aux: bool = False,
+    method: str = "auto",
+) -> Callable[..., Any]:
+    """Build ``fn(params, key, *batch, mask=None) -> (private_grads, loss[, aux])``.
+
+    ``private_grads = (Σ_i f_i · grad_i + σ·C·z) / B_e`` with
+    ``f_i = m_i · min(1, C / (‖grad_i‖ + 1e-6))``, ``grad_i`` the gradient of
+    ``loss_fn`` on example ``i`` alone (see :func:`fdl.per_sample_grads`),
+    ``m_i`` the mask (all ones when ``None``) and ``z ~ N(0, I)`` from ``key``.
+
+    Args:
+        loss_fn: the ordinary batched loss ``loss_fn(params, *batch)``.
+        noise_multiplier: ``σ >= 0``.
+        max_grad_norm: ``C > 0``.
+        expected_batch_size: ``B_e > 0``, the divisor (``q · N`` for Poisson batches).
+        has_aux: ``loss_fn`` returns ``(loss, aux)``.
+        method: ``"auto"``, ``"rules"`` or ``"vmap"`` (see :mod:`fdl.per_sample`).
+
+    Returns:
+        The function. ``loss`` (and ``aux``) are ``loss_fn`` on the whole batch
+        given, masked rows included: use them for monitoring only.
+
+    Example:
+        >>> import torch, torch.nn.functional as F, fdl
+        >>> loss_fn = lambda p, x, y: F.mse_loss(F.linear(x, p["w"]), y)
+        >>> fn = dp_grads(loss_fn, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=4)
+        >>> p = {"w": torch.ones(1, 2)}
+        >>> g, loss = fn(p, fdl.random.key(0), torch.ones(4, 2), torch.zeros(4, 1))
+        >>> g["w"]  # each example's gradient (4, 4) is clipped to norm 1
+        tensor([[0.7071, 0.7071]])
+    """
+    sigma = _check_noise(noise_multiplier)
+    clip = _check_clip(max_grad_norm)
+    b_e = _check_expected(expected_batch_size)
+    if method not in ("auto", "rules", "vmap"):
+        raise ValueError(f"method must be one of ('auto', 'rules', 'vmap'), got {method!r}")
+
+    def fn(params: Any, key: _random.Key, *batch: Any, mask: torch.Tensor | None = None) -> Any:
+        loss, aux, rep, _ = _core.decompose(
+            loss_fn, params, batch, has_aux=has_aux, chunk_size=None, method=method, need_loss=True
+        )
+        norms = rep.sq_norms().sqrt()
+        f = torch.clamp(clip / (norms + CLIP_EPS), max=1.0)
+        if mask is not None:
+            if mask.shape != norms.shape:
+                raise ValueError(
+                    f"mask must have shape {tuple(norms.shape)} (one entry per example), "
+                    f"got {tuple(mask.shape)}"
+                )
+            f = f * mask.to(f.dtype)
+        summed = _tree.unflatten(_tree.structure(params), rep.weighted_sum(f))
+        noised = add_noise(summed, key, sigma, clip)
+        grads = _tree.map(lambda t: t / b_e, noised)
+        return (grads, loss, aux) if has_aux else (grads, loss)
+
+    return fn
+
+
+def _fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # own code object, so each built step has its own compile cache
+    code = fn.__code__.replace(co_name=fn.__code__.co_name)
+    out = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    out.__qualname__, out.__doc__ = fn.__qualname__, fn.__doc__
+    return out
+
+
+def make_dp_train_step(
+    loss_fn: Callable[..., Any],
+    optimizer: Any,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    has_aux: bool = False,
+    method: str = "auto",
+    compile: bool | Mapping[str, Any] = False,
+) -> Callable[..., Any]:
+    """Build ``step(params, opt_state, key, *batch, mask=None) -> (params, opt_state, loss[, aux])``.
+
+    ``grads`` from :func:`dp_grads`, then ``updates, opt_state =
+    optimizer.update(grads, opt_state, params)`` and ``params + updates``.
+
+    Args:
+        loss_fn: the ordinary batched loss.
+        optimizer: any ``fdl.optim`` ``GradientTransformation``.
+        noise_multiplier, max_grad_norm, expected_batch_size, has_aux, method:
+            as for :func:`dp_grads`.
+        compile: ``True`` wraps the step in ``torch.compile(fullgraph=True)``
+            (per-example gradients then take the ``vmap`` path); a dict gives
+            ``torch.compile`` options. ``False`` (default) runs eagerly, where
+            the rules path applies — on a CPU usually the faster choice.
+
+    Returns:
+        The step function (pure). Pass a fresh key every step (e.g.
+        ``fdl.random.fold_in(key, step)``) and the Poisson mask.
+
+    Example:
+        >>> import torch, torch.nn.functional as F, fdl
+        >>> loss_fn = lambda p, x, y: F.mse_loss(F.linear(x, p["w"]), y)
+        >>> opt = fdl.optim.sgd(lr=0.1)
+        >>> step = make_dp_train_step(loss_fn, opt, noise_multiplier=1.0, max_grad_norm=1.0,
+        ...                           expected_batch_size=4)
+        >>> p = {"w": torch.zeros(1, 2)}
+        >>> p, s, loss = step(p, opt.init(p), fdl.random.key(0), torch.ones(4, 2), torch.ones(4, 1))
+        >>> p["w"].shape
+        torch.Size([1, 2])
+    """
+    grad_fn = dp_grads(
+        loss_fn,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        has_aux=has_aux,
+        method=method,
+    )
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            "make_dp_train_step: optimizer must be a GradientTransformation with init and "
+            f"update, got {type(optimizer).__name__}"
+        )
+
+    def step(
+        params: Any, opt_state: Any, key: _random.Key, *batch: Any, mask: torch.Tensor | None = None
+    ) -> tuple[Any, ...]:
+        out = grad_fn(params, key, *batch, mask=mask)
+        updates, new_state = optimizer.update(out[0], opt_state, params)
+        new_params = _tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
+        return (new_params, new_state, *out[1:])
+
+    if compile is False:
+        return step
+    if compile is True:
+        options: dict[str, Any] = {}
+    elif isinstance(compile, Mapping):
+        options = dict(compile)
+    else:
+        raise TypeError(f"compile must be a bool or a dict, got {type(compile).__name__}")
+    options.setdefault("fullgraph", True)
+    return torch.compile(_fresh_function(step), **options)
+
+
+def poisson_max_size(num_examples: int, sample_rate: float, *, tail: float = 1e-9) -> int:
+    """A padded batch size that a Poisson batch exceeds with probability below ``tail``.
+
+    Chernoff bound on ``Binomial(N, q)``: the smallest ``k >= N q`` with
+    ``exp(-N · KL(k/N ‖ q)) <= tail``.
+
+    Example:
+        >>> poisson_max_size(60000, 256 / 60000)
+        366
+    """
+    n, q = int(num_examples), _check_rate(sample_rate)
+    if n <= 0:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    if q == 1.0:
+        return n
+    mean = n * q
+    for k in range(math.ceil(mean), n + 1):
+        a = k / n
+        kl = a * math.log(a / q) + (0.0 if a == 1.0 else (1 - a) * math.log((1 - a) / (1 - q)))
+        if -n * kl <= math.log(tail):
+            return k
+    return n
+
+
+def poisson_sample(
+    key: _random.Key, num_examples: int, sample_rate: float, max_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poisson-sample a batch as fixed-size ``(indices, mask)``.
+
+    Each of ``num_examples`` examples is included independently with
+    probability ``sample_rate``. The included indices come first (in random
+    order), padded with excluded ones to ``max_size``; ``mask`` is ``True`` on
+    the included rows. If more than ``max_size`` are drawn, the extra ones are
+    dropped (probability below 1e-9 with the default ``max_size`` from
+    :func:`poisson_max_size`).
+
+    Args:
+        key: an ``fdl.random`` key.
+        num_examples: dataset size ``N``.
+        sample_rate: ``q`` in (0, 1].
+        max_size: rows in the padded batch (default :func:`poisson_max_size`).
+
+    Returns:
+        ``indices`` (int64, ``(max_size,)``) and ``mask`` (bool, ``(max_size,)``).
+
+    Example:
+        >>> import fdl
+        >>> idx, mask = poisson_sample(fdl.random.key(0), 1000, 0.05, max_size=100)
+        >>> idx.shape, mask.shape, 20 < int(mask.sum()) < 80
+        (torch.Size([100]), torch.Size([100]), True)
+    """
+    q = _check_rate(sample_rate)
+    n = int(num_examples)
+    if n <= 0:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    size = poisson_max_size(n, q) if max_size is None else int(max_size)
+    if not 0 < size <= n:
+        raise ValueError(f"max_size must be in [1, num_examples={n}], got {max_size}")
+    k_in, k_order = _random.split(key)
+    included = _random.uniform(k_in, (n,), dtype=torch.float64) < q
+    order = _random.permutation(k_order, n)
+    # included examples first, each group in random order
+    ranked = order[torch.argsort((~included[order]).to(torch.int8), stable=True)]
+    indices = ranked[:size]
+    return indices, included[indices]

@@ -1,0 +1,266 @@
+"""Trajectory parity of every fdl optimizer with torch.optim, step by step.
+
+Each optimizer is trained for 100 steps from identical params with its own
+gradients (``fdl.testing.assert_optimizer_parity``); params must equal torch's
+at every step (float64 to 1e-10, float32 to 1e-5). Over each optimizer's grid
+every keyword argument takes a non-default value at least once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+import fdl
+from fdl.optim import schedules as S
+from fdl.testing import assert_optimizer_parity
+
+# (fdl optimizer, torch optimizer, [kwargs, ...]): the kwargs are passed to both.
+OPTIMIZERS: dict[str, tuple[Callable[..., Any], type[torch.optim.Optimizer], list[dict]]] = {
+    "sgd": (
+        fdl.optim.sgd,
+        torch.optim.SGD,
+        [
+            {},
+            {"lr": 0.05, "momentum": 0.9},
+            {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1},
+            {"lr": 0.02, "momentum": 0.8, "nesterov": True, "weight_decay": 0.05, "maximize": True},
+        ],
+    ),
+    "adam": (
+        fdl.optim.adam,
+        torch.optim.Adam,
+        [
+            {},
+            {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1, "amsgrad": True},
+            {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+        ],
+    ),
+    "adamw": (
+        fdl.optim.adamw,
+        torch.optim.AdamW,
+        [
+            {},
+            {"lr": 0.01, "betas": (0.85, 0.98), "eps": 1e-7, "weight_decay": 0.2, "amsgrad": True},
+            {"lr": 0.01, "maximize": True},
+        ],
+    ),
+    "rmsprop": (
+        fdl.optim.rmsprop,
+        torch.optim.RMSprop,
+        [
+            {},
+            {
+                "lr": 0.005,
+                "alpha": 0.9,
+                "eps": 1e-6,
+                "weight_decay": 0.1,
+                "momentum": 0.9,
+                "centered": True,
+            },
+            {"lr": 0.005, "momentum": 0.5, "maximize": True},
+        ],
+    ),
+    "adagrad": (
+        fdl.optim.adagrad,
+        torch.optim.Adagrad,
+        [
+            {},
+            {
+                "lr": 0.05,
+                "lr_decay": 0.01,
+                "weight_decay": 0.1,
+                "initial_accumulator_value": 0.1,
+                "eps": 1e-8,
+                "maximize": True,
+            },
+        ],
+    ),
+    "adamax": (
+        fdl.optim.adamax,
+        torch.optim.Adamax,
+        [
+            {},
+            {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1, "maximize": True},
+        ],
+    ),
+    "nadam": (
+        fdl.optim.nadam,
+        torch.optim.NAdam,
+        [
+            {},
+            {
+                "lr": 0.01,
+                "betas": (0.8, 0.99),
+                "eps": 1e-6,
+                "weight_decay": 0.1,
+                "momentum_decay": 0.01,
+            },
+            {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+        ],
+    ),
+    "radam": (
+        fdl.optim.radam,
+        torch.optim.RAdam,
+        [
+            {},
+            {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1},
+            {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
+        ],
+    ),
+    "adadelta": (
+        fdl.optim.adadelta,
+        torch.optim.Adadelta,
+        [
+            {},
+            {"lr": 0.5, "rho": 0.8, "eps": 1e-5, "weight_decay": 0.1, "maximize": True},
+        ],
+    ),
+}
+
+CASES = [
+    pytest.param(name, i, id=f"{name}-{i}")
+    for name, (_, _, grid) in OPTIMIZERS.items()
+    for i in range(len(grid))
+]
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch.optim keeps scalar state (NAdam's mu_product) in the default dtype."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _problem(kwargs: dict, params: Any = None) -> dict:
+    """Params and loss for ``assert_optimizer_parity``.
+
+    With ``maximize`` the loss is negated, so that ascent is as stable as descent
+    (ascending the plain loss diverges and amplifies rounding exponentially).
+    """
+    params, loss = fdl.testing.optimizer_problem(params)
+    if kwargs.get("maximize"):
+        return {"params": params, "loss": lambda p: -loss(p)}
+    return {"params": params, "loss": loss}
+
+
+def _float32_problem() -> Any:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "w": torch.randn(6, 4, generator=g),
+        "b": torch.randn(4, generator=g),
+        "nested": {"v": torch.randn(3, generator=g)},
+    }
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_grid_covers_every_keyword(name: str) -> None:
+    """Every keyword of the fdl optimizer takes a non-default value somewhere in its grid."""
+    fn, _, grid = OPTIMIZERS[name]
+    sig = inspect.signature(fn)
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            continue
+        assert any(p.name in kw and kw[p.name] != p.default for kw in grid), p.name
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_defaults_match_torch(name: str) -> None:
+    """fdl's defaults are torch's defaults."""
+    fn, torch_cls, _ = OPTIMIZERS[name]
+    torch_sig = inspect.signature(torch_cls.__init__).parameters
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not p.VAR_KEYWORD:
+            assert p.name in torch_sig, p.name
+            assert torch_sig[p.name].default == p.default, p.name
+
+
+@pytest.mark.parametrize(("name", "i"), CASES)
+def test_trajectory_float64(name: str, i: int) -> None:
+    fn, torch_cls, grid = OPTIMIZERS[name]
+    kwargs = grid[i]
+    with _default_dtype(torch.float64):
+        assert_optimizer_parity(fn(**kwargs), torch_cls, kwargs, steps=100, **_problem(kwargs))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_trajectory_float32(name: str) -> None:
+    """float32 on a second problem, with the grid entry that changes most keywords."""
+    fn, torch_cls, grid = OPTIMIZERS[name]
+    kwargs = max(grid, key=len)
+    assert_optimizer_parity(
+        fn(**kwargs),
+        torch_cls,
+        kwargs,
+        steps=100,
+        params=_float32_problem(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+# (fdl schedule, torch scheduler factory, fdl optimizer, torch optimizer, kwargs)
+SCHEDULED = {
+    "adam+warmup-cosine": (
+        S.SequentialLR(
+            [S.LinearLR(0.01, 0.1, total_iters=10), S.CosineAnnealingLR(0.01, 90)], milestones=[10]
+        ),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=10),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, 90),
+            ],
+            milestones=[10],
+        ),
+        fdl.optim.adam,
+        torch.optim.Adam,
+        {"lr": 0.01, "weight_decay": 0.01},
+    ),
+    "sgd+steplr": (
+        S.StepLR(0.05, step_size=7, gamma=0.5),
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+        fdl.optim.sgd,
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    ),
+    "adagrad+exponential": (
+        S.ExponentialLR(0.05, gamma=0.98),
+        lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.98),
+        fdl.optim.adagrad,
+        torch.optim.Adagrad,
+        {"lr": 0.05, "lr_decay": 0.01},
+    ),
+    "adamw+onecycle": (
+        S.OneCycleLR(0.02, total_steps=100),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, 0.02, total_steps=100, cycle_momentum=False
+        ),
+        fdl.optim.adamw,
+        torch.optim.AdamW,
+        {"lr": 0.02},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULED))
+def test_schedule_plus_optimizer(name: str) -> None:
+    """An fdl schedule as ``lr`` reproduces torch's ``opt.step(); sched.step()`` loop."""
+    schedule, make_sched, fn, torch_cls, kwargs = SCHEDULED[name]
+    with _default_dtype(torch.float64):
+        assert_optimizer_parity(
+            fn(**{**kwargs, "lr": schedule}),
+            torch_cls,
+            kwargs,
+            steps=100,
+            torch_scheduler=make_sched,
+        )
