@@ -28,7 +28,7 @@ from fdl import nn
 
 
 def make_model() -> nn.Sequential:
-    """Conv(16, 8x8, s2) → tanh → pool(2, 1) → conv(32, 4x4, s2) → tanh → pool(2, 1) → fc 32 → fc 10."""
+    """conv 16@8x8/2 → tanh → pool(2, 1) → conv 32@4x4/2 → tanh → pool(2, 1) → fc 32 → fc 10."""
     return nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(1, 16, 8, stride=2, padding=3),  # (B, 16, 14, 14)

@@ -93,6 +93,7 @@ def load_mnist(data_dir: str | None, limit: int | None = None) -> tuple[Any, Any
 def save_curve(history: list[dict[str, Any]], path: Path) -> None:
     """Plot training/validation loss and accuracy per epoch to a PNG."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -106,6 +107,7 @@ def save_curve(history: list[dict[str, Any]], path: Path) -> None:
     ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -166,15 +168,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # every one of the 10000 test images counts: the last partial batch is padded, not dropped
     classes = fdl.train.predict(model.apply, params, test[0], 1000, output="classes")
-    accuracy = 100.0 * float((classes == test[1]).float().mean())
-    print(f"Accuracy of the network on the {len(test[1])} test images: {accuracy}%")
+    correct, total = int((classes == test[1]).sum()), len(test[1])
+    accuracy = 100 * correct / total
+    print(f"Accuracy of the network on the {total} test images: {accuracy}%")
 
+    save_curve(history, out / "training_curve.png")
     fdl.checkpoint.save(
         out / "checkpoint.safetensors",
         {"params": params, "opt_state": opt_state, "key": key, "epoch": torch.tensor(args.epochs)},
         metadata={"example": "mnist_cnn", "test_accuracy": f"{accuracy:.2f}"},
     )
-    save_curve(history, out / "training_curve.png")
     print(
         f"Trained in {wall:.1f}s; wrote {out}/checkpoint.safetensors, history.json, "
         "training_curve.png"

@@ -22,6 +22,8 @@ Where fdl differs from torch:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fdl.nn._functional_activations import log_softmax, logsigmoid
@@ -308,11 +310,11 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         return -(target * log_p + (1 - target) * log_q)
 
     @staticmethod
-    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor):
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         input, target = ctx.saved_tensors
         grad_input = grad * (input - target) / torch.clamp_min(input * (1 - input), _BCE_EPS)
         grad_target = -grad * (torch.log(input) - torch.log1p(-input))
@@ -427,7 +429,7 @@ def binary_cross_entropy_with_logits(
         _check_broadcast_weight(name, input, pos_weight, "pos_weight")
         log_weight = 1 + (pos_weight - 1) * target
     else:
-        log_weight = 1
+        log_weight = torch.ones((), dtype=input.dtype, device=input.device)
     loss = (1 - target) * input - log_weight * logsigmoid(input)
     if weight is not None:
         loss = loss * weight

@@ -611,13 +611,14 @@ def test_init_is_deterministic_keyed_and_typed() -> None:
     ],
 )
 def test_init_functions_match_torch_moments(fn: Callable, torch_fn: Callable, args: dict) -> None:
-    shape = (256, 64, 3)
+    shape = (128, 32, 3)
     ours = fn(fdl.random.key(0), shape, **args).double()
     torch.manual_seed(0)
     theirs = torch_fn(torch.empty(shape), **args).double()
     assert ours.shape == theirs.shape
-    assert abs(float(ours.mean() - theirs.mean())) < 0.02 * float(theirs.std()) + 1e-3
-    assert abs(float(ours.std() / theirs.std()) - 1) < 0.02
+    # about five standard errors for 12288 samples
+    assert abs(float(ours.mean() - theirs.mean())) < 0.06 * float(theirs.std())
+    assert abs(float(ours.std() / theirs.std()) - 1) < 0.05
     if "uniform" in fn.__name__:  # same bounds
         assert abs(float(ours.abs().max() / theirs.abs().max()) - 1) < 0.01
 
@@ -748,3 +749,29 @@ def test_conv_transpose_output_size_matches_torch() -> None:
         assert_trees_close(
             up.apply(params, x, output_size=size), ref(x, output_size=size), rtol=1e-10, atol=1e-10
         )
+
+
+def test_stateful_sequential_under_grad_and_compile() -> None:
+    torch._dynamo.reset()
+    model = fdl.nn.Sequential(
+        fdl.nn.Conv2d(1, 2, 3),
+        fdl.nn.BatchNorm2d(2),
+        fdl.nn.ReLU(),
+        fdl.nn.Flatten(),
+        fdl.nn.Dropout(0.2),
+        fdl.nn.Linear(2 * 4 * 4, 3),
+    )
+    params, state = model.init(fdl.random.key(0)), model.init_state()
+
+    def loss(p: Any, s: Any, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, new_state = model.apply(p, x, state=s, key=k, train=True)
+        return y.square().mean(), new_state
+
+    def step(p: Any, s: Any, x: torch.Tensor, k: torch.Tensor) -> tuple[Any, Any]:
+        return torch.func.grad(loss, has_aux=True)(p, s, x, k)
+
+    x, k = _x(4, 1, 6, 6), fdl.random.key(1)
+    grads, new_state = step(params, state, x, k)
+    assert int(new_state["1"]["num_batches_tracked"]) == 1
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    assert_trees_close(compiled(params, state, x, k), (grads, new_state), rtol=1e-5, atol=1e-6)

@@ -95,8 +95,8 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], type[torch.optim.Optimizer], lis
         [
             {},
             {
-                "lr": 0.01,
-                "betas": (0.8, 0.99),
+                "lr": 0.002,
+                "betas": (0.9, 0.99),
                 "eps": 1e-6,
                 "weight_decay": 0.1,
                 "momentum_decay": 0.01,
@@ -122,6 +122,17 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], type[torch.optim.Optimizer], lis
         ],
     ),
 }
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add contention on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 CASES = [
     pytest.param(name, i, id=f"{name}-{i}")

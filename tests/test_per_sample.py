@@ -23,8 +23,14 @@ def _randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 def _mlp_params(dtype):
     return {
-        "fc1": {"weight": _randn(16, 8, dtype=dtype, seed=1), "bias": _randn(16, dtype=dtype, seed=2)},
-        "fc2": {"weight": _randn(4, 16, dtype=dtype, seed=3), "bias": _randn(4, dtype=dtype, seed=4)},
+        "fc1": {
+            "weight": _randn(16, 8, dtype=dtype, seed=1),
+            "bias": _randn(16, dtype=dtype, seed=2),
+        },
+        "fc2": {
+            "weight": _randn(4, 16, dtype=dtype, seed=3),
+            "bias": _randn(4, dtype=dtype, seed=4),
+        },
     }
 
 
@@ -46,9 +52,18 @@ def _mlp_sum_loss(params, x, y):
 
 def _cnn_params(dtype):
     return {
-        "conv1": {"weight": _randn(4, 1, 3, 3, dtype=dtype, seed=1), "bias": _randn(4, dtype=dtype, seed=2)},
-        "conv2": {"weight": _randn(6, 2, 3, 3, dtype=dtype, seed=3), "bias": _randn(6, dtype=dtype, seed=4)},
-        "fc": {"weight": _randn(3, 6 * 2 * 2, dtype=dtype, seed=5) * 0.1, "bias": _randn(3, dtype=dtype, seed=6)},
+        "conv1": {
+            "weight": _randn(4, 1, 3, 3, dtype=dtype, seed=1),
+            "bias": _randn(4, dtype=dtype, seed=2),
+        },
+        "conv2": {
+            "weight": _randn(6, 2, 3, 3, dtype=dtype, seed=3),
+            "bias": _randn(6, dtype=dtype, seed=4),
+        },
+        "fc": {
+            "weight": _randn(3, 6 * 2 * 2, dtype=dtype, seed=5) * 0.1,
+            "bias": _randn(3, dtype=dtype, seed=6),
+        },
     }
 
 
@@ -57,10 +72,19 @@ def _cnn_batch(dtype, n):
 
 
 def _cnn_loss(params, x, y):
-    h = F.relu(F.conv2d(x, params["conv1"]["weight"], params["conv1"]["bias"], padding=2, dilation=2))
+    h = F.relu(
+        F.conv2d(x, params["conv1"]["weight"], params["conv1"]["bias"], padding=2, dilation=2)
+    )
     h = F.max_pool2d(h, 2)  # (B, 4, 4, 4)
-    h = F.conv2d(h, params["conv2"]["weight"], params["conv2"]["bias"], stride=2, padding="valid",
-                 groups=2, dilation=1)  # (B, 6, 1, 1) -> use padding to keep 2x2
+    h = F.conv2d(
+        h,
+        params["conv2"]["weight"],
+        params["conv2"]["bias"],
+        stride=2,
+        padding="valid",
+        groups=2,
+        dilation=1,
+    )  # (B, 6, 1, 1) -> use padding to keep 2x2
     h = F.relu(F.pad(h, (0, 1, 0, 1)))  # (B, 6, 2, 2)
     logits = F.linear(h.flatten(1), params["fc"]["weight"], params["fc"]["bias"])
     return F.nll_loss(F.log_softmax(logits, dim=1), y)
@@ -68,7 +92,10 @@ def _cnn_loss(params, x, y):
 
 def _seq_params(dtype):
     return {
-        "conv": {"weight": _randn(5, 3, 3, dtype=dtype, seed=1), "bias": _randn(5, dtype=dtype, seed=2)},
+        "conv": {
+            "weight": _randn(5, 3, 3, dtype=dtype, seed=1),
+            "bias": _randn(5, dtype=dtype, seed=2),
+        },
         "proj": {"weight": _randn(2, 5, dtype=dtype, seed=3)},
     }
 
@@ -78,8 +105,9 @@ def _seq_batch(dtype, n):
 
 
 def _seq_loss(params, x, y):
-    h = torch.tanh(F.conv1d(x, params["conv"]["weight"], params["conv"]["bias"], padding="same",
-                            dilation=1))
+    h = torch.tanh(
+        F.conv1d(x, params["conv"]["weight"], params["conv"]["bias"], padding="same", dilation=1)
+    )
     out = F.linear(h.transpose(1, 2), params["proj"]["weight"])  # (B, T, 2): a sequence axis
     return F.mse_loss(out, y)
 
@@ -124,7 +152,10 @@ def _coupled_loss(params, x, y):
 def _gram_params(dtype):
     return {
         "conv": {"weight": _randn(8, 8, 3, 3, dtype=dtype, seed=1) * 0.2},
-        "fc": {"weight": _randn(16, 8, dtype=dtype, seed=2), "bias": _randn(16, dtype=dtype, seed=3)},
+        "fc": {
+            "weight": _randn(16, 8, dtype=dtype, seed=2),
+            "bias": _randn(16, dtype=dtype, seed=3),
+        },
     }
 
 
@@ -208,9 +239,7 @@ def test_norms_match_materialised(model, method):
     _, make_params, make_batch, loss_fn, _ = model
     params, batch = make_params(torch.float64), make_batch(torch.float64, N)
     expected = _loop(loss_fn, params, *batch)
-    want = torch.stack(
-        [fdl.tree.global_norm(t) for t in fdl.tree.unstack(expected)]
-    )
+    want = torch.stack([fdl.tree.global_norm(t) for t in fdl.tree.unstack(expected)])
     for chunk in (None, 2):
         got = fdl.per_sample_grad_norms(loss_fn, chunk_size=chunk, method=method)(params, *batch)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

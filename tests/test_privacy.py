@@ -20,10 +20,14 @@ from fdl import privacy
 def _params(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
     return {
-        "conv": {"weight": torch.randn(3, 1, 3, 3, generator=g, dtype=dtype),
-                 "bias": torch.zeros(3, dtype=dtype)},
-        "fc": {"weight": torch.randn(4, 3 * 4 * 4, generator=g, dtype=dtype) * 0.3,
-               "bias": torch.zeros(4, dtype=dtype)},
+        "conv": {
+            "weight": torch.randn(3, 1, 3, 3, generator=g, dtype=dtype),
+            "bias": torch.zeros(3, dtype=dtype),
+        },
+        "fc": {
+            "weight": torch.randn(4, 3 * 4 * 4, generator=g, dtype=dtype) * 0.3,
+            "bias": torch.zeros(4, dtype=dtype),
+        },
     }
 
 
@@ -73,8 +77,9 @@ def test_dp_grads_without_noise_match_loop(method, masked):
     params, (x, y) = _params(), _batch(10)
     clip, b_e = 0.3, 8.0
     mask = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool) if masked else None
-    fn = privacy.dp_grads(_loss, noise_multiplier=0.0, max_grad_norm=clip,
-                          expected_batch_size=b_e, method=method)
+    fn = privacy.dp_grads(
+        _loss, noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=b_e, method=method
+    )
     grads, loss = fn(params, fdl.random.key(0), x, y, mask=mask)
     want = fdl.tree.scale(_reference_dp_sum(params, x, y, clip, mask), 1 / b_e)
     for a, e in zip(fdl.tree.leaves(grads), fdl.tree.leaves(want), strict=True):
@@ -103,13 +108,15 @@ def test_dp_step_is_pure_and_updates():
     params, (x, y) = _params(), _batch(6)
     before = fdl.tree.map(torch.clone, params)
     opt = fdl.optim.sgd(lr=0.1, momentum=0.9)
-    step = privacy.make_dp_train_step(_loss, opt, noise_multiplier=0.0, max_grad_norm=1.0,
-                                      expected_batch_size=6)
+    step = privacy.make_dp_train_step(
+        _loss, opt, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=6
+    )
     new, state, loss = step(params, opt.init(params), fdl.random.key(0), x, y)
     assert fdl.tree.allclose(params, before, rtol=0, atol=0)
     want = fdl.tree.scale(_reference_dp_sum(params, x, y, 1.0), -0.1 / 6)
-    for n_, p, w in zip(fdl.tree.leaves(new), fdl.tree.leaves(params), fdl.tree.leaves(want),
-                        strict=True):
+    for n_, p, w in zip(
+        fdl.tree.leaves(new), fdl.tree.leaves(params), fdl.tree.leaves(want), strict=True
+    ):
         torch.testing.assert_close(n_ - p, w, rtol=1e-9, atol=1e-12)
 
 
@@ -141,10 +148,17 @@ def test_compiled_step_does_not_recompile_across_poisson_batches():
     params = _params(torch.float32)
     opt = fdl.optim.adam(lr=1e-2)
     counter = CompileCounter()
-    step = privacy.make_dp_train_step(_loss, opt, noise_multiplier=1.0, max_grad_norm=1.0,
-                                      expected_batch_size=n * q, compile={"backend": counter})
-    eager = privacy.make_dp_train_step(_loss, opt, noise_multiplier=1.0, max_grad_norm=1.0,
-                                       expected_batch_size=n * q)
+    step = privacy.make_dp_train_step(
+        _loss,
+        opt,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=n * q,
+        compile={"backend": counter},
+    )
+    eager = privacy.make_dp_train_step(
+        _loss, opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=n * q
+    )
     state = opt.init(params)
     sizes = set()
     for s in range(4):

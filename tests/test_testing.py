@@ -4,14 +4,18 @@ informative message, on a deliberately perturbed input."""
 from __future__ import annotations
 
 import math
+import pathlib
 import re
 from typing import NamedTuple
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fdl
 from fdl.testing import assert_pure, assert_trees_close, default_tolerances
+from fdl.testing import strategies as fst
 
 
 class Pair(NamedTuple):
@@ -55,6 +59,156 @@ def _perturb(tree, path: str, index: int, delta: float = 0.5):
         return x
 
     return fdl.tree.map_with_path(bump, tree)
+
+
+# ---------------------------------------------------------------------------
+# Registry of functions for assert_parity and check_grads
+# ---------------------------------------------------------------------------
+
+
+def _softplus(x, beta=1.0):
+    return torch.log1p(torch.exp(beta * x)) / beta
+
+
+def _linear_tree(p, batch):
+    y = batch["x"] @ p["w"].T + p["b"]
+    return {"y": torch.tanh(y), "norm": (y**2).sum()}
+
+
+def _linear_tree_ref(p, batch):
+    y = torch.nn.functional.linear(batch["x"], p["w"], p["b"])
+    return {"y": torch.tanh(y), "norm": y.pow(2).sum()}
+
+
+class Moments(NamedTuple):
+    mean: torch.Tensor
+    var: torch.Tensor
+
+
+def _moments(xs):
+    x = torch.cat([xs[0], xs[1]])
+    m = x.mean(0)
+    return Moments(m, ((x - m) ** 2).mean(0))
+
+
+def _moments_ref(xs):
+    x = torch.cat(xs)
+    v, m = torch.var_mean(x, dim=0, unbiased=False)
+    return Moments(m, v)
+
+
+def _nll(logits, target):
+    logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    return -logp.gather(1, target[:, None]).mean()
+
+
+def _nll_ref(logits, target):
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+def _args_plain():
+    return (torch.linspace(-3, 3, 7, dtype=torch.float64), 2.0)
+
+
+def _args_dict():
+    k = fdl.random.split(fdl.random.key(1), 3)
+    p = {"w": fdl.random.normal(k[0], (3, 4), dtype=torch.float64)}
+    p["b"] = fdl.random.normal(k[1], (3,), dtype=torch.float64)
+    return (p, {"x": fdl.random.normal(k[2], (5, 4), dtype=torch.float64)})
+
+
+def _args_list():
+    k = fdl.random.split(fdl.random.key(2))
+    return (
+        [
+            fdl.random.normal(k[0], (4, 3), dtype=torch.float64),
+            fdl.random.normal(k[1], (2, 3), dtype=torch.float64),
+        ],
+    )
+
+
+def _args_int_target():
+    z = fdl.random.normal(fdl.random.key(3), (6, 4), dtype=torch.float64)
+    return (z, torch.tensor([0, 3, 1, 1, 2, 0]))
+
+
+# (name, fn, reference, args factory, path of one differentiated input)
+PARITY = [
+    ("tensor", _softplus, torch.nn.functional.softplus, _args_plain, "args[0]"),
+    ("dict", _linear_tree, _linear_tree_ref, _args_dict, "args[0].w"),
+    ("namedtuple-out list-in", _moments, _moments_ref, _args_list, "args[0].1"),
+    ("int target", _nll, _nll_ref, _args_int_target, "args[0]"),
+]
+PARITY_IDS = [c[0] for c in PARITY]
+
+
+def _shift_values(fn):
+    """``fn`` with its first floating output leaf moved by 1e-3 at one element."""
+
+    def shifted(*args):
+        out = fn(*args)
+        lvs, treedef = fdl.tree.flatten(out)
+        y = lvs[0]
+        lvs[0] = y + torch.nn.functional.pad(
+            torch.full((1,), 1e-3, dtype=y.dtype), (0, y.numel() - 1)
+        ).reshape(y.shape)
+        return fdl.tree.unflatten(treedef, lvs)
+
+    return shifted
+
+
+def _scale_grads(fn, factor=1.5):
+    """``fn`` with the same values but every gradient multiplied by ``factor``."""
+
+    def scaled(*args):
+        out = fn(*args)
+        return fdl.tree.map(lambda y: y.detach() + factor * (y - y.detach()), out)
+
+    return scaled
+
+
+# ---------------------------------------------------------------------------
+# Registry of optimizers for assert_optimizer_parity (a local SGD, no fdl.optim needed)
+# ---------------------------------------------------------------------------
+
+
+class _GT(NamedTuple):
+    init: object
+    update: object
+
+
+class _TraceState(NamedTuple):
+    count: torch.Tensor
+    trace: dict
+
+
+def _sgd(lr=0.1, momentum=0.0, schedule=None, in_place=False):
+    """SGD with (torch-style) momentum: buf = momentum * buf + g; update = -lr * buf."""
+
+    def init(params):
+        return _TraceState(torch.zeros((), dtype=torch.int64), fdl.tree.zeros_like(params))
+
+    def update(grads, state, params=None):
+        if in_place:
+            for b, g in zip(fdl.tree.leaves(state.trace), fdl.tree.leaves(grads), strict=True):
+                b.mul_(momentum).add_(g)
+            trace = state.trace
+        else:
+            trace = fdl.tree.map(lambda b, g: momentum * b + g, state.trace, grads)
+        rate = lr if schedule is None else schedule(state.count)
+        return fdl.tree.scale(trace, -rate), _TraceState(state.count + 1, trace)
+
+    return _GT(init, update)
+
+
+# (name, fdl optimizer, torch kwargs, params factory) — params None: the default MLP
+OPTIMIZERS = [
+    ("sgd default", _sgd(0.1), {"lr": 0.1}, None),
+    ("momentum default", _sgd(0.05, 0.9), {"lr": 0.05, "momentum": 0.9}, None),
+    ("momentum nested", _sgd(0.05, 0.9), {"lr": 0.05, "momentum": 0.9}, _args_dict),
+    ("sgd list float32", _sgd(0.1), {"lr": 0.1}, lambda: [torch.ones(3), [torch.zeros(2, 2)]]),
+]
+OPT_IDS = [o[0] for o in OPTIMIZERS]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -248,109 +402,8 @@ def test_pure_ignores_non_tensors_and_nan():
 
 
 # ---------------------------------------------------------------------------
-# assert_parity and check_grads: one registry of (name, fn, reference, args)
+# assert_parity and check_grads
 # ---------------------------------------------------------------------------
-
-
-def _softplus(x, beta=1.0):
-    return torch.log1p(torch.exp(beta * x)) / beta
-
-
-def _linear_tree(p, batch):
-    y = batch["x"] @ p["w"].T + p["b"]
-    return {"y": torch.tanh(y), "norm": (y**2).sum()}
-
-
-def _linear_tree_ref(p, batch):
-    y = torch.nn.functional.linear(batch["x"], p["w"], p["b"])
-    return {"y": torch.tanh(y), "norm": y.pow(2).sum()}
-
-
-class Moments(NamedTuple):
-    mean: torch.Tensor
-    var: torch.Tensor
-
-
-def _moments(xs):
-    x = torch.cat([xs[0], xs[1]])
-    m = x.mean(0)
-    return Moments(m, ((x - m) ** 2).mean(0))
-
-
-def _moments_ref(xs):
-    x = torch.cat(xs)
-    v, m = torch.var_mean(x, dim=0, unbiased=False)
-    return Moments(m, v)
-
-
-def _nll(logits, target):
-    logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    return -logp.gather(1, target[:, None]).mean()
-
-
-def _nll_ref(logits, target):
-    return torch.nn.functional.cross_entropy(logits, target)
-
-
-def _args_plain():
-    return (torch.linspace(-3, 3, 7, dtype=torch.float64), 2.0)
-
-
-def _args_dict():
-    k = fdl.random.split(fdl.random.key(1), 3)
-    p = {"w": fdl.random.normal(k[0], (3, 4), dtype=torch.float64)}
-    p["b"] = fdl.random.normal(k[1], (3,), dtype=torch.float64)
-    return (p, {"x": fdl.random.normal(k[2], (5, 4), dtype=torch.float64)})
-
-
-def _args_list():
-    k = fdl.random.split(fdl.random.key(2))
-    return (
-        [
-            fdl.random.normal(k[0], (4, 3), dtype=torch.float64),
-            fdl.random.normal(k[1], (2, 3), dtype=torch.float64),
-        ],
-    )
-
-
-def _args_int_target():
-    z = fdl.random.normal(fdl.random.key(3), (6, 4), dtype=torch.float64)
-    return (z, torch.tensor([0, 3, 1, 1, 2, 0]))
-
-
-# (name, fn, reference, args factory, path of one differentiated input)
-PARITY = [
-    ("tensor", _softplus, torch.nn.functional.softplus, _args_plain, "args[0]"),
-    ("dict", _linear_tree, _linear_tree_ref, _args_dict, "args[0].w"),
-    ("namedtuple-out list-in", _moments, _moments_ref, _args_list, "args[0].1"),
-    ("int target", _nll, _nll_ref, _args_int_target, "args[0]"),
-]
-PARITY_IDS = [c[0] for c in PARITY]
-
-
-def _shift_values(fn):
-    """``fn`` with its first floating output leaf moved by 1e-3 at one element."""
-
-    def shifted(*args):
-        out = fn(*args)
-        lvs, treedef = fdl.tree.flatten(out)
-        y = lvs[0]
-        lvs[0] = y + torch.nn.functional.pad(
-            torch.full((1,), 1e-3, dtype=y.dtype), (0, y.numel() - 1)
-        ).reshape(y.shape)
-        return fdl.tree.unflatten(treedef, lvs)
-
-    return shifted
-
-
-def _scale_grads(fn, factor=1.5):
-    """``fn`` with the same values but every gradient multiplied by ``factor``."""
-
-    def scaled(*args):
-        out = fn(*args)
-        return fdl.tree.map(lambda y: y.detach() + factor * (y - y.detach()), out)
-
-    return scaled
 
 
 @pytest.mark.parametrize("name,fn,ref,make,path", PARITY, ids=PARITY_IDS)
@@ -395,6 +448,17 @@ def test_parity_structure_shape_and_unused_inputs():
     fdl.testing.assert_parity(_scale_grads(torch.sin, 1.001), torch.sin, x, grad_rtol=0.01)
     with pytest.raises(AssertionError, match="values"):
         fdl.testing.assert_parity(lambda x: x + 1e-6, torch.clone, x, grad_rtol=1.0)
+
+
+def test_parity_integer_outputs_and_partial_names():
+    import functools
+
+    z = fdl.random.normal(fdl.random.key(4), (5, 3), dtype=torch.float64)
+    fdl.testing.assert_parity(lambda z: z.argmax(1), lambda z: torch.argmax(z, dim=1), z)
+    with pytest.raises(AssertionError, match=r"^mean and sum differ\nvalues"):
+        fdl.testing.assert_parity(
+            functools.partial(torch.mean, dim=0), functools.partial(torch.sum, dim=0), z
+        )
 
 
 def test_parity_does_not_share_inputs():
@@ -477,47 +541,8 @@ def test_check_grads_bad_arguments():
 
 
 # ---------------------------------------------------------------------------
-# assert_optimizer_parity, with a local GradientTransformation-shaped SGD
+# assert_optimizer_parity
 # ---------------------------------------------------------------------------
-
-
-class _GT(NamedTuple):
-    init: object
-    update: object
-
-
-class _TraceState(NamedTuple):
-    count: torch.Tensor
-    trace: dict
-
-
-def _sgd(lr=0.1, momentum=0.0, schedule=None, in_place=False):
-    """SGD with (torch-style) momentum: buf = momentum * buf + g; update = -lr * buf."""
-
-    def init(params):
-        return _TraceState(torch.zeros((), dtype=torch.int64), fdl.tree.zeros_like(params))
-
-    def update(grads, state, params=None):
-        if in_place:
-            for b, g in zip(fdl.tree.leaves(state.trace), fdl.tree.leaves(grads), strict=True):
-                b.mul_(momentum).add_(g)
-            trace = state.trace
-        else:
-            trace = fdl.tree.map(lambda b, g: momentum * b + g, state.trace, grads)
-        rate = lr if schedule is None else schedule(state.count)
-        return fdl.tree.scale(trace, -rate), _TraceState(state.count + 1, trace)
-
-    return _GT(init, update)
-
-
-# (name, fdl optimizer, torch kwargs, params factory) — params None: the default MLP
-OPTIMIZERS = [
-    ("sgd default", _sgd(0.1), {"lr": 0.1}, None),
-    ("momentum default", _sgd(0.05, 0.9), {"lr": 0.05, "momentum": 0.9}, None),
-    ("momentum nested", _sgd(0.05, 0.9), {"lr": 0.05, "momentum": 0.9}, _args_dict),
-    ("sgd list float32", _sgd(0.1), {"lr": 0.1}, lambda: [torch.ones(3), [torch.zeros(2, 2)]]),
-]
-OPT_IDS = [o[0] for o in OPTIMIZERS]
 
 
 @pytest.mark.parametrize("name,opt,kw,make", OPTIMIZERS, ids=OPT_IDS)
@@ -607,12 +632,6 @@ def test_optimizer_problem():
 # ---------------------------------------------------------------------------
 # strategies
 # ---------------------------------------------------------------------------
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from fdl.testing import strategies as fst  # noqa: E402
 
 _few = settings(max_examples=25, deadline=None)
 
@@ -708,3 +727,59 @@ def test_import_does_not_need_hypothesis():
         assert ("hypothesis" in imported) == (path.name == "strategies.py"), path.name
         if path.name != "strategies.py":
             assert "fdl.testing.strategies" not in imported, path.name
+
+
+# ---------------------------------------------------------------------------
+# docs/testing.md: its snippets run, and the failures it describes happen
+# ---------------------------------------------------------------------------
+
+_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "testing.md"
+
+
+@pytest.fixture(scope="module")
+def doc_namespace():
+    if not hasattr(fdl.optim, "GradientTransformation"):
+        pytest.skip("fdl.optim.GradientTransformation is not available yet")
+    blocks = re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S)
+    assert len(blocks) >= 4
+    ns: dict = {}
+    for block in blocks:
+        exec(compile(block, str(_DOC), "exec"), ns)  # noqa: S102 - the doc's own code
+    return ns
+
+
+def test_doc_snippets_run(doc_namespace):
+    doc_namespace["test_focal_loss_extreme_logits"]()
+
+
+def test_doc_softplus_slip_is_caught(doc_namespace):
+    def softplus_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
+        p = torch.sigmoid(logits)
+        softplus = torch.nn.functional.softplus
+        bce = targets * softplus(-logits) + (1 - targets) * softplus(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        return (alpha_t * (1 - p_t) ** gamma * bce).mean()
+
+    z = torch.full((4, 3), 21.0, dtype=torch.float64)
+    t = torch.zeros(4, 3, dtype=torch.float64)
+    ref = doc_namespace["sigmoid_focal_loss"]
+    fdl.testing.assert_parity(doc_namespace["focal_loss"], ref, z, t)
+    with pytest.raises(AssertionError, match=r"(?s)gradients.*'args\[0\]'.*max rel error 7\.58"):
+        fdl.testing.assert_parity(softplus_focal_loss, ref, z, t)
+
+
+def test_doc_plain_momentum_is_caught(doc_namespace):
+    state_cls = doc_namespace["MomentumState"]
+
+    def plain(lr, momentum, weight_decay):
+        def update(grads, state, params):
+            g = fdl.tree.map(lambda g, p: g + weight_decay * p, grads, params)
+            buf = fdl.tree.map(lambda b, g: momentum * b + g, state.buf, g)
+            return fdl.tree.scale(buf, -lr), state_cls(buf)
+
+        return fdl.optim.GradientTransformation(lambda p: state_cls(fdl.tree.zeros_like(p)), update)
+
+    kw = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}
+    with pytest.raises(AssertionError, match="diverge at step 1 of 100 from the first step"):
+        fdl.testing.assert_optimizer_parity(plain(0.05, 0.9, 1e-3), torch.optim.SGD, kw)

@@ -362,10 +362,8 @@ def layer_norm(
             f"(shape (*, {', '.join(map(str, shape))})), got {tuple(input.shape)}"
         )
     dims = tuple(range(input.dim() - k, input.dim()))
-    mu = torch.mean(input, dim=dims, keepdim=True)
-    centred = input - mu
-    var = torch.mean(centred * centred, dim=dims, keepdim=True)
-    y = centred * torch.rsqrt(var + eps)
+    var, mu = torch.var_mean(input, dim=dims, correction=0, keepdim=True)  # biased variance
+    y = (input - mu) * torch.rsqrt(var + eps)
     if weight is not None:
         y = y * weight
     if bias is not None:
@@ -419,10 +417,8 @@ def group_norm(
             f"group_norm: expected more than 1 value in the input, got shape {tuple(input.shape)}"
         )
     grouped = input.reshape(n, num_groups, -1)  # (N, G, C//G * spatial)
-    mu = torch.mean(grouped, dim=-1, keepdim=True)
-    centred = grouped - mu
-    var = torch.mean(centred * centred, dim=-1, keepdim=True)
-    y = (centred * torch.rsqrt(var + eps)).reshape(input.shape)
+    var, mu = torch.var_mean(grouped, dim=-1, correction=0, keepdim=True)  # biased variance
+    y = ((grouped - mu) * torch.rsqrt(var + eps)).reshape(input.shape)
     affine_shape = (1, c) + (1,) * (input.dim() - 2)
     if weight is not None:
         y = y * weight.reshape(affine_shape)
@@ -435,9 +431,7 @@ def _batch_stats(input: Tensor) -> tuple[Tensor, Tensor, int]:
     """Per-channel mean and biased variance of ``(N, C, *)`` and the count ``N * prod(*)``."""
     dims = (0, *range(2, input.dim()))
     count = input.numel() // input.shape[1]
-    mu = torch.mean(input, dim=dims)
-    centred = input - mu.reshape((1, -1) + (1,) * (input.dim() - 2))
-    var = torch.mean(centred * centred, dim=dims)
+    var, mu = torch.var_mean(input, dim=dims, correction=0)  # biased variance
     return mu, var, count
 
 

@@ -8,8 +8,6 @@ written out; ``dropout`` takes an explicit ``fdl.random`` key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -31,7 +29,7 @@ __all__ = [
     "max_pool2d",
 ]
 
-_Size = int | Sequence[int]
+_Size = int | tuple[int, ...] | list[int]
 
 
 def linear(
@@ -91,7 +89,22 @@ def conv1d(
     dilation: _Size = 1,
     groups: int = 1,
 ) -> torch.Tensor:
-    """1-d cross-correlation over ``(N, C_in, L)`` (kernel: ``F.conv1d``).
+    r"""1-d cross-correlation :math:`y_{n,o,l} = b_o + \sum_{c,j} w_{o,c,j}\, x_{n,c,l s + j d}`.
+
+    (``x`` zero-padded, ``c`` over the input channels of ``o``'s group; kernel ``F.conv1d``)
+
+    Args:
+        input: ``(N, C_in, L)`` or unbatched ``(C_in, L)``.
+        weight: ``(C_out, C_in / groups, kL)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride: step of the window (int or tuple).
+        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
+        dilation: spacing between kernel elements.
+        groups: blocked connections from input to output channels.
+
+    Returns:
+        ``(N, C_out, L_out)`` with
+        ``L_out = floor((L + 2 padding - dilation (kL - 1) - 1) / stride + 1)``.
 
     Example:
         >>> import torch
@@ -110,7 +123,23 @@ def conv2d(
     dilation: _Size = 1,
     groups: int = 1,
 ) -> torch.Tensor:
-    """2-d cross-correlation over ``(N, C_in, H, W)`` (kernel: ``F.conv2d``).
+    r"""2-d cross-correlation :math:`y_{n,o} = b_o + \sum_{c} w_{o,c} \star x_{n,c}`.
+
+    (:math:`\star` is 2-d cross-correlation with ``stride``, ``dilation`` and zero
+    ``padding``; ``c`` runs over the input channels of ``o``'s group; kernel ``F.conv2d``)
+
+    Args:
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
+        weight: ``(C_out, C_in / groups, kH, kW)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride: step of the window (int or tuple).
+        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
+        dilation: spacing between kernel elements.
+        groups: blocked connections from input to output channels.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` with
+        ``H_out = floor((H + 2 padding - dilation (kH - 1) - 1) / stride + 1)``.
 
     Example:
         >>> import torch
@@ -130,7 +159,23 @@ def conv_transpose2d(
     groups: int = 1,
     dilation: _Size = 1,
 ) -> torch.Tensor:
-    """Transposed 2-d convolution; ``weight`` is ``(C_in, C_out / groups, kH, kW)``.
+    """Transposed 2-d convolution: the gradient of ``conv2d`` with respect to its input.
+
+    (kernel: ``F.conv_transpose2d``)
+
+    Args:
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
+        weight: ``(C_in, C_out / groups, kH, kW)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride: upsampling step.
+        padding: removed from both sides of the output.
+        output_padding: added to one side of the output.
+        groups: blocked connections from input to output channels.
+        dilation: spacing between kernel elements.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` with
+        ``H_out = (H - 1) stride - 2 padding + dilation (kH - 1) + output_padding + 1``.
 
     Example:
         >>> import torch
@@ -151,7 +196,19 @@ def max_pool1d(
     ceil_mode: bool = False,
     return_indices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Max over sliding windows of ``(N, C, L)`` (kernel: ``F.max_pool1d``).
+    """Max over sliding windows: ``y[n, c, l] = max_j x[n, c, l stride + j dilation]``.
+
+    Args:
+        input: ``(N, C, L)`` or ``(C, L)``.
+        kernel_size: window size.
+        stride: window step (default ``kernel_size``).
+        padding: implicit padding on both sides (``-inf``).
+        dilation: spacing between window elements.
+        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
+        return_indices: also return the flat indices of the maxima.
+
+    Returns:
+        ``(N, C, L_out)``.
 
     Example:
         >>> import torch
@@ -171,7 +228,19 @@ def max_pool2d(
     ceil_mode: bool = False,
     return_indices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Max over sliding windows of ``(N, C, H, W)`` (kernel: ``F.max_pool2d``).
+    """Max over sliding ``kH x kW`` windows (kernel: ``F.max_pool2d``).
+
+    Args:
+        input: ``(N, C, H, W)`` or ``(C, H, W)``.
+        kernel_size: window size.
+        stride: window step (default ``kernel_size``).
+        padding: implicit padding on both sides (``-inf``).
+        dilation: spacing between window elements.
+        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
+        return_indices: also return the flat indices of the maxima.
+
+    Returns:
+        ``(N, C, H_out, W_out)``.
 
     Example:
         >>> import torch
@@ -190,7 +259,18 @@ def avg_pool1d(
     ceil_mode: bool = False,
     count_include_pad: bool = True,
 ) -> torch.Tensor:
-    """Mean over sliding windows of ``(N, C, L)`` (kernel: ``F.avg_pool1d``).
+    """Mean over sliding windows: ``y[n, c, l] = sum_j x[n, c, l stride + j] / divisor``.
+
+    Args:
+        input: ``(N, C, L)`` or ``(C, L)``.
+        kernel_size: window size.
+        stride: window step (default ``kernel_size``).
+        padding: implicit padding on both sides (zeros).
+        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
+        count_include_pad: count the padded zeros in the divisor.
+
+    Returns:
+        ``(N, C, L_out)``.
 
     Example:
         >>> import torch
@@ -210,7 +290,19 @@ def avg_pool2d(
     count_include_pad: bool = True,
     divisor_override: int | None = None,
 ) -> torch.Tensor:
-    """Mean over sliding windows of ``(N, C, H, W)`` (kernel: ``F.avg_pool2d``).
+    """Mean over sliding ``kH x kW`` windows (kernel: ``F.avg_pool2d``).
+
+    Args:
+        input: ``(N, C, H, W)`` or ``(C, H, W)``.
+        kernel_size: window size.
+        stride: window step (default ``kernel_size``).
+        padding: implicit padding on both sides (zeros).
+        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
+        count_include_pad: count the padded zeros in the divisor.
+        divisor_override: a fixed divisor instead of the window count.
+
+    Returns:
+        ``(N, C, H_out, W_out)``.
 
     Example:
         >>> import torch
@@ -224,9 +316,19 @@ def avg_pool2d(
 
 
 def adaptive_avg_pool2d(
-    input: torch.Tensor, output_size: int | Sequence[int | None]
+    input: torch.Tensor, output_size: int | tuple[int | None, int | None]
 ) -> torch.Tensor:
     """Mean pooling to a fixed ``output_size`` (kernel: ``F.adaptive_avg_pool2d``).
+
+    Output cell ``i`` averages input rows ``floor(i H / H_out)`` to
+    ``ceil((i + 1) H / H_out) - 1`` (likewise columns).
+
+    Args:
+        input: ``(N, C, H, W)`` or ``(C, H, W)``.
+        output_size: ``H_out`` (square) or ``(H_out, W_out)``; ``None`` keeps that size.
+
+    Returns:
+        ``(N, C, H_out, W_out)``.
 
     Example:
         >>> import torch
@@ -254,15 +356,16 @@ def dropout(
         input: any shape.
         p: probability of zeroing an element, in ``[0, 1]``.
         training: apply dropout only when ``True``.
-        inplace: accepted for signature compatibility; fdl never mutates its input.
+        inplace: must be ``False``: fdl never mutates its input (``True`` raises
+            ``ValueError`` rather than silently not writing).
         key: an ``fdl.random`` key, required when ``training`` and ``p > 0``.
 
     Returns:
         A new tensor of ``input``'s shape.
 
     Note:
-        Unlike ``torch.nn.functional.dropout`` the mask comes from ``key`` and
-        ``inplace=True`` does not modify ``input``.
+        Unlike ``torch.nn.functional.dropout`` the mask comes from ``key``, not
+        the global RNG.
 
     Example:
         >>> import fdl, torch
@@ -272,6 +375,8 @@ def dropout(
     """
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+    if inplace:
+        raise ValueError("dropout: inplace=True is not supported; fdl never mutates its input")
     if not training or p == 0.0:
         return input
     if p == 1.0:
@@ -340,6 +445,14 @@ def embedding(
 
 def flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> torch.Tensor:
     """Merge dimensions ``start_dim..end_dim`` into one, as ``torch.flatten``.
+
+    Args:
+        input: any shape.
+        start_dim: first dimension to merge.
+        end_dim: last dimension to merge.
+
+    Returns:
+        A view (where possible) with those dimensions merged.
 
     ``fdl.nn.Flatten`` flattens from dimension 1 (keeping the batch); this
     function, like ``torch.flatten``, starts at 0 by default.

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from fdl import random as _random
 from fdl.nn._base import Layer
 
 
@@ -42,6 +43,17 @@ def check_input(
         ok = x.shape[dim] == size
     if not ok:
         raise ValueError(f"{name}: expected {arg} of shape {shape}, got {tuple(x.shape)}")
+
+
+def split_key(key: _random.Key, num: int = 2) -> _random.Key:
+    """``fdl.random.split``, short-circuited on the meta device.
+
+    ``param_shapes`` runs ``init`` on meta tensors; the key bits do not matter
+    there and the cipher's few hundred meta ops would cost a noticeable time.
+    """
+    if key.device.type == "meta":
+        return key.expand(num, *key.shape)
+    return _random.split(key, num)
 
 
 def check_params_fast(layer: Layer, params: Any) -> None:

@@ -11,6 +11,7 @@ import torch
 from fdl import random as _random
 from fdl import tree as _tree
 from fdl.nn._base import Layer, Params, State, eval_shape
+from fdl.nn._layer_utils import split_key
 
 __all__ = ["Sequential"]
 
@@ -48,6 +49,9 @@ class Sequential(Layer):
     Children are reachable by index (``seq[0]``), slice (a new Sequential
     keeping the names, as torch) and name (``seq.conv1``).
 
+    Args:
+        *args: fdl layers, or one ``OrderedDict`` of name -> layer.
+
     Example:
         >>> import fdl, torch
         >>> from collections import OrderedDict
@@ -84,6 +88,13 @@ class Sequential(Layer):
                     f"got {type(layer).__name__}"
                 )
         object.__setattr__(self, "_layers", tuple(items))
+        # shapes for validation, computed now (on meta, cheaply) rather than on the
+        # first apply, which may run inside torch.func transforms
+        for _, layer in items:
+            layer.param_shapes()
+        self.param_shapes()
+        if self.stateful:
+            object.__setattr__(self, "_state_shapes_cache", eval_shape(self.init_state))
 
     # -- container protocol ------------------------------------------------
 
@@ -131,7 +142,7 @@ class Sequential(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Each child's ``init`` with its own key (``split(key, len(self))[i]``)."""
-        keys = _random.split(key, max(len(self._layers), 1))
+        keys = split_key(key, max(len(self._layers), 1))
         params = {}
         for i, (name, layer) in enumerate(self._layers):
             p = layer.init(keys[i])

@@ -14,7 +14,7 @@ from fdl import random as _random
 from fdl.nn import _functional_layers as _F
 from fdl.nn import init as _init
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_input, check_params_fast, ntuple
+from fdl.nn._layer_utils import check_input, check_params_fast, ntuple, split_key
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
 
@@ -80,7 +80,7 @@ class _ConvBase(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Draw ``weight`` and ``bias`` from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-        kw, kb = _random.split(key)
+        kw, kb = split_key(key)
         shape = self._weight_shape()
         opts: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
         params = {"weight": _init.kaiming_uniform(kw, shape, a=math.sqrt(5), **opts)}
@@ -153,10 +153,10 @@ class Conv1d(_ConvBase):
 
     in_channels: int
     out_channels: int
-    kernel_size: int | Sequence[int]
-    stride: int | Sequence[int] = 1
-    padding: int | Sequence[int] | str = 0
-    dilation: int | Sequence[int] = 1
+    kernel_size: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] | str = 0
+    dilation: int | tuple[int, ...] = 1
     groups: int = 1
     bias: bool = True
     padding_mode: str = "zeros"
@@ -225,10 +225,10 @@ class Conv2d(_ConvBase):
 
     in_channels: int
     out_channels: int
-    kernel_size: int | Sequence[int]
-    stride: int | Sequence[int] = 1
-    padding: int | Sequence[int] | str = 0
-    dilation: int | Sequence[int] = 1
+    kernel_size: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] | str = 0
+    dilation: int | tuple[int, ...] = 1
     groups: int = 1
     bias: bool = True
     padding_mode: str = "zeros"
@@ -298,13 +298,13 @@ class ConvTranspose2d(_ConvBase):
 
     in_channels: int
     out_channels: int
-    kernel_size: int | Sequence[int]
-    stride: int | Sequence[int] = 1
-    padding: int | Sequence[int] = 0
-    output_padding: int | Sequence[int] = 0
+    kernel_size: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] = 0
+    output_padding: int | tuple[int, ...] = 0
     groups: int = 1
     bias: bool = True
-    dilation: int | Sequence[int] = 1
+    dilation: int | tuple[int, ...] = 1
     padding_mode: str = "zeros"
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
@@ -313,19 +313,26 @@ class ConvTranspose2d(_ConvBase):
         self._normalise()
         op = ntuple(self.output_padding, 2, "output_padding", "ConvTranspose2d")
         object.__setattr__(self, "output_padding", op)
+        stride, dilation = self._tuples()[:2]
         for d in range(2):
-            if op[d] >= max(self.stride[d], self.dilation[d]):
+            if op[d] >= max(stride[d], dilation[d]):
                 raise ValueError(
                     "ConvTranspose2d: output_padding must be smaller than either stride or "
                     f"dilation, got output_padding={op}, stride={self.stride}, "
                     f"dilation={self.dilation}"
                 )
 
+    def _tuples(self) -> tuple[tuple[int, ...], ...]:
+        """``(stride, dilation, padding, kernel_size, output_padding)``, normalised to tuples."""
+        fields = (self.stride, self.dilation, self.padding, self.kernel_size, self.output_padding)
+        return tuple(ntuple(f, 2, "size", "ConvTranspose2d") for f in fields)
+
     def _output_padding(
         self, x: torch.Tensor, output_size: Sequence[int] | None
     ) -> tuple[int, ...]:
+        stride, dilation, padding, kernel, output_padding = self._tuples()
         if output_size is None:
-            return self.output_padding
+            return output_padding
         size = [int(s) for s in output_size]
         if len(size) == x.dim():
             size = size[-2:]
@@ -336,12 +343,12 @@ class ConvTranspose2d(_ConvBase):
         pads = []
         for d in range(2):
             smallest = (
-                (x.shape[d - 2] - 1) * self.stride[d]
-                - 2 * self.padding[d]
-                + self.dilation[d] * (self.kernel_size[d] - 1)
+                (x.shape[d - 2] - 1) * stride[d]
+                - 2 * padding[d]
+                + dilation[d] * (kernel[d] - 1)
                 + 1
             )
-            largest = smallest + self.stride[d] - 1
+            largest = smallest + stride[d] - 1
             if not smallest <= size[d] <= largest:
                 raise ValueError(
                     f"ConvTranspose2d: requested output_size {tuple(size)}, but valid sizes for "

@@ -26,6 +26,11 @@ def _shallow_copy(module: torch.nn.Module, train: bool) -> torch.nn.Module:
 class FunctionalModule(Layer):
     """A ``torch.nn.Module`` wrapped as an fdl layer (see :func:`functionalize`)."""
 
+    module_type: str
+    _param_names: tuple[str, ...]
+    _buffer_names: tuple[str, ...]
+    _modules: dict[bool, torch.nn.Module]
+
     def __init__(self, module: torch.nn.Module) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(

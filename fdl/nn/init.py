@@ -167,6 +167,8 @@ def uniform(
         >>> bool(((w >= -1) & (w < 1)).all())
         True
     """
+    if key.device.type == "meta":  # shape evaluation: no bits needed
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
     return _random.uniform(_key_on(key, device), _shape(shape), a, b, dtype=dtype)
 
 
@@ -197,6 +199,8 @@ def normal(
         >>> normal(fdl.random.key(0), (2, 3)).shape
         torch.Size([2, 3])
     """
+    if key.device.type == "meta":  # shape evaluation: no bits needed
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
     return _random.normal(_key_on(key, device), _shape(shape), mean, std, dtype=dtype)
 
 

@@ -12,7 +12,7 @@ from fdl import random as _random
 from fdl.nn import _functional_layers as _F
 from fdl.nn import init as _init
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_input, check_params_fast
+from fdl.nn._layer_utils import check_input, check_params_fast, split_key
 
 __all__ = ["Bilinear", "Identity", "Linear"]
 
@@ -53,7 +53,7 @@ class Linear(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Draw ``weight`` (and ``bias``) with torch's default distribution."""
-        kw, kb = _random.split(key)
+        kw, kb = split_key(key)
         shape = (self.out_features, self.in_features)
         opts: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
         params = {"weight": _init.kaiming_uniform(kw, shape, a=math.sqrt(5), **opts)}
@@ -114,7 +114,7 @@ class Bilinear(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Draw ``weight`` (and ``bias``) from ``U(-1/sqrt(in1), 1/sqrt(in1))``."""
-        kw, kb = _random.split(key)
+        kw, kb = split_key(key)
         bound = 1.0 / math.sqrt(self.in1_features) if self.in1_features > 0 else 0.0
         opts: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
         shape = (self.out_features, self.in1_features, self.in2_features)

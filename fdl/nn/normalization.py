@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -95,10 +95,14 @@ class LayerNorm(Layer):
             raise ValueError(f"LayerNorm: normalized_shape must be positive sizes, got {shape}")
         object.__setattr__(self, "normalized_shape", shape)
 
+    @property
+    def _shape(self) -> tuple[int, ...]:
+        return cast(tuple[int, ...], self.normalized_shape)  # a tuple after __post_init__
+
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` of shape ``normalized_shape`` (``key`` unused)."""
         return _affine_params(
-            self.normalized_shape, self.elementwise_affine, self.bias, self.device, self.dtype
+            self._shape, self.elementwise_affine, self.bias, self.device, self.dtype
         )
 
     def apply(
@@ -106,7 +110,7 @@ class LayerNorm(Layer):
     ) -> torch.Tensor:
         """Normalise ``x`` of shape ``(*, *normalized_shape)``; returns ``x``'s shape."""
         _validate_params(self, params)
-        shape = self.normalized_shape
+        shape = self._shape
         k = len(shape)
         ok = isinstance(x, torch.Tensor) and x.dim() >= k and tuple(x.shape[x.dim() - k :]) == shape
         _check_input("LayerNorm", x, ok, f"(*, {', '.join(map(str, shape))})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from fdl.nn._layer_utils import check_input, check_params_fast, ntuple
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "MaxPool1d", "MaxPool2d"]
 
-_Size = int | Sequence[int]
+_Size = int | tuple[int, ...]
 
 
 class _PoolBase(Layer):
@@ -55,6 +54,11 @@ class MaxPool1d(_PoolBase):
     ``L_out = floor((L + 2 padding - dilation (kernel_size - 1) - 1) / stride + 1)``
     (``ceil`` with ``ceil_mode``). With ``return_indices`` ``apply`` returns
     ``(values, indices)``.
+
+    Args:
+        The constructor arguments of ``torch.nn.MaxPool1d``, with its defaults
+        (``stride=None`` means ``kernel_size``); see
+        :func:`fdl.nn.functional.max_pool1d` for each.
 
     Example:
         >>> import fdl, torch
@@ -103,6 +107,11 @@ class MaxPool2d(_PoolBase):
     (likewise ``W_out``; ``ceil`` with ``ceil_mode``). With ``return_indices``
     ``apply`` returns ``(values, indices)``.
 
+    Args:
+        The constructor arguments of ``torch.nn.MaxPool2d``, with its defaults
+        (``stride=None`` means ``kernel_size``); see
+        :func:`fdl.nn.functional.max_pool2d` for each.
+
     Example:
         >>> import fdl, torch
         >>> fdl.nn.MaxPool2d(2).apply({}, torch.zeros(64, 32, 28, 28)).shape
@@ -149,6 +158,11 @@ class AvgPool1d(_PoolBase):
     ``L_out = floor((L + 2 padding - kernel_size) / stride + 1)``; with
     ``count_include_pad`` the padded zeros count in the mean's divisor.
 
+    Args:
+        The constructor arguments of ``torch.nn.AvgPool1d``, with its defaults
+        (``stride=None`` means ``kernel_size``); see
+        :func:`fdl.nn.functional.avg_pool1d` for each.
+
     Example:
         >>> import fdl, torch
         >>> fdl.nn.AvgPool1d(2).apply({}, torch.arange(4.0).reshape(1, 1, 4))
@@ -189,6 +203,11 @@ class AvgPool2d(_PoolBase):
     ``H_out = floor((H + 2 padding[0] - kH) / stride[0] + 1)``; the divisor is the
     window size (``count_include_pad``), the count of unpadded elements, or
     ``divisor_override``.
+
+    Args:
+        The constructor arguments of ``torch.nn.AvgPool2d``, with its defaults
+        (``stride=None`` means ``kernel_size``); see
+        :func:`fdl.nn.functional.avg_pool2d` for each.
 
     Example:
         >>> import fdl, torch
@@ -246,7 +265,7 @@ class AdaptiveAvgPool2d(Layer):
         torch.Size([2, 3, 1, 1])
     """
 
-    output_size: int | Sequence[int | None]
+    output_size: int | tuple[int | None, int | None]
 
     def __post_init__(self) -> None:
         size = self.output_size

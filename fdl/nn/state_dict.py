@@ -145,8 +145,12 @@ def load_state_dict(
             )
         return _tree.from_flat_dict(flat)
 
-    want_params = _tree.to_flat_dict(model.param_shapes())
-    want_state = _tree.to_flat_dict(eval_shape(model.init_state)) if model.stateful else {}
+    # flattened in torch's order, so the rebuilt trees keep the layer order
+    want_params: dict[str, torch.Tensor] = {}
+    want_state: dict[str, torch.Tensor] = {}
+    _merge(model.param_shapes(), {}, "", want_params)
+    if model.stateful:
+        _merge({}, eval_shape(model.init_state), "", want_state)
     wanted = {**want_params, **want_state} if with_state else want_params
     missing = [k for k in wanted if k not in flat]
     unexpected = [k for k in flat if k not in want_params and k not in want_state]

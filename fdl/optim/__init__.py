@@ -24,6 +24,7 @@ from fdl.optim.base import (
     chain,
     identity,
 )
+from fdl.optim.step import make_update
 from fdl.optim.transform import (
     ApplyIfFiniteState,
     MaskedState,
@@ -86,6 +87,7 @@ __all__ = [
     "clip_by_global_norm",
     "freeze",
     "identity",
+    "make_update",
     "masked",
     "multi_steps",
     "nadam",

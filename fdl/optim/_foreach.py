@@ -45,11 +45,16 @@ def use_foreach(xs: Sequence[Tensor]) -> bool:
     return _FOREACH and len(xs) > 0 and not torch.compiler.is_compiling()
 
 
+def _as(s: Scalar, x: Tensor) -> Scalar:
+    """A tensor scalar in ``x``'s dtype (0-d leaves would otherwise promote to float64)."""
+    return s.to(x.dtype) if isinstance(s, Tensor) and s.dtype != x.dtype else s
+
+
 def scale(xs: Sequence[Tensor], s: Scalar) -> Leaves:
     """``x * s``."""
     if use_foreach(xs):
         return list(torch._foreach_mul(xs, s))
-    return [x * s for x in xs]
+    return [x * _as(s, x) for x in xs]
 
 
 def mul(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
@@ -87,7 +92,7 @@ def axpby(xs: Sequence[Tensor], a: Scalar, ys: Sequence[Tensor], b: Scalar) -> L
         out = torch._foreach_mul(xs, a)
         torch._foreach_add_(out, torch._foreach_mul(ys, b))
         return list(out)
-    return [x * a + y * b for x, y in zip(xs, ys, strict=True)]
+    return [x * _as(a, x) + y * _as(b, y) for x, y in zip(xs, ys, strict=True)]
 
 
 def lerp(xs: Sequence[Tensor], ys: Sequence[Tensor], weight: float) -> Leaves:
@@ -135,7 +140,7 @@ def sqrt_affine(xs: Sequence[Tensor], a: Scalar, b: Scalar) -> Leaves:
         torch._foreach_mul_(out, a)
         torch._foreach_add_(out, b)
         return list(out)
-    return [torch.sqrt(x) * a + b for x in xs]
+    return [torch.sqrt(x) * _as(a, x) + _as(b, x) for x in xs]
 
 
 def sqrt_add(xs: Sequence[Tensor], b: float) -> Leaves:
@@ -172,7 +177,7 @@ def div_sqrt_add(xs: Sequence[Tensor], d: Scalar, b: float) -> Leaves:
         torch._foreach_sqrt_(out)
         torch._foreach_add_(out, b)
         return list(out)
-    return [torch.sqrt(x / d) + b for x in xs]
+    return [torch.sqrt(x / _as(d, x)) + b for x in xs]
 
 
 def sqrt_add_rdiv(xs: Sequence[Tensor], b: float, c: Scalar) -> Leaves:
@@ -183,7 +188,7 @@ def sqrt_add_rdiv(xs: Sequence[Tensor], b: float, c: Scalar) -> Leaves:
         torch._foreach_reciprocal_(out)
         torch._foreach_mul_(out, c)
         return list(out)
-    return [torch.reciprocal(torch.sqrt(x) + b) * c for x in xs]
+    return [torch.reciprocal(torch.sqrt(x) + b) * _as(c, x) for x in xs]
 
 
 def centered_sqrt_add(xs: Sequence[Tensor], ms: Sequence[Tensor], eps: float) -> Leaves:

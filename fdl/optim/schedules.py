@@ -328,8 +328,9 @@ class PolynomialLR:
 class LambdaLR:
     r"""The base rate times a function of the step count: :math:`\eta_k = \eta\,f(k)`.
 
-    ``lr_lambda`` receives the int64 count **tensor** and must use tensor ops
-    (so it traces under ``torch.compile``). Mirrors
+    ``lr_lambda`` receives the count as a float64 **tensor** (so arithmetic on
+    it stays in float64) and must use tensor ops to trace under
+    ``torch.compile``. Mirrors
     ``torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)``.
 
     Example:
@@ -342,7 +343,7 @@ class LambdaLR:
     lr_lambda: Callable[[Tensor], Tensor | float]
 
     def __call__(self, count: Tensor) -> Tensor:
-        return self.lr * torch.as_tensor(self.lr_lambda(count), dtype=torch.float64)
+        return self.lr * torch.as_tensor(self.lr_lambda(_f64(count)), dtype=torch.float64)
 
 
 @dataclass(frozen=True)

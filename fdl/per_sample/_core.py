@@ -266,9 +266,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale + 1e-30))
 
 
-def _reduction_scale(
-    full: list[_rules.Record], one: list[_rules.Record], n: int
-) -> float:
+def _reduction_scale(full: list[_rules.Record], one: list[_rules.Record], n: int) -> float:
     """Find ``c`` with ``batch output grad of example 0 == c · its batch-of-one output grad``.
 
     ``c`` is 1 for a sum over examples and ``1/n`` for a mean. Anything else

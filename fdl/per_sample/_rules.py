@@ -60,6 +60,7 @@ class Record:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     g: torch.Tensor | None = field(default=None, repr=False)  # per-example output grad
+    gw: torch.Tensor | None = field(default=None, repr=False)  # per-example weight grads, if formed
 
 
 def _as_graph_node(out: torch.Tensor) -> torch.Tensor:
@@ -212,6 +213,8 @@ def _conv_factors(r: Record) -> tuple[torch.Tensor, torch.Tensor]:
 
 def weight_per_sample(r: Record) -> torch.Tensor:
     """``(B, *weight.shape)`` per-example weight gradients."""
+    if r.gw is not None:
+        return r.gw
     if r.kind == "linear":
         a, g = _linear_factors(r)
         return torch.bmm(g.transpose(1, 2), a)  # (B, out, in)
@@ -246,11 +249,15 @@ def weight_sq_norms(r: Record) -> torch.Tensor:
     n_k, n_out, l_out = a.shape[2], g.shape[2], a.shape[3]
     if r.groups == 1 and l_out * l_out * (n_k + n_out) < l_out * n_k * n_out:
         return _gram_sq_norms(a[:, 0].transpose(1, 2), g[:, 0].transpose(1, 2))
-    return weight_per_sample(r).flatten(1).square().sum(1)
+    # a convolution's per-example gradients are small: keep them for weighted sums
+    r.gw = weight_per_sample(r)
+    return r.gw.flatten(1).square().sum(1)
 
 
 def weight_weighted_sum(r: Record, w: torch.Tensor) -> torch.Tensor:
-    """``Σ_i w[i] grad_W[i]`` as one ordinary weight-gradient computation."""
+    """``Σ_i w[i] grad_W[i]``: from kept per-example gradients, else one weight-gradient pass."""
+    if r.gw is not None:
+        return torch.tensordot(w.to(r.gw.dtype), r.gw, dims=1)
     shape = (-1,) + (1,) * (r.g.dim() - 1)
     gw = r.g * w.reshape(shape).to(r.g.dtype)
     if r.kind == "linear":

@@ -300,7 +300,7 @@ def noise_multiplier_for(
     orders: Sequence[float] = DEFAULT_ORDERS,
     rtol: float = 1e-6,
 ) -> float:
-    """The smallest ``σ`` (to relative precision ``rtol``) with ``epsilon(steps, σ, ...) <= target``.
+    """The smallest ``σ`` (to relative precision ``rtol``) with ``epsilon(steps, σ, ...) <= ε``.
 
     Bisection on σ (ε decreases as σ grows). The returned σ always satisfies
     the budget.

@@ -117,14 +117,15 @@ def clip_per_sample(grads: Any, max_grad_norm: float) -> Any:
     return _tree.map(lambda t: t * f.reshape((-1,) + (1,) * (t.dim() - 1)).to(t.dtype), grads)
 
 
-def add_noise(
-    grads: Any, key: _random.Key, noise_multiplier: float, max_grad_norm: float
-) -> Any:
-    """``grads + σ·C·z`` with ``z ~ N(0, I)`` drawn leaf by leaf from ``key``.
+def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_norm: float) -> Any:
+    """``grads + σ·C·z`` with ``z ~ N(0, I)`` drawn from ``key``.
+
+    One ``fdl.random.normal(key, (total size,))`` draw is split over the
+    leaves in their flattening order (float64 if any leaf is float64).
 
     Args:
         grads: a pytree of summed clipped gradients.
-        key: an ``fdl.random`` key (split once per leaf).
+        key: an ``fdl.random`` key.
         noise_multiplier: ``σ >= 0``.
         max_grad_norm: ``C > 0``.
 
@@ -139,11 +140,12 @@ def add_noise(
     """
     std = _check_noise(noise_multiplier) * _check_clip(max_grad_norm)
     flat, treedef = _tree.flatten(grads)
-    keys = _random.split(key, max(len(flat), 1))
-    noised = [
-        t + _random.normal(keys[i], tuple(t.shape), dtype=t.dtype) * std
-        for i, t in enumerate(flat)
-    ]
+    if not flat:
+        return grads
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in flat) else torch.float32
+    sizes = [t.numel() for t in flat]
+    zs = torch.split(_random.normal(key, (sum(sizes),), dtype=dtype), sizes)
+    noised = [t + (z.reshape(t.shape) * std).to(t.dtype) for t, z in zip(flat, zs, strict=True)]
     return _tree.unflatten(treedef, noised)
 
 
@@ -230,7 +232,7 @@ def make_dp_train_step(
     method: str = "auto",
     compile: bool | Mapping[str, Any] = False,
 ) -> Callable[..., Any]:
-    """Build ``step(params, opt_state, key, *batch, mask=None) -> (params, opt_state, loss[, aux])``.
+    """Build ``step(params, opt_state, key, *batch, mask=None) -> (params, opt_state, loss)``.
 
     ``grads`` from :func:`dp_grads`, then ``updates, opt_state =
     optimizer.update(grads, opt_state, params)`` and ``params + updates``.
@@ -246,7 +248,8 @@ def make_dp_train_step(
             the rules path applies — on a CPU usually the faster choice.
 
     Returns:
-        The step function (pure). Pass a fresh key every step (e.g.
+        The step function (pure); with ``has_aux`` it returns ``aux`` as a
+        fourth value. Pass a fresh key every step (e.g.
         ``fdl.random.fold_in(key, step)``) and the Poisson mask.
 
     Example:

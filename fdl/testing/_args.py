@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -83,5 +84,8 @@ def weighted_sum(out: Any, cts: list[torch.Tensor | None]) -> torch.Tensor:
 
 
 def fn_name(fn: Callable[..., Any], default: str) -> str:
+    """A function's name for reports (``functools.partial`` looks through)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     name = getattr(fn, "__name__", default)
     return default if name == "<lambda>" else name

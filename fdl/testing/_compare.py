@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from fdl import tree as ft
@@ -92,11 +93,7 @@ def _fmt_index(flat_idx: int, shape: Sequence[int]) -> str:
 
 
 def _fmt_num(x: Any) -> str:
-    if isinstance(x, complex):
-        return f"{x:.6g}"
-    if isinstance(x, float):
-        return f"{x:.6g}"
-    return str(x)
+    return f"{x:.6g}" if isinstance(x, (float, complex)) else str(x)
 
 
 def _fmt_pair(actual: Any, expected: Any) -> str:
@@ -130,7 +127,7 @@ def _tensor_failure(
     tol_dtype = a.dtype if _resolution(a.dtype) >= _resolution(e.dtype) else e.dtype
     r, t = _resolve_tolerances(tol_dtype, rtol, atol)
     n = a.numel()
-    if n == 0:
+    if n == 0 or (a.dtype == e.dtype and torch.equal(a, e)):  # fast path: identical
         return None
     if not (common.is_floating_point or common.is_complex):
         mismatch = a.to(common) != e.to(common)
@@ -209,6 +206,9 @@ def _leaf_failure(
     equal_nan: bool,
     check_dtype: bool,
 ) -> str | None:
+    # numpy arrays are compared as tensors
+    a = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+    e = torch.from_numpy(e) if isinstance(e, np.ndarray) else e
     a_t, e_t = isinstance(a, torch.Tensor), isinstance(e, torch.Tensor)
     if a_t and e_t:
         return _tensor_failure(
@@ -250,6 +250,8 @@ def _tree_failures(
 ) -> tuple[str | None, list[tuple[str, str]], int]:
     """(structure failure, [(path, leaf failure)], number of leaves)."""
     diff = ft.first_difference(actual, expected)
+    if diff is None and ft.structure(actual) != ft.structure(expected):
+        diff = ("<root>", f"{ft.structure(actual)} vs {ft.structure(expected)}")
     if diff is not None:
         return f"tree structures differ at '{diff[0]}': {diff[1]}", [], 0
     paths, a_leaves, _ = ft.flatten_with_paths(actual)

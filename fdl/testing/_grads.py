@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,7 +116,9 @@ def _check_level(
             jvps = []
             for v in dirs[i]:
                 tangents = tuple(v if j == i else torch.zeros_like(x) for j, x in enumerate(xs))
-                jvps.append(torch.func.jvp(s, tuple(xs), tangents)[1])
+                with warnings.catch_warnings():  # torch-internal deprecation noise
+                    warnings.filterwarnings("ignore", ".*torch.jit.script", FutureWarning)
+                    jvps.append(torch.func.jvp(s, tuple(xs), tangents)[1])
             got[p] = torch.stack(jvps)
         want = dict(zip(paths, numeric, strict=True))
         structure, failures, n = _tree_failures(got, want, rtol=rtol, atol=atol)

@@ -98,9 +98,11 @@ def assert_parity(
         AssertionError: when values or gradients differ.
 
     Note:
-        An input that ``fn`` does not use gets a zero gradient, so a function
-        that drops the dependence on an input (``detach``, ``no_grad``) is
-        caught wherever the reference depends on it.
+        Outputs without a floating-point tensor (class indices, counts) are
+        compared in value only. An input that ``fn`` does not use gets a zero
+        gradient, so a function that drops the dependence on an input
+        (``detach``, ``no_grad``) is caught wherever the reference depends on
+        it.
 
     Example:
         >>> import torch
@@ -133,8 +135,10 @@ def assert_parity(
     sections = []
     if structure is not None or failures:
         sections.append(_format_failures("values", structure, failures, n))
+    cts: list = []
     if grads and structure is None and _same_shapes(out_f, out_r):
         cts = cotangents(out_r, seed)
+    if any(c is not None for c in cts):  # outputs with no floating tensor have no gradient
         g_f = inputs.as_dict(_gradients(out_f, leaves_f, cts))
         g_r = inputs.as_dict(_gradients(out_r, leaves_r, cts))
         g_structure, g_failures, g_n = _tree_failures(

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +59,12 @@ _NUMPY = {
     torch.uint8: np.uint8,
     torch.bool: np.bool_,
 }
-_WIDTH = {torch.float64: 64, torch.float32: 32, torch.float16: 16, torch.bfloat16: 32}
+_WIDTH: dict[torch.dtype, Literal[16, 32, 64]] = {
+    torch.float64: 64,
+    torch.float32: 32,
+    torch.float16: 16,
+    torch.bfloat16: 32,
+}
 
 
 def shapes(
