@@ -88,8 +88,8 @@ def _encode(node: Any, path: str, tensors: dict[str, torch.Tensor]) -> dict[str,
         if node.layout != torch.strided or node.is_quantized:
             raise TypeError(f"checkpoint: tensor at '{where}' has layout {node.layout}; dense only")
         name = path or "<root>"
-        if name in tensors:
-            raise ValueError(f"checkpoint: two leaves share the name {name!r}")
+        if name in tensors:  # a dict key containing "." can repeat a path
+            name = f"{name}#{len(tensors)}"
         tensors[name] = node
         return {"t": "tensor", "name": name}
     if isinstance(node, _SCALARS):
@@ -187,11 +187,16 @@ def _decode(
         return x if device is None else x.to(device)
     if t in ("bool", "int", "float", "str"):
         value = spec["v"]
-        expected = {"bool": bool, "int": int, "float": (int, float), "str": str}[t]
-        if not isinstance(value, expected) or (t == "int" and isinstance(value, bool)):
+        expected: dict[str, type | tuple[type, ...]] = {
+            "bool": bool,
+            "int": int,
+            "float": (int, float),
+            "str": str,
+        }
+        if not isinstance(value, expected[t]) or (t == "int" and isinstance(value, bool)):
             raise _Bad(f"at '{where}': stored {t} value {value!r} is malformed")
         if t == "float":
-            value = float(value)
+            value = float(spec["v"])
         if has_like and not isinstance(like, _SCALARS):
             raise _Bad(f"at '{where}': the file has {t}, like has {_kind_of(like)}")
         return value
@@ -238,7 +243,7 @@ def _decode(
         if len(keys) != len(children):
             raise _Bad(f"at '{where}': malformed dict node")
         by_key = dict(zip(keys, children, strict=True))
-        typ = OrderedDict if t == "odict" else dict
+        mapping_type: type[dict] = OrderedDict if t == "odict" else dict
         if has_like:
             if not isinstance(like, Mapping) or set(like) != set(keys):
                 if isinstance(like, Mapping):
@@ -249,7 +254,7 @@ def _decode(
                     )
                 raise _Bad(f"at '{where}': the file has a dict, like has {_kind_of(like)}")
             keys = list(like)
-        return typ(
+        return mapping_type(
             (
                 k,
                 _decode(
@@ -272,7 +277,7 @@ def _decode(
 
 
 def _tensor_bytes(x: torch.Tensor) -> memoryview:
-    return memoryview(x.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(x.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def _digest(names: list[str], tensors: Mapping[str, torch.Tensor]) -> str:
@@ -479,7 +484,7 @@ def _collect_names(spec: Any) -> list[str]:
         if not isinstance(node, dict):
             continue
         if node.get("t") == "tensor":
-            out.append(node.get("name"))
+            out.append(str(node.get("name")))
         stack.extend(reversed(node.get("c", []) if isinstance(node.get("c"), list) else []))
     return out
 

@@ -79,24 +79,49 @@ _builtin_map = map
 
 
 def leaves(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[Any]:
-    """Return the leaves of ``tree`` in a fixed (sorted-key) order."""
+    """Return the leaves of ``tree`` in leaf order (dict entries by sorted key).
+
+    Args:
+        tree: a pytree.
+        is_leaf: optional predicate; a node for which it is true is a leaf.
+
+    Returns:
+        The leaves as a list; ``None`` nodes contribute none.
+
+    Example:
+        >>> leaves({"b": 1, "a": [2, None, 3]})
+        [2, 3, 1]
+    """
     return optree.tree_leaves(tree, is_leaf=is_leaf)
 
 
 def structure(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> TreeDef:
-    """Return the tree structure (treedef) of ``tree``."""
+    """Return the tree structure (treedef) of ``tree``; treedefs compare with ``==``.
+
+    Example:
+        >>> structure({"w": 1, "b": 2}) == structure({"b": 5, "w": 6})
+        True
+    """
     return optree.tree_structure(tree, is_leaf=is_leaf)
 
 
 def flatten(
     tree: PyTree, is_leaf: Callable[[Any], bool] | None = None
 ) -> tuple[list[Any], TreeDef]:
-    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it."""
+    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it.
+
+    Example:
+        >>> lvs, treedef = flatten({"a": 1, "b": (2, 3)})
+        >>> lvs
+        [1, 2, 3]
+        >>> unflatten(treedef, [x * 10 for x in lvs])
+        {'a': 10, 'b': (20, 30)}
+    """
     return optree.tree_flatten(tree, is_leaf=is_leaf)
 
 
 def unflatten(treedef: TreeDef, leaves: Iterable[Any]) -> PyTree:
-    """Rebuild a tree of structure ``treedef`` from ``leaves``."""
+    """Rebuild a tree of structure ``treedef`` from ``leaves`` (in leaf order)."""
     return optree.tree_unflatten(treedef, list(leaves))
 
 
@@ -139,9 +164,9 @@ def _children(node: Any) -> list[tuple[Any, Any]] | None:
     if isinstance(node, (list, tuple)):
         return list(enumerate(node))
     if isinstance(node, Mapping):
-        if optree.tree_is_leaf(node):
+        if optree.tree_is_leaf(node):  # type: ignore[arg-type]
             return None
-        keys = optree.tree_flatten_one_level(node)[2]
+        keys = optree.tree_flatten_one_level(node)[2]  # type: ignore[arg-type]
         return [(k, node[k]) for k in keys]
     return None
 
@@ -247,12 +272,18 @@ def map(
         r_lvs, r_def = optree.tree_flatten(r, is_leaf=is_leaf)
         if r_def != treedef:
             assert_same_structure(tree, r, names=("first tree", "other tree"))
+            raise ValueError(f"map: trees differ in structure: {treedef} vs {r_def}")
         others.append(r_lvs)
     return optree.tree_unflatten(treedef, [fn(*xs) for xs in zip(lvs, *others, strict=True)])
 
 
 def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, sep: str = ".") -> PyTree:
-    """Like :func:`map` but ``fn(path, leaf, *others)`` gets the ``"a.b"`` path."""
+    """Like :func:`map` but ``fn(path, leaf, *others)`` gets the ``"a.b"`` path.
+
+    Example:
+        >>> map_with_path(lambda p, x: f"{p}={x}", {"fc": {"w": 1}, "n": 2})
+        {'fc': {'w': 'fc.w=1'}, 'n': 'n=2'}
+    """
     ps, lvs, treedef = flatten_with_paths(tree, sep)
     others = []
     for r in rest:
@@ -267,7 +298,13 @@ def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, sep: str 
 
 
 def zeros_like(tree: PyTree) -> PyTree:
-    """A tree of zeros with the shapes, dtypes and devices of ``tree``."""
+    """A tree of zeros with the shapes, dtypes and devices of ``tree``.
+
+    Example:
+        >>> import torch
+        >>> zeros_like({"w": torch.ones(2, dtype=torch.float64)})
+        {'w': tensor([0., 0.], dtype=torch.float64)}
+    """
     return map(torch.zeros_like, tree)
 
 
@@ -290,12 +327,27 @@ def add(tree: PyTree, *others: PyTree) -> PyTree:
 
 
 def sub(a: PyTree, b: PyTree) -> PyTree:
-    """Leafwise ``a - b``."""
+    """Leafwise ``a - b``.
+
+    Example:
+        >>> import torch
+        >>> sub({"w": torch.tensor(3.0)}, {"w": torch.tensor(1.0)})
+        {'w': tensor(2.)}
+    """
     return map(torch.sub, a, b)
 
 
 def scale(tree: PyTree, s: float | torch.Tensor) -> PyTree:
-    """Leafwise ``s * tree`` (``s`` a Python number or a scalar tensor)."""
+    """Leafwise ``s * tree`` (``s`` a Python number or a scalar tensor).
+
+    A tensor ``s`` (a learning rate that changes per step) keeps a compiled
+    step from recompiling.
+
+    Example:
+        >>> import torch
+        >>> scale({"w": torch.tensor([1.0, 2.0])}, torch.tensor(0.5))
+        {'w': tensor([0.5000, 1.0000])}
+    """
     return map(lambda x: x * s, tree)
 
 
@@ -337,12 +389,26 @@ def global_norm(tree: PyTree) -> torch.Tensor:
 
 
 def size(tree: PyTree) -> int:
-    """Total number of elements over all tensor leaves."""
+    """Total number of elements over all tensor leaves (non-tensor leaves count 0).
+
+    Example:
+        >>> import torch
+        >>> size({"w": torch.ones(2, 3), "b": torch.ones(2), "step": 7})
+        8
+    """
     return sum(x.numel() for x in leaves(tree) if isinstance(x, torch.Tensor))
 
 
 def all_finite(tree: PyTree) -> torch.Tensor:
-    """A boolean scalar tensor: every element of every leaf is finite."""
+    """A boolean scalar tensor: every element of every leaf is finite (no inf, no nan).
+
+    A tensor rather than a Python bool, so it traces under ``torch.compile``.
+
+    Example:
+        >>> import torch
+        >>> all_finite({"w": torch.tensor([1.0, float("nan")])})
+        tensor(False)
+    """
     lvs = leaves(tree)
     if not lvs:
         return torch.ones((), dtype=torch.bool)
@@ -352,7 +418,14 @@ def all_finite(tree: PyTree) -> torch.Tensor:
 def allclose(a: PyTree, b: PyTree, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
     """True when ``a`` and ``b`` have one structure and every leaf pair is close.
 
-    Leaves are compared with :func:`torch.allclose` (shapes must be equal).
+    Tensor leaves are compared with :func:`torch.allclose`
+    (``|a - b| <= atol + rtol * |b|``; shapes must be equal), other leaves
+    with ``==``. Returns ``False`` (never raises) on any difference.
+
+    Example:
+        >>> import torch
+        >>> allclose({"w": torch.tensor(1.0)}, {"w": torch.tensor(1.0 + 1e-7)})
+        True
     """
     if structure(a) != structure(b):
         return False
@@ -386,7 +459,16 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
 
 
 def unstack(tree: PyTree) -> list[PyTree]:
-    """Split every leaf along its leading axis: the inverse of :func:`stack`."""
+    """Split every leaf along its leading axis: the inverse of :func:`stack`.
+
+    Raises ``ValueError`` (naming the leaf) when a leaf is not a tensor with a
+    leading axis, or when the leading axes differ.
+
+    Example:
+        >>> import torch
+        >>> unstack({"w": torch.tensor([[1.0], [2.0]])})
+        [{'w': tensor([1.])}, {'w': tensor([2.])}]
+    """
     lvs, treedef = flatten(tree)
     if not lvs:
         return []
@@ -425,8 +507,7 @@ def to_flat_dict(tree: PyTree, sep: str = ".") -> dict[str, Any]:
     ps, lvs, _ = flatten_with_paths(tree, sep)
     out = dict(zip(ps, lvs, strict=True))
     if len(out) != len(ps):
-        seen: set[str] = set()
-        dup = next(p for p in ps if p in seen or seen.add(p))
+        dup = next(p for i, p in enumerate(ps) if p in ps[:i])
         raise ValueError(f"to_flat_dict: two leaves share the key {dup!r}; use another sep")
     return out
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -72,6 +74,7 @@ TREES: dict[str, Any] = {
         )
     },
     "zero_dim_and_empty": {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)},
+    "dotted_keys": {"a.b": _g(1), "a": {"b": _g(2)}},
     "bare_tensor": _g(3),
     "bare_int": 5,
 }
@@ -103,12 +106,15 @@ def test_save_is_pure_and_file_is_plain_safetensors(path, name):
     _exact_same(tree, before)
     # any safetensors reader sees the tensors under their paths
     plain = safetensors.torch.load_file(path)
-    flat = {k: v for k, v in fdl.tree.to_flat_dict(tree).items() if isinstance(v, torch.Tensor)}
-    if isinstance(tree, torch.Tensor):
-        flat = {"<root>": tree}
-    assert set(plain) == set(flat)
-    for k in plain:
-        assert torch.equal(plain[k], flat[k])
+    ps, lvs, _ = fdl.tree.flatten_with_paths(tree)
+    tensors = [
+        (p or "<root>", x) for p, x in zip(ps, lvs, strict=True) if isinstance(x, torch.Tensor)
+    ]
+    assert len(plain) == len(tensors)
+    for p, x in tensors:
+        # a path repeated through a dotted dict key gets a "#n" suffix
+        named = [v for k, v in plain.items() if k == p or k.startswith(p + "#")]
+        assert any(v.shape == x.shape and torch.equal(v, x) for v in named)
 
 
 def test_views_shared_tensors_and_grad_tensors(path):
@@ -383,3 +389,13 @@ def test_resume_reproduces_uninterrupted_run(path):
         resumed = _train(ckpt["params"], ckpt["opt_state"], ckpt["key"], ckpt["step"], 10, opt)
         assert_trees_close(resumed, full, rtol=0, atol=0)
     assert not fdl.tree.allclose(p5, full[0])  # the last five steps did change something
+
+
+def test_docs_examples_run():
+    """Every ```python block of docs/checkpoint.md runs, in order, in one namespace."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "checkpoint.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    namespace: dict[str, Any] = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/checkpoint.md block {i}", "exec"), namespace)

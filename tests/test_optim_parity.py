@@ -124,7 +124,6 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], type[torch.optim.Optimizer], lis
 }
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     """Tiny tensors: intra-op threads only add contention on a shared machine."""

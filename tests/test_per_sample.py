@@ -231,6 +231,8 @@ def test_rules_method_refuses_with_reason(model):
     params, batch = make_params(torch.float64), make_batch(torch.float64, N)
     with pytest.raises(ValueError, match="method='rules' does not apply"):
         fdl.per_sample_grads(loss_fn, method="rules")(params, *batch)
+    with pytest.raises(ValueError, match="method='rules' does not apply"):
+        fdl.per_sample_grad_norms(loss_fn, method="rules")(params, *batch)
 
 
 @pytest.mark.parametrize("method", ["auto", "vmap"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from itertools import permutations
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -358,3 +361,13 @@ def test_bad_keys_rejected(name, bad, err, match):
 def test_bad_arguments_rejected(call, err, match):
     with pytest.raises(err, match=match):
         call(R.key(0))
+
+
+def test_docs_examples_run():
+    """Every ```python block of docs/random.md runs, in order, in one namespace."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "random.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    namespace: dict[str, Any] = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/random.md block {i}", "exec"), namespace)

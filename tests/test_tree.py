@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -393,3 +395,13 @@ def test_tree_functions_trace_under_compile(compiled_tree_step):
     want = _tree_step(state, grads)
     assert isinstance(got[0], AdamLikeState)
     assert_trees_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_docs_examples_run():
+    """Every ```python block of docs/pytrees.md runs, in order, in one namespace."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "pytrees.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    namespace: dict[str, Any] = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/pytrees.md block {i}", "exec"), namespace)

@@ -187,8 +187,3 @@ def _zero_count(params: Params) -> torch.Tensor:
     lv = tree.leaves(params)
     device = lv[0].device if lv and isinstance(lv[0], torch.Tensor) else None
     return torch.zeros((), dtype=torch.int64, device=device)
-
-
-def _as_schedule(value: ScalarOrSchedule) -> Callable[[torch.Tensor], Any] | None:
-    """``value`` itself when it is a schedule (callable), else ``None``."""
-    return value if callable(value) else None

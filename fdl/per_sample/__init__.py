@@ -163,25 +163,18 @@ def per_sample_grad_norms(
     _check_options(chunk_size, method)
 
     def fn(params: Any, *batch: Any) -> Any:
-        use_vmap = method == "vmap" or (method == "auto" and _core.in_transform())
-        if not use_vmap:
-            try:
-                _, aux, rep, _ = _core.decompose(
-                    loss_fn,
-                    params,
-                    batch,
-                    has_aux=has_aux,
-                    chunk_size=chunk_size,
-                    method="rules",
-                    need_loss=False,
-                )
+        _core.batch_size(batch)  # validate before choosing a path
+        if method != "vmap":
+            out = _core.try_rules(
+                loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
+            )
+            if not isinstance(out, str):
+                _, aux, rep = out
                 norms = rep.sq_norms().sqrt()
                 return (norms, aux) if has_aux else norms
-            except ValueError:
-                if method == "rules":
-                    raise
-        sq = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32)
-        norms = sq.sqrt()
+            if method == "rules":
+                raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
+        norms = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32).sqrt()
         if has_aux:
             with torch.no_grad():
                 _, aux = _core._split_out(loss_fn(params, *batch), True)

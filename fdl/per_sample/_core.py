@@ -320,6 +320,32 @@ def rules_factored(
     return loss, aux, Factored(records, flat, n)
 
 
+def try_rules(
+    loss_fn: LossFn,
+    params: Any,
+    batch: Sequence[Any],
+    *,
+    has_aux: bool,
+    chunk_size: int | None,
+    need_loss: bool,
+) -> tuple[torch.Tensor | None, Any, Any] | str:
+    """The rules path, or the reason (a string) why it does not apply."""
+    if in_transform():
+        return "it cannot run under torch.compile or torch.func transforms"
+    n = batch_size(batch)
+    try:
+        if chunk_size is None or chunk_size >= n:
+            return rules_factored(loss_fn, params, batch, has_aux)
+        parts = [
+            rules_factored(loss_fn, params, _slice(batch, s, s + chunk_size), has_aux)[2]
+            for s in range(0, n, chunk_size)
+        ]
+    except NoRule as e:
+        return str(e)
+    loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
+    return loss, aux, Chunked(parts)
+
+
 def decompose(
     loss_fn: LossFn,
     params: Any,
@@ -335,23 +361,15 @@ def decompose(
     Returns ``(loss, aux, rep, method_used)``; ``loss``/``aux`` are those of the
     whole batch (``None`` when not needed and not free).
     """
-    n = batch_size(batch)
-    if method != "vmap" and not in_transform():
-        try:
-            if chunk_size is None or chunk_size >= n:
-                loss, aux, rep = rules_factored(loss_fn, params, batch, has_aux)
-                return loss, aux, rep, "rules"
-            parts = [
-                rules_factored(loss_fn, params, _slice(batch, s, s + chunk_size), has_aux)[2]
-                for s in range(0, n, chunk_size)
-            ]
-            loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
-            return loss, aux, Chunked(parts), "rules"
-        except NoRule as e:
-            if method == "rules":
-                raise ValueError(f"method='rules' does not apply to this loss_fn: {e}") from None
-    elif method == "rules":
-        raise ValueError("method='rules' cannot run under torch.compile or torch.func transforms")
+    batch_size(batch)
+    if method != "vmap":
+        out = try_rules(
+            loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=need_loss
+        )
+        if not isinstance(out, str):
+            return (*out, "rules")
+        if method == "rules":
+            raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
     rep = vmap_dense(loss_fn, params, batch, has_aux, chunk_size)
     loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
     return loss, aux, rep, "vmap"
