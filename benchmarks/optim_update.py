@@ -8,7 +8,8 @@ Workloads (each row is one full optimizer step: new params and state from grads)
   buffers every step) and ``make_update(opt, donate=True)`` (buffer donation,
   in place) vs ``torch.optim.Adam(fused=True).step()`` (target: fdl <= 1.2x).
 
-Run: ``python -m benchmarks.optim_update`` (``--quick`` for 1M parameters).
+Run: ``python -m benchmarks.optim_update`` (``--quick`` for 1M parameters,
+``--threads N`` to set torch's thread count, ``--cuda`` on a GPU).
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def ratios(results: list[Result]) -> str:
 
 if __name__ == "__main__":
     dev = "cuda" if "--cuda" in sys.argv else "cpu"
+    if "--threads" in sys.argv:
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     res = run(quick="--quick" in sys.argv, device=dev)
     print(format_table(res))
     print(ratios(res))

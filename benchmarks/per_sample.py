@@ -27,8 +27,8 @@ Run::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -161,17 +161,26 @@ def measure_cpu(fn: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
     return Timing(times)
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0  # kB
+    raise KeyError(field)
 
 
 def _peak_mem_child(peer: str, batch: int) -> float:
+    """Peak resident-set growth over the set-up state while calling the peer twice (Linux)."""
     torch.set_num_threads(1)
     fn = _make(peer, batch)
-    base = _maxrss_mb()
+    fn()  # first call: lazy initialisation
+    gc.collect()
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
     fn()
     fn()
-    return _maxrss_mb() - base
+    return _status_mb("VmHWM") - base
 
 
 def _peak_mem(peer: str, batch: int) -> float | None:

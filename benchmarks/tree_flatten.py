@@ -5,7 +5,8 @@ cost is paid per step outside any kernel. The tree is shaped like a model's
 params: 50 layers, each ``{"weight", "bias"}``, inside a NamedTuple next to a
 step count (101 leaves). Peers: ``fdl`` (``fdl.tree``, optree underneath),
 ``optree`` called directly, ``torch.utils._pytree`` (what ``torch.func``
-uses), and ``jax.tree_util`` when jax is installed.
+uses), ``jax.tree_util`` when jax is installed, and a plain Python loop
+collecting the same leaves (a yardstick for the machine's speed).
 
 Run: ``python -m benchmarks.tree_flatten`` (``--quick`` for fewer repeats).
 """
@@ -46,6 +47,10 @@ def _peers(tree: Any) -> dict[str, dict[str, Callable[[], Any]]]:
             "fdl": lambda: fdl.tree.flatten(tree),
             "optree": lambda: optree.tree_flatten(tree),
             "torch.utils._pytree": lambda: tpytree.tree_flatten(tree),
+            # machine-speed reference: a Python loop collecting the same leaves
+            "python loop (reference)": lambda: (
+                [tree.count] + [x for layer in tree.params.values() for x in layer.values()]
+            ),
         },
         "unflatten": {
             "fdl": lambda: fdl.tree.unflatten(fdl_def, fdl_leaves),

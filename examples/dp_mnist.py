@@ -1,16 +1,18 @@
 """DP-SGD on MNIST with fdl: test accuracy and ε (δ = 1e-5) after every epoch.
 
 Recipe (a small tanh CNN, as in the DP-SGD literature): Poisson batches with
-sample rate 256/60000, per-example clipping at C = 1, noise multiplier
-σ = 1.0, plain SGD. The privacy accountant is :func:`fdl.privacy.epsilon`
-(Rényi DP of the sampled Gaussian mechanism).
+sample rate 256/60000 padded to one fixed size, per-example clipping at
+C = 1, noise multiplier σ = 1.0, plain SGD with lr 0.5. The privacy
+accountant is :func:`fdl.privacy.epsilon` (Rényi DP of the sampled Gaussian
+mechanism).
 
 Run::
 
-    python examples/dp_mnist.py --epochs 10
+    python examples/dp_mnist.py --epochs 8 --threads 1
 
-Every epoch prints ``epoch, train loss, test accuracy, epsilon`` and the
-final curve is written as JSON next to ``--out``.
+Every epoch prints the train loss, test accuracy and ε, and the curve so far
+is written as JSON to ``--out``. With seed 0 this reached 95.5 % test
+accuracy at ε = 1.04 (epoch 3) and 97.0 % at ε = 1.27 (epoch 8), δ = 1e-5.
 """
 
 from __future__ import annotations

@@ -18,6 +18,14 @@ The pairings are log_softmax with nll_loss, or raw logits with cross_entropy.
 Data: MNIST scaled to [0, 1] then ``normalize(x, 0.5, 0.5)``; batch 64,
 shuffled from the seed every epoch; Adam with lr 1e-3.
 
+Learning rate: the torch reference keeps lr 1e-3 for 10 epochs. Trained for
+only 3 epochs at a constant 1e-3 this network ends near 98.9% test accuracy;
+by default the example starts at the same 1e-3 and anneals it to 0 along a
+cosine over the run (``lr_k = 1e-3 * (1 + cos(pi k / K)) / 2`` at step ``k`` of
+``K``), which reaches 99%+ in 3 epochs. ``--schedule constant`` keeps the
+reference's constant rate. The rate is a function of the optimizer's step
+count tensor, so the compiled step never recompiles as it changes.
+
 Run::
 
     python examples/mnist_cnn.py                 # 3 epochs, compiled step
@@ -120,6 +128,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default="cosine",
+        help="learning-rate schedule",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--compile",
@@ -143,7 +157,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     key = fdl.random.key(args.seed)
     init_key, train_key = fdl.random.split(key)
     params = model.init(init_key)
-    optimizer = fdl.optim.adam(lr=args.lr)
+    lr: Any = args.lr
+    if args.schedule == "cosine":
+        total_steps = args.epochs * fdl.data.num_batches(len(train[1]), args.batch_size)
+        lr = fdl.optim.schedules.CosineAnnealingLR(args.lr, T_max=total_steps)
+    optimizer = fdl.optim.adam(lr=lr)
 
     def report(record: dict[str, Any]) -> None:
         print(f"Epoch {record['epoch']}, Loss: {record['train_loss']}", flush=True)

@@ -81,6 +81,21 @@ def test_threefry_broadcasts_like_elementwise_calls():
             assert (int(y0[i, j]), int(y1[i, j])) == (int(e0), int(e1))
 
 
+def test_threefry_numpy_and_torch_paths_agree():
+    # CPU runs the cipher in numpy uint32; other devices in torch int64 ops
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randint(0, 2**32, s, generator=g) for s in [(3, 1), (1,), (4,), (3, 4)]]
+    for a, b in zip(R._threefry2x32_numpy(*args), R._threefry2x32_impl(*args), strict=True):
+        assert a.dtype == b.dtype == I64 and a.shape == b.shape == (3, 4)
+        assert torch.equal(a, b)
+
+
+def test_threefry_rejects_other_dtypes():
+    z = _t(0)
+    with pytest.raises(TypeError, match="x1 must be an int64 tensor"):
+        R.threefry2x32(z, z, z, torch.zeros((), dtype=torch.int32))
+
+
 def test_threefry_matches_jax():
     jr = pytest.importorskip("jax.extend.random")
     np = pytest.importorskip("numpy")
@@ -126,8 +141,9 @@ def test_vmap_over_keys_equals_loop(name):
     assert torch.equal(batched, looped)
 
 
-def _all_samplers(k: torch.Tensor) -> list[torch.Tensor]:
-    return [SAMPLERS[n](k) for n in NAMES]
+def _all_samplers(k: torch.Tensor, step: torch.Tensor) -> list[torch.Tensor]:
+    # every sampler, plus a per-step key derived from a step-count tensor
+    return [SAMPLERS[n](k) for n in NAMES] + [R.normal(R.fold_in(k, step), (3,))]
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +154,14 @@ def compiled_all():
 
 @pytest.mark.parametrize("seed", [5, 6])
 def test_compile_equals_eager_without_recompiling(compiled_all, seed):
-    if seed == 6:  # second key: must reuse the graph compiled for the first
+    args = (R.key(seed), torch.tensor(seed * 10))
+    if seed == 6:  # new key and step: must reuse the graph compiled for the first
         with torch.compiler.set_stance("fail_on_recompile"):
-            got = compiled_all(R.key(seed))
+            got = compiled_all(*args)
     else:
-        got = compiled_all(R.key(seed))
-    for name, g, e in zip(NAMES, got, _all_samplers(R.key(seed)), strict=True):
+        got = compiled_all(*args)
+    names = [*NAMES, "fold_in_step_tensor"]
+    for name, g, e in zip(names, got, _all_samplers(*args), strict=True):
         assert torch.equal(g, e), name
 
 
@@ -185,6 +203,9 @@ def test_fold_in_is_apart_from_split():
     assert not bool((folded[:, None, :] == ks[None, :, :]).all(-1).any())
     assert len({tuple(f) for f in folded.tolist()}) == 16
     assert torch.equal(R.fold_in(k, torch.tensor(3)), R.fold_in(k, 3))
+    # vmap over the data (e.g. a batch of example indices)
+    batched = torch.func.vmap(lambda d: R.fold_in(k, d))(torch.arange(16))
+    assert torch.equal(batched, folded)
 
 
 # ---------------------------------------------------------------------------

@@ -45,6 +45,24 @@ def use_foreach(xs: Sequence[Tensor]) -> bool:
     return _FOREACH and len(xs) > 0 and not torch.compiler.is_compiling()
 
 
+def materialize(*scalars: Tensor) -> tuple[Tensor, ...]:
+    """Per-step scalars, computed once per step rather than once per element.
+
+    Under ``torch.compile`` inductor inlines scalar arithmetic (``beta ** t``,
+    ``cos``, ...) into every elementwise kernel that reads it, which re-evaluates
+    transcendental functions for each of millions of elements. A small reduction
+    is never inlined into a consumer of another size, so routing the scalars
+    through one (adding zeros: the values are unchanged) makes inductor compute
+    them in a tiny kernel of their own. Eagerly this is a no-op.
+    """
+    if not torch.compiler.is_compiling():
+        return scalars
+    dtype = scalars[0].dtype
+    stacked = torch.stack([torch.as_tensor(x, dtype=dtype) for x in scalars])  # (k,)
+    stacked = torch.stack([stacked, torch.zeros_like(stacked)]).sum(0)  # (2, k) -> (k,)
+    return tuple(stacked.unbind(0))
+
+
 def _as(s: Scalar, x: Tensor) -> Scalar:
     """A tensor scalar in ``x``'s dtype (0-d leaves would otherwise promote to float64)."""
     return s.to(x.dtype) if isinstance(s, Tensor) and s.dtype != x.dtype else s

@@ -154,6 +154,8 @@ def scale_by_schedule(step_size_fn: Callable[[Tensor], Tensor]) -> GradientTrans
     ) -> tuple[Updates, ScaleByScheduleState]:
         g, treedef, _ = _flatten_updates(updates, params)
         factor = step_size_fn(state.count)
+        if isinstance(factor, Tensor):
+            (factor,) = F.materialize(factor.to(torch.float64))
         return tree.unflatten(treedef, F.scale(g, factor)), ScaleByScheduleState(state.count + 1)
 
     return GradientTransformation(init, update)
@@ -290,7 +292,9 @@ def trace(decay: float, nesterov: bool = False, dampening: float = 0.0) -> Gradi
             # from a zero buffer, decay * 0 + g == g exactly: the first step needs no branch
             new = F.decay_add(buf, decay, g, 1.0)
         else:
-            coef = torch.where(state.count == 0, 1.0, 1.0 - dampening).to(torch.float64)
+            (coef,) = F.materialize(
+                torch.where(state.count == 0, 1.0, 1.0 - dampening).to(torch.float64)
+            )
             new = F.axpby(buf, decay, g, coef)
         out = F.add(g, new, alpha=decay) if nesterov else new
         return tree.unflatten(treedef, out), TraceState(
@@ -453,7 +457,8 @@ def scale_by_adam(
         else:
             v_max, v_hat = None, v
         # denominator scaled by bc1 so that one division gives m̂ / (sqrt(v̂) + eps)
-        denom = F.sqrt_affine(v_hat, bc1 / bc2_sqrt, eps * bc1)
+        a, b = F.materialize(bc1 / bc2_sqrt, eps * bc1)
+        denom = F.sqrt_affine(v_hat, a, b)
         out = F.div(m, denom)
         new_state = ScaleByAdamState(
             state.count + 1,
@@ -514,7 +519,8 @@ def scale_by_adamax(
         bc1 = 1.0 - b1 ** _step(state.count)
         m = F.lerp(m, g, 1.0 - b1)
         n = F.maximum(F.scale(n, b2), F.abs_add(g, eps))
-        out = F.scale(F.div(m, n), 1.0 / bc1)
+        (inv_bc1,) = F.materialize(1.0 / bc1)
+        out = F.scale(F.div(m, n), inv_bc1)
         return tree.unflatten(treedef, out), ScaleByAdamaxState(
             state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, n)
         )
@@ -588,6 +594,7 @@ def scale_by_nadam(
         mu_product = state.mu_product * mu_t
         c_grad = (1.0 - mu_t) / (1.0 - mu_product)
         c_mom = mu_next / (1.0 - mu_product * mu_next)
+        bc2, c_grad, c_mom = F.materialize(bc2, c_grad, c_mom)
         m = F.lerp(m, g, 1.0 - b1)
         v = F.decay_addcmul(v, b2, g, g, 1.0 - b2)
         denom = F.div_sqrt_add(v, bc2, eps)
@@ -655,10 +662,11 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
             (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
         )
         rect = torch.sqrt(torch.clamp(ratio, min=0.0))
+        inv_bc1, adapt_scale, rho_t = F.materialize(1.0 / bc1, torch.sqrt(bc2) * rect, rho_t)
         m = F.lerp(m, g, 1.0 - b1)
         v = F.decay_addcmul(v, b2, g, g, 1.0 - b2)
-        m_hat = F.scale(m, 1.0 / bc1)
-        adaptive = F.sqrt_add_rdiv(v, eps, torch.sqrt(bc2) * rect)
+        m_hat = F.scale(m, inv_bc1)
+        adaptive = F.sqrt_add_rdiv(v, eps, adapt_scale)
         out = F.where(rho_t > 5.0, F.mul(m_hat, adaptive), m_hat)
         return tree.unflatten(treedef, out), ScaleByAdamState(
             state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, v), None

@@ -259,6 +259,7 @@ def _record(
     for r, g in zip(records, grads[:n_rec], strict=True):
         r.g = torch.zeros_like(r.out) if g is None else g
         r.out = None  # drop the graph
+    aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
     return loss.detach(), aux, records
 
 

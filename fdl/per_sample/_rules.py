@@ -217,6 +217,8 @@ def weight_per_sample(r: Record) -> torch.Tensor:
         return r.gw
     if r.kind == "linear":
         a, g = _linear_factors(r)
+        if a.shape[1] == 1:  # no sequence axis: an outer product per example
+            return g[:, 0, :, None] * a[:, 0, None, :]  # (B, out, in)
         return torch.bmm(g.transpose(1, 2), a)  # (B, out, in)
     a, g = _conv_factors(r)
     gw = torch.einsum("bgol,bgil->bgoi", g, a)  # (B, groups, C_out/groups, C_in/groups·k)
