@@ -738,8 +738,6 @@ _DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "testing.md"
 
 @pytest.fixture(scope="module")
 def doc_namespace():
-    if not hasattr(fdl.optim, "GradientTransformation"):
-        pytest.skip("fdl.optim.GradientTransformation is not available yet")
     blocks = re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S)
     assert len(blocks) >= 4
     ns: dict = {}

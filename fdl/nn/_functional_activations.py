@@ -56,8 +56,9 @@ def _check_tensor(name: str, x: object) -> None:
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """Rectified linear unit, elementwise.
 
-    ``y = where(input <= 0, 0, input)``: the gradient at 0 is 0 and NaN passes
-    through, as in torch.
+    ``y = max(input, 0)``: the gradient at 0 is 0 and NaN passes through. ReLU is
+    elementwise math, so the ``aten::relu`` kernel computes it (one fused pass
+    forward and backward, which the eager per-sample path relies on).
 
     Args:
         input: any tensor.
@@ -73,7 +74,7 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """
     _no_inplace("relu", inplace)
     _check_tensor("relu", input)
-    return torch.where(input <= 0, torch.zeros((), dtype=input.dtype, device=input.device), input)
+    return torch.relu(input)
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
