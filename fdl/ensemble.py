@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -187,17 +186,6 @@ def _batch_axes(batch_axes: BatchAxes, n: int) -> tuple[int | None, ...]:
     return axes
 
 
-def _eager_vmap_context() -> contextlib.AbstractContextManager[Any]:
-    # torch._foreach_* ops have no vmap batching rule: eager optimizer updates under vmap
-    # take fdl.optim's per-leaf path (the path torch.compile traces anyway).
-    try:
-        from fdl.optim import _foreach
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    per_leaf = getattr(_foreach, "_per_leaf", None)
-    return per_leaf() if per_leaf is not None else contextlib.nullcontext()
-
-
 def _fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
     # torch.compile caches graphs on the code object: give each built step its own.
     code = fn.__code__.replace()
@@ -324,9 +312,6 @@ def make_ensemble_train_step(
                     f"got {shape}"
                 )
             active = active != 0
-        if compile is False:
-            with _eager_vmap_context():
-                return compiled(params, opt_state, active, *batch)
         return compiled(params, opt_state, active, *batch)
 
     return step

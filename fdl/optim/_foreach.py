@@ -42,7 +42,13 @@ def _per_leaf() -> Iterator[None]:
 
 def use_foreach(xs: Sequence[Tensor]) -> bool:
     """True when the eager ``torch._foreach_*`` path applies to ``xs``."""
-    return _FOREACH and len(xs) > 0 and not torch.compiler.is_compiling()
+    return (
+        _FOREACH
+        and len(xs) > 0
+        and not torch.compiler.is_compiling()
+        # foreach ops have no vmap/grad batching rule: transformed tensors take the per-leaf path
+        and not torch._C._functorch.is_functorch_wrapped_tensor(xs[0])
+    )
 
 
 def materialize(*scalars: Tensor) -> tuple[Tensor, ...]:
