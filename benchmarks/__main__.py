@@ -53,8 +53,15 @@ def discover() -> list[str]:
     )
 
 
-def run_module(name: str, quick: bool) -> dict[str, Any]:
-    """Import ``benchmarks.<name>`` and run it; failures are recorded, not raised."""
+def run_module(name: str, quick: bool, threads: int | None = None) -> dict[str, Any]:
+    """Import ``benchmarks.<name>`` and run it; failures are recorded, not raised.
+
+    Every module starts with ``threads`` torch threads (a module may choose fewer for
+    all its peers alike, and says so); the previous count is restored afterwards.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"name": name, "results": [], "flops": {}, "error": None}
     try:
@@ -72,6 +79,8 @@ def run_module(name: str, quick: bool) -> dict[str, Any]:
         entry["error"] = traceback.format_exc(limit=3)
     finally:
         entry["seconds"] = time.perf_counter() - t0
+        entry["threads"] = torch.get_num_threads()
+        torch.set_num_threads(before)
         torch._dynamo.reset()
     return entry
 
@@ -215,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=None, help="bar chart PNG (default beside --out)")
     p.add_argument("--json", type=Path, default=None, help="also write raw results as JSON")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per module (default: all cores)"
+    )
     args = p.parse_args(argv)
 
     names = discover()
@@ -226,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = []
     for name in names:
         print(f"[benchmarks] {name} ...", flush=True)
-        e = run_module(name, args.quick)
+        e = run_module(name, args.quick, args.threads or machine().cores)
         status = "FAILED" if e["error"] else f"{len(e['results'])} results"
         print(f"[benchmarks] {name}: {status} in {e['seconds']:.0f} s", flush=True)
         if e["results"]:

@@ -3,10 +3,18 @@ land in one table."""
 
 CNN = "document CNN train step (batch 64)"
 MLP = "MLP 784-256-256-10 train step (batch 128)"
-ADAM = "Adam update (100 tensors, 10M params)"
 
 CNN_BATCH = 64
 MLP_BATCH = 128
 MLP_SIZES = (784, 256, 256, 10)
 ADAM_TENSORS = 100
 ADAM_PARAMS = 10_000_000
+
+
+def adam(kind: str, total: int, device: str = "cpu") -> str:
+    """Name of the Adam-update workload: ``kind`` is "eager" or "compiled"."""
+    return f"Adam update {kind}, {ADAM_TENSORS} tensors, {total / 1e6:.0f}M params ({device})"
+
+
+def adam_total(quick: bool) -> int:
+    return 1_000_000 if quick else ADAM_PARAMS

@@ -91,7 +91,8 @@ def _adam_result(quick: bool) -> Result:
     import jax.numpy as jnp
     import optax
 
-    n = W.ADAM_PARAMS // W.ADAM_TENSORS
+    total = W.adam_total(quick)
+    n = total // W.ADAM_TENSORS
     params = {f"p{i}": jnp.ones((n,), jnp.float32) * 0.01 * i for i in range(W.ADAM_TENSORS)}
     grads = {k: v * 0.1 + 0.01 for k, v in params.items()}
     opt = optax.adam(1e-3)
@@ -112,7 +113,7 @@ def _adam_result(quick: bool) -> Result:
     call()
     compile_s = time.perf_counter() - t0
     timing = measure(call, warmup=3, repeats=5 if quick else 20)
-    return result(W.ADAM, "JAX + Optax (jit)", timing, compile_s=compile_s)
+    return result(W.adam("compiled", total), "JAX + Optax (jit)", timing, compile_s=compile_s)
 
 
 def run(quick: bool = False) -> list[Result]:

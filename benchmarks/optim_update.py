@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 import fdl
+from benchmarks import _workloads as W
 from benchmarks._harness import Result, Timing, format_table, result, threads_note, time_first_call
 
 N_TENSORS = 100
@@ -70,12 +71,11 @@ def _torch_step(params: dict, grads: dict, device: str, **kw: bool) -> Callable[
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Result]:
-    total = 1_000_000 if quick else 10_000_000
+    total = W.adam_total(quick)
     repeats = 7 if quick else 15
     params = _tree(total, device)
     grads = fdl.tree.map(lambda p: torch.randn_like(p) * 1e-2, params)
     n = fdl.tree.size(params)
-    size = f"{N_TENSORS} tensors, {n / 1e6:.0f}M params ({device})"
     opt = fdl.optim.adam(lr=1e-3)
 
     # eager: fdl update + apply_updates vs torch.optim.Adam.step()
@@ -96,7 +96,13 @@ def run(quick: bool = False, device: str = "cpu") -> list[Result]:
         warmup=3,
         repeats=repeats,
     )
-    results = [result(f"adam eager, {size}", k, t) for k, t in eager.items()]
+    eager_targets = {
+        "fdl": [{"text": "≤ 1.5× torch foreach", "vs": "torch foreach", "max_ratio": 1.5}]
+    }
+    results = [
+        result(W.adam("eager", n, device), k, t, extra={"targets": eager_targets.get(k, [])})
+        for k, t in eager.items()
+    ]
 
     # compiled: make_update (pure, and with donation) vs torch fused
     fns: dict[str, Callable[[], None]] = {}
@@ -115,8 +121,15 @@ def run(quick: bool = False, device: str = "cpu") -> list[Result]:
     fns["torch fused"] = _torch_step(params, grads, device, fused=True)
     fns["torch foreach"] = _torch_step(params, grads, device, foreach=True)
     compiled = _interleaved(fns, warmup=3, repeats=repeats)
+    fused_target = [{"text": "≤ 1.2× torch fused", "vs": "torch fused", "max_ratio": 1.2}]
     results += [
-        result(f"adam compiled, {size}", k, t, compile_s=compile_s.get(k))
+        result(
+            W.adam("compiled", n, device),
+            k,
+            t,
+            compile_s=compile_s.get(k),
+            extra={"targets": fused_target if k.startswith("fdl") else []},
+        )
         for k, t in compiled.items()
     ]
     return results

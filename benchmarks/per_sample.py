@@ -52,6 +52,21 @@ PEERS = [
     "fdl dp step",
 ]
 
+_TARGETS = {
+    "fdl": [
+        {"text": "≤ 1.5× one batch gradient", "vs": "batch gradient", "max_ratio": 1.5},
+        {"text": "≥ 2× faster than Opacus", "vs": "opacus", "max_ratio": 0.5},
+        {
+            "text": "≥ 3× faster than a per-example loop",
+            "vs": "per-example loop",
+            "max_ratio": 1 / 3,
+        },
+    ],
+    "fdl dp step": [
+        {"text": "≤ 1.5× a non-private step", "vs": "non-private step", "max_ratio": 1.5}
+    ],
+}
+
 
 def _fdl_model() -> fdl.nn.Sequential:
     nn = fdl.nn
@@ -208,7 +223,10 @@ def run(quick: bool = False, memory: bool = True) -> list[Result]:
         for peer in PEERS:
             mem = _peak_mem(peer, batch) if memory else None
             note = f"peak RSS +{mem:.0f} MB" if mem is not None else ""
-            results.append(result(workload, peer, timings[peer], peak_mem_mb=mem, note=note))
+            extra = {"targets": _TARGETS.get(peer, [])}
+            results.append(
+                result(workload, peer, timings[peer], peak_mem_mb=mem, note=note, extra=extra)
+            )
     return results
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 
 import fdl
+from benchmarks import _workloads as W
+from benchmarks._flops import count_flops
 from benchmarks._harness import (
     Result,
     Timing,
@@ -154,13 +156,42 @@ def run(quick: bool = False) -> list[Result]:
     """Time one training step of each peer on each workload."""
     cnn_torch, cnn_fdl = _example("mnist_cnn_torch"), _example("mnist_cnn")
     k1, k2, k3, k4 = fdl.random.split(fdl.random.key(0), 4)
-    x_img = fdl.random.normal(k1, (64, 1, 28, 28))
-    y_img = fdl.random.randint(k2, (64,), 0, 10)
-    x_vec = fdl.random.normal(k3, (128, 784))
-    y_vec = fdl.random.randint(k4, (128,), 0, 10)
-    results = _workload("cnn_b64", cnn_torch.CNN, cnn_fdl.CNN(), x_img, y_img, quick)
-    results += _workload("mlp_b128", _TorchMLP, _FdlMLP(), x_vec, y_vec, quick)
+    x_img = fdl.random.normal(k1, (W.CNN_BATCH, 1, 28, 28))
+    y_img = fdl.random.randint(k2, (W.CNN_BATCH,), 0, 10)
+    x_vec = fdl.random.normal(k3, (W.MLP_BATCH, 784))
+    y_vec = fdl.random.randint(k4, (W.MLP_BATCH,), 0, 10)
+    results = _workload(W.CNN, cnn_torch.CNN, cnn_fdl.CNN(), x_img, y_img, quick)
+    results += _workload(W.MLP, _TorchMLP, _FdlMLP(), x_vec, y_vec, quick)
+    for r in results:
+        if r.peer == "fdl":
+            r.extra["targets"] = _TARGETS[r.workload]
     return results
+
+
+_TARGETS = {
+    W.CNN: [
+        {"text": "≥ 1.5× faster than torch eager", "vs": "torch eager", "max_ratio": 1 / 1.5},
+        {
+            "text": "no slower than torch.compile + fused Adam",
+            "vs": "torch.compile + fused Adam",
+            "max_ratio": 1.0,
+        },
+    ],
+    W.MLP: [{"text": "≥ 2× faster than torch eager", "vs": "torch eager", "max_ratio": 0.5}],
+}
+
+
+def flops(quick: bool = False) -> dict[str, int]:
+    """Matmul/conv FLOPs of one step (forward and backward) of each workload."""
+    cnn = _example("mnist_cnn_torch").CNN()
+    x_img, y_img = torch.randn(W.CNN_BATCH, 1, 28, 28), torch.randint(0, 10, (W.CNN_BATCH,))
+    mlp = _TorchMLP()
+    x_vec, y_vec = torch.randn(W.MLP_BATCH, 784), torch.randint(0, 10, (W.MLP_BATCH,))
+    nll = torch.nn.functional.nll_loss
+    return {
+        W.CNN: count_flops(lambda: nll(cnn(x_img), y_img).backward()),
+        W.MLP: count_flops(lambda: nll(mlp(x_vec), y_vec).backward()),
+    }
 
 
 def main() -> None:

@@ -113,8 +113,8 @@ def mnist(
             the message lists the exact files and folder looked at.
 
     Example:
-        >>> x, y = mnist(train=False)  # doctest: +SKIP
-        >>> x.shape, x.dtype, y.shape  # doctest: +SKIP
+        >>> x, y = mnist(train=False)  # reads $FDL_DATA_DIR/MNIST/raw
+        >>> x.shape, x.dtype, y.shape
         (torch.Size([10000, 1, 28, 28]), torch.float32, torch.Size([10000]))
     """
     import torchvision

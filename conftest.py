@@ -11,7 +11,7 @@ import torch
 import fdl
 
 # Point at the shared MNIST copy when the environment does not say otherwise.
-_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"
 if "FDL_DATA_DIR" not in os.environ and (_SHARED / "MNIST" / "raw").is_dir():
     os.environ["FDL_DATA_DIR"] = str(_SHARED)
 
