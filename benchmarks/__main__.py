@@ -107,8 +107,8 @@ def _floor_line(workload: str, flops: int, rows: list[Result], peak: float) -> s
     floor = floor_seconds(flops, peak)
     gaps = ", ".join(f"{r.peer} {r.median_s / floor:.1f}×" for r in rows)
     return (
-        f"Physical floor: {flops / 1e9:.3f} GFLOP per step (matmul/conv, forward and backward) "
-        f"→ {floor * 1e3:.3f} ms at the fp32 peak; measured / floor: {gaps}."
+        f"Physical floor: {flops / 1e9:.3f} GFLOP per step (as the module's `flops()` counts "
+        f"them) → {floor * 1e3:.3f} ms at the fp32 peak; measured / floor: {gaps}."
     )
 
 

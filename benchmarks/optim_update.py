@@ -135,6 +135,20 @@ def run(quick: bool = False, device: str = "cpu") -> list[Result]:
     return results
 
 
+# Adam's arithmetic per parameter: m (3), v (4), bias corrections folded into two scalars,
+# sqrt, add eps, divide, scale by lr, add to the parameter (5): about 12 FLOPs. The update is
+# memory-bound (it reads p, g, m, v and writes p, m, v: 28 bytes per float32 parameter), so
+# this FLOP floor is far below any measured time; the bandwidth bound is the real one.
+_ADAM_FLOPS_PER_PARAM = 12
+
+
+def flops(quick: bool = False) -> dict[str, int]:
+    """Elementwise FLOPs of one Adam update of the benchmark's tree."""
+    total = W.adam_total(quick)
+    per = total // N_TENSORS * N_TENSORS
+    return {W.adam(kind, per): _ADAM_FLOPS_PER_PARAM * per for kind in ("eager", "compiled")}
+
+
 def ratios(results: list[Result]) -> str:
     """The target ratios: fdl time / torch time."""
     by = {(r.workload.split(",")[0], r.peer): r.median_s for r in results}

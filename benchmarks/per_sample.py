@@ -230,6 +230,20 @@ def run(quick: bool = False, memory: bool = True) -> list[Result]:
     return results
 
 
+def flops(quick: bool = False) -> dict[str, int]:
+    """FLOPs of one ordinary batch gradient (forward and backward) per batch size: the floor
+    of per-sample gradients, which need the same products, only not summed over the batch."""
+    from benchmarks._flops import count_flops
+
+    model = _torch_model()
+    out = {}
+    for batch in (64,) if quick else (64, 256):
+        x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+        loss = lambda x=x, y=y: torch.nn.functional.nll_loss(model(x), y).backward()  # noqa: E731
+        out[f"document CNN, per-sample gradients, batch {batch}"] = count_flops(loss)
+    return out
+
+
 def _summary(results: list[Result]) -> str:
     rows = ["| batch | target | measured | met |", "|---|---|---:|---|"]
     by = {(r.workload.rsplit(" ", 1)[-1], r.peer): r.median_s for r in results}
