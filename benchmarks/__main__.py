@@ -163,20 +163,24 @@ def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Pa
 
 
 def plot_ratios(entries: list[dict[str, Any]], path: Path) -> bool:
-    """A horizontal bar chart of each peer's time relative to fdl, per workload."""
-    labels, ratios = [], []
+    """A horizontal bar chart of each outside peer's time relative to fdl, per workload.
+
+    Peers from every module are merged by workload (the JAX rows sit beside the
+    PyTorch ones); fdl's own variants (``fdl ...``) are left out of the chart.
+    """
+    groups: dict[str, list[Result]] = {}
     for e in entries:
-        groups: dict[str, list[Result]] = {}
         for r in e["results"]:
             groups.setdefault(r.workload, []).append(r)
-        for workload, rows in groups.items():
-            base = next((r for r in rows if r.peer == "fdl"), None)
-            if base is None:
-                continue
-            for r in rows:
-                if r is not base:
-                    labels.append(f"{workload}\n{r.peer}")
-                    ratios.append(r.median_s / base.median_s)
+    labels, ratios = [], []
+    for workload, rows in groups.items():
+        base = next((r for r in rows if r.peer == "fdl"), None)
+        if base is None:
+            continue
+        for r in rows:
+            if not r.peer.startswith("fdl"):
+                labels.append(f"{workload}\n{r.peer}")
+                ratios.append(r.median_s / base.median_s)
     if not ratios:
         return False
     import matplotlib
