@@ -34,8 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ import torch.utils._pytree as _pytree
 
 from fdl import random as _random
 from fdl import tree as _tree
+from fdl.train import CompileArg, _maybe_compile
 
 __all__ = [
     "ensemble_apply",
@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 BatchAxes = int | None | Sequence[int | None]
-CompileArg = bool | Mapping[str, Any]
 
 
 # ---------------------------------------------------------------------------
@@ -186,30 +185,6 @@ def _batch_axes(batch_axes: BatchAxes, n: int) -> tuple[int | None, ...]:
     return axes
 
 
-def _fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # torch.compile caches graphs on the code object: give each built step its own.
-    code = fn.__code__.replace()
-    out = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    out.__qualname__ = fn.__qualname__
-    return out
-
-
-def _compiled(fn: Callable[..., Any], compile: CompileArg) -> Callable[..., Any]:
-    if compile is False:
-        return fn
-    if compile is True:
-        options: dict[str, Any] = {}
-    elif isinstance(compile, Mapping):
-        options = dict(compile)
-    else:
-        raise TypeError(
-            "compile must be a bool or a dict of torch.compile options, "
-            f"got {type(compile).__name__}"
-        )
-    options.setdefault("fullgraph", True)
-    return torch.compile(_fresh(fn), **options)
-
-
 def make_ensemble_train_step(
     loss_fn: Callable[..., Any],
     optimizer: Any,
@@ -294,7 +269,7 @@ def make_ensemble_train_step(
             params, opt_state, active, *batch
         )
 
-    compiled = _compiled(ensemble_step, compile)
+    compiled = _maybe_compile(ensemble_step, compile)
 
     def step(
         params: Any, opt_state: Any, *batch: Any, active: torch.Tensor | None = None
