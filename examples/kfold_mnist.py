@@ -10,7 +10,7 @@ dropped), and a confusion-matrix PNG is written.
 Run::
 
     python examples/kfold_mnist.py                    # MLP, 5 epochs
-    python examples/kfold_mnist.py --model cnn        # the tutorial's CNN (fixed), slower
+    python examples/kfold_mnist.py --model cnn        # the document's CNN (fixed), slower
     python examples/kfold_mnist.py --epochs 1 --subset 2000   # a quick look
 
 MNIST is read from ``--data`` / ``FDL_DATA_DIR`` / ``./data`` (see ``fdl.data.mnist``).
@@ -39,7 +39,7 @@ def make_model(name: str) -> fdl.nn.Layer:
         return fdl.nn.Sequential(
             fdl.nn.Flatten(), fdl.nn.Linear(784, 128), fdl.nn.ReLU(), fdl.nn.Linear(128, 10)
         )
-    # the tutorial's CNN with its intended pooling: 28 -> 14 -> 7, so fc1 sees 64 * 7 * 7
+    # the document's CNN with its intended pooling: 28 -> 14 -> 7, so fc1 sees 64 * 7 * 7
     return fdl.nn.Sequential(
         fdl.nn.Conv2d(1, 32, 3, stride=1, padding=1),
         fdl.nn.ReLU(),
@@ -98,7 +98,7 @@ def main() -> None:
     key = fdl.random.key(args.seed)
     k_subset, k_folds, k_init, k_epochs = fdl.random.split(key, 4)
 
-    # data: ToTensor() then Normalize(0.5, 0.5), as the tutorial does
+    # data: ToTensor() then Normalize(0.5, 0.5), as the document does
     train = fdl.data.mnist(args.data, train=True)
     test = fdl.data.mnist(args.data, train=False)
     pick = fdl.random.permutation(k_subset, train.x.shape[0])[: args.subset]
