@@ -77,6 +77,16 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss.mean()
 
 
+def _reduce_weighted(loss: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
+    # per-element weights; 'mean' becomes sum(weight * loss) / sum(weight), as torch does
+    if weight is None:
+        return _reduce(loss, reduction)
+    loss = loss * weight
+    if reduction == "mean":
+        return loss.sum() / weight.sum()
+    return _reduce(loss, reduction)
+
+
 def _check_tensors(name: str, **tensors: object) -> None:
     for arg, value in tensors.items():
         if value is not None and not isinstance(value, torch.Tensor):
@@ -152,12 +162,7 @@ def mse_loss(
     _check_weight_shape("mse_loss", input, weight)
     diff = input - target
     loss = diff * diff
-    if weight is None:
-        return _reduce(loss, reduction)
-    loss = loss * weight
-    if reduction == "mean":
-        return loss.sum() / weight.sum()
-    return _reduce(loss, reduction)
+    return _reduce_weighted(loss, weight, reduction)
 
 
 def l1_loss(
@@ -194,12 +199,7 @@ def l1_loss(
     _check_same_shape("l1_loss", input, target)
     _check_weight_shape("l1_loss", input, weight)
     loss = torch.abs(input - target)
-    if weight is None:
-        return _reduce(loss, reduction)
-    loss = loss * weight
-    if reduction == "mean":
-        return loss.sum() / weight.sum()
-    return _reduce(loss, reduction)
+    return _reduce_weighted(loss, weight, reduction)
 
 
 def smooth_l1_loss(
