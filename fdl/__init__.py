@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fdl import random, tree
+from fdl import allocator, random, tree
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,11 @@ _REEXPORTS = {
     "per_sample_grad_norms": ("per_sample", "per_sample_grad_norms"),
 }
 
-__all__ = ["__version__", "random", "tree", *sorted(_SUBMODULES), *sorted(_REEXPORTS)]
+__all__ = ["__version__", "allocator", "random", "tree", *sorted(_SUBMODULES), *sorted(_REEXPORTS)]
+
+
+# keep freed CPU memory for reuse (see fdl/allocator.py; FDL_KEEP_FREED_MEMORY=0 opts out)
+allocator._apply_default()
 
 
 def __getattr__(name: str) -> Any:

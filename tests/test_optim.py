@@ -115,6 +115,66 @@ def test_foreach_path_equals_per_leaf_path(name: str, dtype: torch.dtype) -> Non
     assert_trees_close(fast, slow, rtol=0, atol=0)
 
 
+def _storages(tree_: Any) -> set[int]:
+    return {x.untyped_storage().data_ptr() for x in fdl.tree.leaves(tree_) if x.numel()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_updates_share_no_memory_with_state_or_inputs(name: str) -> None:
+    """Buffers a chain overwrites in place (``_foreach.fresh``) never leak into a state or input."""
+    opt = OPTIMIZERS[name][0](0.01)
+    params = _params()
+    state = opt.init(params)
+    for k in range(3):
+        grads = _grads(params, k)
+        updates, new_state = opt.update(grads, state, params)
+        out = _storages(updates)
+        for other in (new_state, state, grads, params):
+            assert not out & _storages(other)
+        state, params = new_state, fdl.optim.apply_updates(params, updates)
+
+
+def test_buffer_kept_in_a_state_is_not_overwritten() -> None:
+    """A block that keeps the incoming updates in its state stops the next block reusing them."""
+
+    def init(params: Any) -> Any:
+        return fdl.tree.zeros_like(params)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        return updates, updates  # pass through, and remember them
+
+    keep = fdl.optim.GradientTransformation(init, update)
+    params = _params()
+    opt = fdl.optim.chain(fdl.optim.scale_by_adam(), keep, fdl.optim.scale(-0.5))
+    grads = _grads(params, 0)
+    updates, (adam_state, kept, _) = opt.update(grads, opt.init(params), params)
+    expected, _ = fdl.optim.scale_by_adam().update(grads, fdl.optim.scale_by_adam().init(params))
+    assert_trees_close(kept, expected, rtol=0, atol=0)
+    assert_trees_close(updates, fdl.tree.scale(expected, -0.5), rtol=0, atol=0)
+
+
+def test_chain_reuses_fresh_buffers_in_place() -> None:
+    """Adam's learning-rate scaling runs in place on the buffer scale_by_adam just made."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    opt = fdl.optim.adam(0.1)
+    params = _params()
+    state = opt.init(params)
+    with _Ops() as ops:
+        opt.update(_grads(params, 0), state, params)
+    assert "_foreach_mul_.Scalar" in ops.names  # lr scaling in place
+    assert ops.names.count("_foreach_mul.Scalar") == 1  # only v * b2 allocates
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_keeps_dtype(name: str) -> None:
     params = _params(torch.float64)

@@ -13,12 +13,23 @@ Two paths compute the same numbers with the same sequence of torch ops:
 
 ``_per_leaf()`` forces the per-leaf path in eager mode (used by the tests that
 check both paths give identical results).
+
+Inside :func:`fdl.optim.chain` the updates that one block hands to the next
+are often buffers that block has just allocated and that nothing else holds
+(Adam's ``m̂ / (√v̂ + ε)``, for instance). A block marks such outputs with
+:func:`fresh`; while the chain runs, :func:`scale` and :func:`add` overwrite
+marked buffers in place instead of allocating new ones (on a 10M-parameter
+Adam this removes two of six allocations per step). The chain unmarks any
+buffer that a block keeps in its state, and the marks end with the chain's
+update, so nothing a caller passed in or gets back is ever modified. Only the
+eager ``foreach`` path does this; traced code is left to the compiler.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import contextvars
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -38,6 +49,52 @@ def _per_leaf() -> Iterator[None]:
         yield
     finally:
         _FOREACH = old
+
+
+# id -> tensor of the buffers the running chain may overwrite (None outside a chain).
+# Holding the tensors keeps their ids from being reused while the marks live.
+_FRESH: contextvars.ContextVar[dict[int, Tensor] | None] = contextvars.ContextVar(
+    "fdl_optim_fresh", default=None
+)
+
+
+@contextlib.contextmanager
+def fresh_scope() -> Iterator[None]:
+    """Open a scope in which blocks may mark and reuse private buffers (one chain update)."""
+    if torch.compiler.is_compiling():  # traced code: the compiler plans buffers itself
+        yield
+        return
+    token = _FRESH.set({})
+    try:
+        yield
+    finally:
+        _FRESH.reset(token)
+
+
+def fresh(xs: Sequence[Tensor]) -> None:
+    """Mark ``xs`` as new buffers that nothing but the running chain holds."""
+    if torch.compiler.is_compiling():
+        return
+    marks = _FRESH.get()
+    if marks is not None and use_foreach(xs) and not any(x.requires_grad for x in xs):
+        marks.update((id(x), x) for x in xs)
+
+
+def unmark(xs: Iterable[object]) -> None:
+    """Remove the marks of any of ``xs`` (called on every new state a block returns)."""
+    if torch.compiler.is_compiling():
+        return
+    marks = _FRESH.get()
+    if marks:
+        for x in xs:
+            marks.pop(id(x), None)
+
+
+def _is_fresh(xs: Sequence[Tensor]) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    marks = _FRESH.get()
+    return bool(marks) and use_foreach(xs) and all(marks.get(id(x)) is x for x in xs)  # type: ignore[union-attr]
 
 
 def use_foreach(xs: Sequence[Tensor]) -> bool:
@@ -75,7 +132,10 @@ def _as(s: Scalar, x: Tensor) -> Scalar:
 
 
 def scale(xs: Sequence[Tensor], s: Scalar) -> Leaves:
-    """``x * s``."""
+    """``x * s`` (in place when ``xs`` are marked :func:`fresh`)."""
+    if _is_fresh(xs):
+        torch._foreach_mul_(xs, s)
+        return list(xs)
     if use_foreach(xs):
         return list(torch._foreach_mul(xs, s))
     return [x * _as(s, x) for x in xs]
@@ -96,7 +156,10 @@ def div(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
 
 
 def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: float = 1.0) -> Leaves:
-    """``x + alpha * y`` leafwise (``alpha`` a Python number)."""
+    """``x + alpha * y`` leafwise (``alpha`` a Python number; in place when ``xs`` are fresh)."""
+    if _is_fresh(xs):
+        torch._foreach_add_(xs, ys, alpha=alpha)
+        return list(xs)
     if use_foreach(xs):
         return list(torch._foreach_add(xs, ys, alpha=alpha))
     return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]

@@ -125,9 +125,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"transformation); got {got}"
             )
         new_state = []
-        for t, s in zip(transforms, state, strict=True):
-            updates, s = t.update(updates, s, params)
-            new_state.append(s)
+        with _foreach.fresh_scope():
+            for t, s in zip(transforms, state, strict=True):
+                updates, s = t.update(updates, s, params)
+                _foreach.unmark(tree.leaves(s))  # a buffer kept in a state is never overwritten
+                new_state.append(s)
         return updates, tuple(new_state)
 
     return GradientTransformation(init, update)

@@ -460,6 +460,7 @@ def scale_by_adam(
         a, b = F.materialize(bc1 / bc2_sqrt, eps * bc1)
         denom = F.sqrt_affine(v_hat, a, b)
         out = F.div(m, denom)
+        F.fresh(out)
         new_state = ScaleByAdamState(
             state.count + 1,
             tree.unflatten(treedef, m),
@@ -521,6 +522,7 @@ def scale_by_adamax(
         n = F.maximum(F.scale(n, b2), F.abs_add(g, eps))
         (inv_bc1,) = F.materialize(1.0 / bc1)
         out = F.scale(F.div(m, n), inv_bc1)
+        F.fresh(out)
         return tree.unflatten(treedef, out), ScaleByAdamaxState(
             state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, n)
         )
@@ -599,6 +601,7 @@ def scale_by_nadam(
         v = F.decay_addcmul(v, b2, g, g, 1.0 - b2)
         denom = F.div_sqrt_add(v, bc2, eps)
         out = F.div(F.axpby(g, c_grad, m, c_mom), denom)
+        F.fresh(out)
         return tree.unflatten(treedef, out), ScaleByNadamState(
             state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, v), mu_product
         )
@@ -668,6 +671,7 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         m_hat = F.scale(m, inv_bc1)
         adaptive = F.sqrt_add_rdiv(v, eps, adapt_scale)
         out = F.where(rho_t > 5.0, F.mul(m_hat, adaptive), m_hat)
+        F.fresh(out)
         return tree.unflatten(treedef, out), ScaleByAdamState(
             state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, v), None
         )
@@ -730,7 +734,9 @@ def scale_by_rms(
         else:
             gbar = None
             avg = F.sqrt_add(s, eps)
-        return tree.unflatten(treedef, F.div(g, avg)), ScaleByRmsState(
+        out = F.div(g, avg)
+        F.fresh(out)
+        return tree.unflatten(treedef, out), ScaleByRmsState(
             state.count + 1,
             tree.unflatten(treedef, s),
             tree.unflatten(treedef, gbar) if centered else None,
@@ -782,6 +788,7 @@ def scale_by_rss(
         s = _state_leaves(state.sum_of_squares, treedef, updates, "state.sum_of_squares")
         s = F.addcmul(s, g, g, 1.0)
         out = F.div(g, F.sqrt_add(s, eps))
+        F.fresh(out)
         return tree.unflatten(treedef, out), ScaleByRssState(
             state.count + 1, tree.unflatten(treedef, s)
         )
