@@ -220,9 +220,37 @@ def weight_per_sample(r: Record) -> torch.Tensor:
         if a.shape[1] == 1:  # no sequence axis: an outer product per example
             return g[:, 0, :, None] * a[:, 0, None, :]  # (B, out, in)
         return torch.bmm(g.transpose(1, 2), a)  # (B, out, in)
+    if r.a.dtype == torch.float32 and r.a.device.type == "cpu":
+        return _conv_weight_grouped(r)
     a, g = _conv_factors(r)
     gw = torch.einsum("bgol,bgil->bgoi", g, a)  # (B, groups, C_out/groups, C_in/groups·k)
     return gw.reshape(gw.shape[0], *r.weight_shape)
+
+
+def _conv_weight_grouped(r: Record) -> torch.Tensor:
+    """Per-example conv weight gradients as one grouped convolution's weight gradient.
+
+    Stacking the ``B`` examples along the channels (``(1, B·C_in, H, W)``) and
+    making each example a group (``groups = B·groups``) turns the ``B``
+    per-example weight gradients into the weight gradient of a single grouped
+    convolution. oneDNN computes it without the im2col copy (about 1.4x faster
+    than patches and a batched matmul for the document's CNN at batch 64 on a
+    CPU, float32; other dtypes keep the matmul, which torch's fallback
+    kernels beat for many groups).
+    """
+    x, g = r.a, r.g
+    k, stride, pad, dil = r.weight_shape[2:], r.stride, r.padding, r.dilation
+    if r.nd == 1:
+        x, g = x.unsqueeze(2), g.unsqueeze(2)
+        k, stride, pad, dil = (1, *k), (1, *stride), (0, *pad), (1, *dil)
+    b, c_out, c_in_g = x.shape[0], r.weight_shape[0], r.weight_shape[1]
+    xs = x.reshape(1, b * x.shape[1], *x.shape[2:])  # (1, B·C_in, H, W)
+    gs = g.reshape(1, b * c_out, *g.shape[2:])  # (1, B·C_out, H_out, W_out)
+    w = x.new_empty((b * c_out, c_in_g, *k))  # only its shape is read
+    _, gw, _ = torch.ops.aten.convolution_backward(
+        gs, xs, w, None, stride, pad, dil, False, (0,) * 2, b * r.groups, [False, True, False]
+    )
+    return gw.reshape(b, *r.weight_shape)  # (B, C_out, C_in/groups, *k)
 
 
 def bias_per_sample(r: Record) -> torch.Tensor:
