@@ -146,10 +146,45 @@ def _workload(
     for _ in range(repeats):
         for i, (_, call, _) in enumerate(peers):
             times[i] += measure(call, warmup=0, repeats=1, number=number).times
+    kernels = [_kernel_ms(call) for _, call, _ in peers]
     return [
-        result(name, peer, Timing(t), compile_s=c, note=note)
-        for (peer, _, note), t, c in zip(peers, times, compile_s, strict=True)
+        result(
+            name,
+            peer,
+            Timing(t),
+            compile_s=c,
+            note=f"{note}; conv + matmul kernels {k:.2f} ms",
+            extra={"kernel_ms": k},
+        )
+        for (peer, _, note), t, c, k in zip(peers, times, compile_s, kernels, strict=True)
     ]
+
+
+# The oneDNN / BLAS kernels every peer calls for the same convolutions and matmuls.
+_SHARED_KERNELS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::mkldnn_convolution",
+    "aten::convolution_backward",
+}
+
+
+def _kernel_ms(call: Callable[[], None], steps: int = 10) -> float:
+    """Milliseconds per step spent inside the shared convolution and matmul kernels.
+
+    Every peer runs its convolutions and matmuls through the same aten kernels
+    (compiled code calls them as extern kernels), so this time is a floor that
+    no peer can go below; a peer's step minus it is what its framework adds
+    (pooling, activations, loss, optimizer, dispatch).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            call()
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in _SHARED_KERNELS)
+    return total_us / steps / 1e3
 
 
 def run(quick: bool = False) -> list[Result]:

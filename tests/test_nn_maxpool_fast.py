@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fdl.nn import functional as FF
-from fdl.nn._functional_layers import _MaxPool2x2
+from fdl.nn._maxpool import _MaxPool2x2
 
 SHAPES = [(2, 3, 8, 8), (3, 5, 7, 9), (1, 2, 2, 2), (4, 16, 28, 28)]
 
@@ -28,7 +28,6 @@ def _ties() -> torch.Tensor:
 def test_the_fast_path_is_taken() -> None:
     assert _MaxPool2x2.applies(torch.zeros(2, 3, 4, 4))
     assert not _MaxPool2x2.applies(torch.zeros(2, 1, 4, 4))  # one channel: nothing to gain
-    assert not _MaxPool2x2.applies(torch.zeros(2, 3, 4, 4).transpose(2, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -72,3 +71,13 @@ def test_vmap_grad_jvp_hessian_equal_torch() -> None:
     xr = x.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: FF.max_pool2d(t, 2), (xr,), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(lambda t: FF.max_pool2d(t, 2), (xr,))
+
+
+def test_channels_last_and_strided_inputs() -> None:
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(4, 6, 10, 12, generator=g)
+    for x in (base.contiguous(memory_format=torch.channels_last), base.transpose(2, 3)):
+        assert _MaxPool2x2.applies(x)
+        assert torch.equal(FF.max_pool2d(x, 2), F.max_pool2d(x, 2))
+        g1 = torch.func.grad(lambda t: FF.max_pool2d(t, 2).pow(2).sum())(x)
+        assert torch.equal(g1, torch.func.grad(lambda t: F.max_pool2d(t, 2).pow(2).sum())(x))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fdl import random as _random
+from fdl.nn._maxpool import _MaxPool2x2, max_pool2x2
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -258,85 +259,12 @@ def max_pool2d(
         and _is_pair(dilation, 1)
         and _MaxPool2x2.applies(input)
     ):
-        return _MaxPool2x2.apply(input)[0]
+        return max_pool2x2(input)
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def _is_pair(v: _Size, n: int) -> bool:
     return v == n or (isinstance(v, tuple | list) and len(v) == 2 and v[0] == v[1] == n)
-
-
-def _under_vmap(x: torch.Tensor) -> bool:
-    """Whether ``x`` is batched by ``torch.func.vmap`` at any level of functorch wrapping."""
-    F_ = torch._C._functorch
-    while F_.is_functorch_wrapped_tensor(x):
-        if F_.is_batchedtensor(x):
-            return True
-        x = F_.get_unwrapped(x)
-    return False
-
-
-class _MaxPool2x2(torch.autograd.Function):
-    """2x2, stride-2 max pooling of a contiguous ``(N, C, H, W)`` input, eagerly.
-
-    torch's CPU kernel is about 13x faster on a channels-last input than on a
-    contiguous one (0.7 ms against 9.9 ms for ``(64, 32, 28, 28)`` on one
-    thread), while its backward is fastest on contiguous tensors. The forward
-    therefore pools a channels-last copy and returns a contiguous result; the
-    backward calls the contiguous backward kernel with contiguous indices. Values,
-    indices and gradients are torch's own (same kernels, same tie rule: the first
-    maximum in the window, NaN wins). Under ``torch.compile`` the plain
-    ``F.max_pool2d`` is used, and the compiler chooses layouts itself.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def applies(x: torch.Tensor) -> bool:
-        return (
-            x.dim() == 4
-            and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64)
-            and x.is_contiguous()
-            and x.shape[1] > 1
-            and not torch.compiler.is_compiling()
-            and not _under_vmap(x)
-        )
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        out, idx = torch.ops.aten.max_pool2d_with_indices(
-            x.contiguous(memory_format=torch.channels_last), [2, 2], [2, 2]
-        )
-        return out.contiguous(), idx.contiguous()
-
-    @staticmethod
-    def setup_context(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple
-    ) -> None:
-        (x,) = inputs
-        _, idx = output
-        ctx.mark_non_differentiable(idx)
-        ctx.save_for_backward(x, idx)
-        ctx.save_for_forward(idx)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, _: torch.Tensor
-    ) -> torch.Tensor:
-        x, idx = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx
-        )
-
-    @staticmethod
-    def jvp(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, tangent: torch.Tensor
-    ) -> tuple:
-        (idx,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        # each output's tangent is the input tangent at the window's maximum
-        out = tangent.flatten(2).gather(2, idx.flatten(2))  # (N, C, H_out * W_out)
-        return out.view(idx.shape), None
 
 
 def avg_pool1d(
