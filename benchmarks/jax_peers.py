@@ -77,7 +77,7 @@ def _train_step_result(workload: str, build, quick: bool) -> Result:
 
     def call():
         carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
-        loss.block_until_ready()
+        jax.block_until_ready((carry[0], carry[1], loss))  # the whole step, not just the loss
 
     t0 = time.perf_counter()
     call()

@@ -16,7 +16,8 @@ against ``non-private step`` (``fdl.train.make_train_step``, eager, Adam).
 Times are process CPU seconds with one torch thread: on a machine shared with
 other jobs, wall-clock time mostly measures the other jobs. Peak memory is the
 growth of the process's peak resident set while running the peer, measured
-in a fresh subprocess per peer (``--mem``).
+in a fresh subprocess per peer (``--mem``) under glibc's default allocator
+policy (``FDL_KEEP_FREED_MEMORY=0``), so that it shows the peer's own peak.
 
 Run::
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -200,8 +202,11 @@ def _peak_mem_child(peer: str, batch: int) -> float:
 
 def _peak_mem(peer: str, batch: int) -> float | None:
     cmd = [sys.executable, "-m", "benchmarks.per_sample", "--mem", peer, str(batch)]
+    # glibc's default policy in the child: with fdl's kept freed memory (fdl/allocator.py)
+    # the first call's memory stays mapped and the peak would not grow on later calls
+    env = {**os.environ, "FDL_KEEP_FREED_MEMORY": "0"}
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True, env=env)
         return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
     except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
         return None
