@@ -262,7 +262,7 @@ def make_ensemble_train_step(
             )
             return (new_p, new_s, *out[2:])
 
-        in_dims = (p_dims, s_dims, None if active is None else 0)
+        in_dims: tuple[Any, ...] = (p_dims, s_dims, None if active is None else 0)
         in_dims += tuple(_dims(b, ax) for b, ax in zip(batch, axes, strict=True))
         out_dims = (p_dims, s_dims, 0, 0) if has_aux else (p_dims, s_dims, 0)
         return torch.func.vmap(one, in_dims=in_dims, out_dims=out_dims)(

@@ -447,6 +447,7 @@ def fit(
         batches = _data.batches(x, y, batch_size=batch_size, key=k_order, pad=True)
         for i, (xb, yb, wb) in enumerate(batches):
             if aug_keys is not None:
+                assert augment is not None  # aug_keys is only made when augment is given
                 xb = augment(aug_keys[i], xb)
             params, opt_state, _, s = train_step(params, opt_state, xb, yb, wb, model_keys[i])
             sums = s if not sums else _tree.add(sums, s)

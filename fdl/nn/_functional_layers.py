@@ -218,7 +218,8 @@ def max_pool1d(
         tensor([[[1., 3., 5.]]])
     """
     stride = kernel_size if stride is None else stride
-    return F.max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    # torch's stubs overload only Literal[True]/Literal[False] return_indices, not a plain bool
+    return F.max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)  # type: ignore[call-overload]
 
 
 def max_pool2d(
@@ -260,7 +261,8 @@ def max_pool2d(
         and _MaxPool2x2.applies(input)
     ):
         return max_pool2x2(input)
-    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    # torch's stubs overload only Literal[True]/Literal[False] return_indices, not a plain bool
+    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)  # type: ignore[call-overload]
 
 
 def _is_pair(v: _Size, n: int) -> bool:

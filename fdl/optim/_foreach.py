@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -71,7 +71,7 @@ def fresh_scope() -> Iterator[None]:
         _FRESH.reset(token)
 
 
-def fresh(xs: Sequence[Tensor]) -> None:
+def fresh(xs: Leaves) -> None:
     """Mark ``xs`` as new buffers that nothing but the running chain holds."""
     if torch.compiler.is_compiling():
         return
@@ -90,14 +90,14 @@ def unmark(xs: Iterable[object]) -> None:
             marks.pop(id(x), None)
 
 
-def _is_fresh(xs: Sequence[Tensor]) -> bool:
+def _is_fresh(xs: Leaves) -> bool:
     if torch.compiler.is_compiling():
         return False
     marks = _FRESH.get()
     return bool(marks) and use_foreach(xs) and all(marks.get(id(x)) is x for x in xs)  # type: ignore[union-attr]
 
 
-def use_foreach(xs: Sequence[Tensor]) -> bool:
+def use_foreach(xs: Leaves) -> bool:
     """True when the eager ``torch._foreach_*`` path applies to ``xs``."""
     return (
         _FOREACH
@@ -131,7 +131,7 @@ def _as(s: Scalar, x: Tensor) -> Scalar:
     return s.to(x.dtype) if isinstance(s, Tensor) and s.dtype != x.dtype else s
 
 
-def scale(xs: Sequence[Tensor], s: Scalar) -> Leaves:
+def scale(xs: Leaves, s: Scalar) -> Leaves:
     """``x * s`` (in place when ``xs`` are marked :func:`fresh`)."""
     if _is_fresh(xs):
         torch._foreach_mul_(xs, s)
@@ -141,21 +141,21 @@ def scale(xs: Sequence[Tensor], s: Scalar) -> Leaves:
     return [x * _as(s, x) for x in xs]
 
 
-def mul(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+def mul(xs: Leaves, ys: Leaves) -> Leaves:
     """``x * y`` leafwise."""
     if use_foreach(xs):
         return list(torch._foreach_mul(xs, ys))
     return [x * y for x, y in zip(xs, ys, strict=True)]
 
 
-def div(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+def div(xs: Leaves, ys: Leaves) -> Leaves:
     """``x / y`` leafwise."""
     if use_foreach(xs):
         return list(torch._foreach_div(xs, ys))
     return [x / y for x, y in zip(xs, ys, strict=True)]
 
 
-def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: float = 1.0) -> Leaves:
+def add(xs: Leaves, ys: Leaves, alpha: float = 1.0) -> Leaves:
     """``x + alpha * y`` leafwise (``alpha`` a Python number; in place when ``xs`` are fresh)."""
     if _is_fresh(xs):
         torch._foreach_add_(xs, ys, alpha=alpha)
@@ -165,7 +165,7 @@ def add(xs: Sequence[Tensor], ys: Sequence[Tensor], alpha: float = 1.0) -> Leave
     return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
 
 
-def add_cast(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+def add_cast(xs: Leaves, ys: Leaves) -> Leaves:
     """``x + y`` leafwise, the result in ``x``'s dtype (``apply_updates``)."""
     ys = [y if y.dtype == x.dtype else y.to(x.dtype) for x, y in zip(xs, ys, strict=True)]
     if use_foreach(xs):
@@ -173,7 +173,7 @@ def add_cast(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
     return [x + y for x, y in zip(xs, ys, strict=True)]
 
 
-def axpby(xs: Sequence[Tensor], a: Scalar, ys: Sequence[Tensor], b: Scalar) -> Leaves:
+def axpby(xs: Leaves, a: Scalar, ys: Leaves, b: Scalar) -> Leaves:
     """``a * x + b * y`` leafwise, computed as ``(x * a) + (y * b)``."""
     if use_foreach(xs):
         out = torch._foreach_mul(xs, a)
@@ -182,14 +182,14 @@ def axpby(xs: Sequence[Tensor], a: Scalar, ys: Sequence[Tensor], b: Scalar) -> L
     return [x * _as(a, x) + y * _as(b, y) for x, y in zip(xs, ys, strict=True)]
 
 
-def lerp(xs: Sequence[Tensor], ys: Sequence[Tensor], weight: float) -> Leaves:
+def lerp(xs: Leaves, ys: Leaves, weight: float) -> Leaves:
     """``x + weight * (y - x)`` leafwise (``torch.lerp``)."""
     if use_foreach(xs):
         return list(torch._foreach_lerp(xs, ys, weight))
     return [torch.lerp(x, y, weight) for x, y in zip(xs, ys, strict=True)]
 
 
-def decay_add(xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], alpha: float) -> Leaves:
+def decay_add(xs: Leaves, decay: float, ys: Leaves, alpha: float) -> Leaves:
     """``x * decay + alpha * y`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_mul(xs, decay)
@@ -198,9 +198,7 @@ def decay_add(xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], alpha: f
     return [torch.add(x * decay, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
 
 
-def decay_addcmul(
-    xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], zs: Sequence[Tensor], value: float
-) -> Leaves:
+def decay_addcmul(xs: Leaves, decay: float, ys: Leaves, zs: Leaves, value: float) -> Leaves:
     """``x * decay + value * y * z`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_mul(xs, decay)
@@ -209,9 +207,7 @@ def decay_addcmul(
     return [torch.addcmul(x * decay, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
 
 
-def decay_addcdiv(
-    xs: Sequence[Tensor], decay: float, ys: Sequence[Tensor], zs: Sequence[Tensor]
-) -> Leaves:
+def decay_addcdiv(xs: Leaves, decay: float, ys: Leaves, zs: Leaves) -> Leaves:
     """``x * decay + y / z`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_mul(xs, decay)
@@ -220,7 +216,7 @@ def decay_addcdiv(
     return [torch.addcdiv(x * decay, y, z) for x, y, z in zip(xs, ys, zs, strict=True)]
 
 
-def sqrt_affine(xs: Sequence[Tensor], a: Scalar, b: Scalar) -> Leaves:
+def sqrt_affine(xs: Leaves, a: Scalar, b: Scalar) -> Leaves:
     """``sqrt(x) * a + b`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_sqrt(xs)
@@ -230,7 +226,7 @@ def sqrt_affine(xs: Sequence[Tensor], a: Scalar, b: Scalar) -> Leaves:
     return [torch.sqrt(x) * _as(a, x) + _as(b, x) for x in xs]
 
 
-def sqrt_add(xs: Sequence[Tensor], b: float) -> Leaves:
+def sqrt_add(xs: Leaves, b: float) -> Leaves:
     """``sqrt(x) + b`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_sqrt(xs)
@@ -239,7 +235,7 @@ def sqrt_add(xs: Sequence[Tensor], b: float) -> Leaves:
     return [torch.sqrt(x) + b for x in xs]
 
 
-def add_sqrt(xs: Sequence[Tensor], b: float) -> Leaves:
+def add_sqrt(xs: Leaves, b: float) -> Leaves:
     """``sqrt(x + b)`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_add(xs, b)
@@ -248,16 +244,14 @@ def add_sqrt(xs: Sequence[Tensor], b: float) -> Leaves:
     return [torch.sqrt(x + b) for x in xs]
 
 
-def addcmul(
-    xs: Sequence[Tensor], ys: Sequence[Tensor], zs: Sequence[Tensor], value: float
-) -> Leaves:
+def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float) -> Leaves:
     """``x + value * y * z`` leafwise."""
     if use_foreach(xs):
         return list(torch._foreach_addcmul(xs, ys, zs, value=value))
     return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
 
 
-def div_sqrt_add(xs: Sequence[Tensor], d: Scalar, b: float) -> Leaves:
+def div_sqrt_add(xs: Leaves, d: Scalar, b: float) -> Leaves:
     """``sqrt(x / d) + b`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_div(xs, d)
@@ -267,7 +261,7 @@ def div_sqrt_add(xs: Sequence[Tensor], d: Scalar, b: float) -> Leaves:
     return [torch.sqrt(x / _as(d, x)) + b for x in xs]
 
 
-def sqrt_add_rdiv(xs: Sequence[Tensor], b: float, c: Scalar) -> Leaves:
+def sqrt_add_rdiv(xs: Leaves, b: float, c: Scalar) -> Leaves:
     """``c / (sqrt(x) + b)`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_sqrt(xs)
@@ -278,7 +272,7 @@ def sqrt_add_rdiv(xs: Sequence[Tensor], b: float, c: Scalar) -> Leaves:
     return [torch.reciprocal(torch.sqrt(x) + b) * _as(c, x) for x in xs]
 
 
-def centered_sqrt_add(xs: Sequence[Tensor], ms: Sequence[Tensor], eps: float) -> Leaves:
+def centered_sqrt_add(xs: Leaves, ms: Leaves, eps: float) -> Leaves:
     """``sqrt(x - m * m) + eps`` leafwise (centered RMSprop)."""
     if use_foreach(xs):
         out = torch._foreach_addcmul(xs, ms, ms, value=-1.0)
@@ -290,7 +284,7 @@ def centered_sqrt_add(xs: Sequence[Tensor], ms: Sequence[Tensor], eps: float) ->
     ]
 
 
-def abs_add(xs: Sequence[Tensor], b: float) -> Leaves:
+def abs_add(xs: Leaves, b: float) -> Leaves:
     """``|x| + b`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_abs(xs)
@@ -299,14 +293,14 @@ def abs_add(xs: Sequence[Tensor], b: float) -> Leaves:
     return [torch.abs(x) + b for x in xs]
 
 
-def maximum(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+def maximum(xs: Leaves, ys: Leaves) -> Leaves:
     """Elementwise ``max(x, y)`` leafwise."""
     if use_foreach(xs):
         return list(torch._foreach_maximum(xs, ys))
     return [torch.maximum(x, y) for x, y in zip(xs, ys, strict=True)]
 
 
-def clamp(xs: Sequence[Tensor], lo: float, hi: float) -> Leaves:
+def clamp(xs: Leaves, lo: float, hi: float) -> Leaves:
     """``min(max(x, lo), hi)`` leafwise."""
     if use_foreach(xs):
         out = torch._foreach_clamp_min(xs, lo)
@@ -315,18 +309,18 @@ def clamp(xs: Sequence[Tensor], lo: float, hi: float) -> Leaves:
     return [torch.clamp(x, lo, hi) for x in xs]
 
 
-def norms(xs: Sequence[Tensor], ord: float) -> Leaves:
+def norms(xs: Leaves, ord: float) -> Leaves:
     """The vector ``ord``-norm of every leaf, as 0-d tensors."""
     if use_foreach(xs):
         return list(torch._foreach_norm(xs, ord))
     return [torch.linalg.vector_norm(x, ord) for x in xs]
 
 
-def where(cond: Tensor, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Leaves:
+def where(cond: Tensor, xs: Leaves, ys: Leaves) -> Leaves:
     """``torch.where(cond, x, y)`` leafwise, ``cond`` a boolean scalar tensor."""
     return [torch.where(cond, x, y) for x, y in zip(xs, ys, strict=True)]
 
 
-def where_zero(cond: Tensor, xs: Sequence[Tensor]) -> Leaves:
+def where_zero(cond: Tensor, xs: Leaves) -> Leaves:
     """``x`` where ``cond`` else zeros, leafwise."""
     return [torch.where(cond, x, torch.zeros_like(x)) for x in xs]

@@ -215,7 +215,7 @@ class CosineAnnealingWarmRestarts:
         count = torch.as_tensor(count)
         if self.T_mult == 1:
             t_cur = _f64(torch.remainder(count, self.T_0))
-            t_i = float(self.T_0)
+            t_i: float | Tensor = float(self.T_0)
         else:
             n = torch.zeros((), dtype=torch.float64, device=count.device)
             start = torch.zeros((), dtype=torch.float64, device=count.device)

@@ -122,7 +122,7 @@ def scale(step_size: float) -> GradientTransformation:
 class ScaleByScheduleState(NamedTuple):
     """State of :func:`scale_by_schedule`: the number of updates already applied."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
 
 
 def scale_by_schedule(step_size_fn: Callable[[Tensor], Tensor]) -> GradientTransformation:
@@ -246,7 +246,7 @@ def add_decayed_weights(
 class TraceState(NamedTuple):
     """State of :func:`trace`: step count and momentum buffer."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     trace: Any
 
 
@@ -392,7 +392,7 @@ class ScaleByAdamState(NamedTuple):
     """State of :func:`scale_by_adam`: count, first moment ``mu``, second moment ``nu``,
     and the running maximum ``nu_max`` of ``nu`` (``None`` unless ``amsgrad``)."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     mu: Any
     nu: Any
     nu_max: Any
@@ -465,7 +465,7 @@ def scale_by_adam(
             state.count + 1,
             tree.unflatten(treedef, m),
             tree.unflatten(treedef, v),
-            tree.unflatten(treedef, v_max) if amsgrad else None,
+            tree.unflatten(treedef, v_max) if v_max is not None else None,
         )
         return tree.unflatten(treedef, out), new_state
 
@@ -475,7 +475,7 @@ def scale_by_adam(
 class ScaleByAdamaxState(NamedTuple):
     """State of :func:`scale_by_adamax`: count, first moment ``mu``, infinity norm ``nu``."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     mu: Any
     nu: Any
 
@@ -534,7 +534,7 @@ class ScaleByNadamState(NamedTuple):
     """State of :func:`scale_by_nadam`: count, moments, and the product of the momentum
     coefficients ``mu_product`` (a float64 scalar tensor)."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     mu: Any
     nu: Any
     mu_product: Tensor
@@ -683,7 +683,7 @@ class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`: count, mean square ``nu``, and mean ``mu`` (``None``
     unless ``centered``)."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     nu: Any
     mu: Any
 
@@ -739,7 +739,7 @@ def scale_by_rms(
         return tree.unflatten(treedef, out), ScaleByRmsState(
             state.count + 1,
             tree.unflatten(treedef, s),
-            tree.unflatten(treedef, gbar) if centered else None,
+            tree.unflatten(treedef, gbar) if gbar is not None else None,
         )
 
     return GradientTransformation(init, update)
@@ -748,7 +748,7 @@ def scale_by_rms(
 class ScaleByRssState(NamedTuple):
     """State of :func:`scale_by_rss`: count and the running sum of squares."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     sum_of_squares: Any
 
 
@@ -800,7 +800,7 @@ class ScaleByAdadeltaState(NamedTuple):
     """State of :func:`scale_by_adadelta`: count, mean squared gradient ``e_g`` and mean
     squared update ``e_x``."""
 
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
     e_g: Any
     e_x: Any
 

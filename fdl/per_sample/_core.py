@@ -14,7 +14,7 @@ over the whole pytree) and ``weighted_sum(w)`` (``Σ_i w[i] grad_i``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -43,7 +43,7 @@ class Dense:
         return self.leaves
 
     def sq_norms(self) -> torch.Tensor:
-        return sum(leaf.flatten(1).square().sum(1) for leaf in self.leaves)
+        return cast(torch.Tensor, sum(leaf.flatten(1).square().sum(1) for leaf in self.leaves))
 
     def weighted_sum(self, w: torch.Tensor) -> list[torch.Tensor]:
         return [torch.tensordot(w.to(leaf.dtype), leaf, dims=1) for leaf in self.leaves]
@@ -89,6 +89,7 @@ class Factored:
             else:  # a parameter shared by several layers: sum first, then square
                 s = self._leaf(i).flatten(1).square().sum(1)
             total = s if total is None else total + s
+        assert total is not None  # every record has a weight slot, and there is a record
         return total
 
     def weighted_sum(self, w: torch.Tensor) -> list[torch.Tensor]:
@@ -125,6 +126,7 @@ class Chunked:
             s = p.weighted_sum(w[start : start + n])
             start += n
             total = s if total is None else [a + b for a, b in zip(total, s, strict=True)]
+        assert total is not None  # there are always several parts
         return total
 
 
@@ -258,7 +260,7 @@ def _record(
             raise NoRule(f"parameter {paths[i]!r} is used outside linear/convolution layers")
     for r, g in zip(records, grads[:n_rec], strict=True):
         r.g = torch.zeros_like(r.out) if g is None else g
-        r.out = None  # drop the graph
+        r.out = None  # type: ignore[assignment]  # drop the graph (out is never read again)
     aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
     return loss.detach(), aux, records
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch.overrides import TorchFunctionMode
 
 _LINEAR = F.linear
@@ -59,7 +60,8 @@ class Record:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
-    g: torch.Tensor | None = field(default=None, repr=False)  # per-example output grad
+    # per-example output grad: None only until _core._record sets it, before any rule reads it
+    g: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
     gw: torch.Tensor | None = field(default=None, repr=False)  # per-example weight grads, if formed
 
 
