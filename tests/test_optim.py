@@ -19,6 +19,8 @@ from fdl.optim import _foreach
 from fdl.optim import schedules as S
 from fdl.testing import assert_pure, assert_trees_close
 
+_CYCLE = S.OneCycleLR(0.1, total_steps=50)
+
 # name -> (factory(lr) -> optimizer, lr for the quadratic, lr for Rosenbrock)
 OPTIMIZERS: dict[str, tuple[Callable[..., fdl.optim.GradientTransformation], float, float]] = {
     "sgd": (lambda lr: fdl.optim.sgd(lr, momentum=0.9, nesterov=True), 0.1, 1e-3),
@@ -30,8 +32,16 @@ OPTIMIZERS: dict[str, tuple[Callable[..., fdl.optim.GradientTransformation], flo
     "nadam": (lambda lr: fdl.optim.nadam(lr), 0.1, 0.02),
     "radam": (lambda lr: fdl.optim.radam(lr), 0.1, 0.02),
     "adadelta": (lambda lr: fdl.optim.adadelta(lr), 10.0, 0.3),
+    # momentum / beta1 cycled by a schedule (torch's OneCycleLR cycle_momentum)
+    "sgd-cycled-momentum": (
+        lambda lr: fdl.optim.sgd(lr, momentum=_CYCLE.momentum, nesterov=True),
+        0.1,
+        1e-3,
+    ),
+    "adam-cycled-beta1": (lambda lr: fdl.optim.adam(lr, betas=(_CYCLE.momentum, 0.999)), 0.1, 0.05),
 }
 NAMES = list(OPTIMIZERS)
+ALIASES = [n for n in NAMES if hasattr(fdl.optim, n)]  # the public optimizer functions
 
 IMPL_FLAGS = ["foreach", "fused", "capturable", "differentiable"]
 
@@ -388,14 +398,14 @@ def test_chain_state_length_mismatch() -> None:
 
 
 @pytest.mark.parametrize("flag", IMPL_FLAGS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALIASES)
 def test_implementation_flags_rejected(name: str, flag: str) -> None:
     fn = getattr(fdl.optim, name)
     with pytest.raises(TypeError, match=flag):
         fn(**{flag: True})
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALIASES)
 def test_negative_lr_rejected(name: str) -> None:
     with pytest.raises(ValueError, match="learning rate"):
         getattr(fdl.optim, name)(lr=-0.1)
@@ -416,6 +426,15 @@ def test_negative_lr_rejected(name: str) -> None:
         ("adagrad", {"lr_decay": -0.1}),
         ("adagrad", {"initial_accumulator_value": -1.0}),
         ("adadelta", {"rho": 1.5}),
+        ("nadam", {"betas": (S.OneCycleLR(0.1, total_steps=5).momentum, 0.999)}),
+        (
+            "sgd",
+            {
+                "momentum": S.OneCycleLR(0.1, total_steps=5).momentum,
+                "dampening": 0.1,
+                "nesterov": True,
+            },
+        ),
     ],
 )
 def test_invalid_hyperparameters_rejected(name: str, kwargs: dict) -> None:

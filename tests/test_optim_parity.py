@@ -218,6 +218,8 @@ def test_trajectory_float32(name: str) -> None:
     )
 
 
+_ONE_CYCLE = S.OneCycleLR(0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9)
+
 # (fdl schedule, torch scheduler factory, fdl optimizer, torch optimizer, kwargs)
 SCHEDULED = {
     "adam+warmup-cosine": (
@@ -259,6 +261,40 @@ SCHEDULED = {
         torch.optim.AdamW,
         {"lr": 0.02},
     ),
+    # torch's default cycle_momentum=True: fdl passes the schedule's momentum explicitly
+    "sgd+onecycle-momentum": (
+        _ONE_CYCLE,
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
+        ),
+        fdl.optim.sgd,
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    ),
+    "sgd+onecycle-momentum-dampening": (
+        _ONE_CYCLE,
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
+        ),
+        fdl.optim.sgd,
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9, "dampening": 0.3},
+    ),
+    "adam+onecycle-beta1": (
+        _ONE_CYCLE,
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
+        ),
+        fdl.optim.adam,
+        torch.optim.Adam,
+        {"lr": 0.05, "weight_decay": 0.01},
+    ),
+}
+# fdl-only keyword arguments: the cycled momentum torch's scheduler sets on the optimizer
+FDL_ONLY = {
+    "sgd+onecycle-momentum": {"momentum": _ONE_CYCLE.momentum},
+    "sgd+onecycle-momentum-dampening": {"momentum": _ONE_CYCLE.momentum},
+    "adam+onecycle-beta1": {"betas": (_ONE_CYCLE.momentum, 0.999)},
 }
 
 
@@ -268,7 +304,7 @@ def test_schedule_plus_optimizer(name: str) -> None:
     schedule, make_sched, fn, torch_cls, kwargs = SCHEDULED[name]
     with _default_dtype(torch.float64):
         assert_optimizer_parity(
-            fn(**{**kwargs, "lr": schedule}),
+            fn(**{**kwargs, "lr": schedule, **FDL_ONLY.get(name, {})}),
             torch_cls,
             kwargs,
             steps=100,

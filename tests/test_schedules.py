@@ -197,3 +197,25 @@ def test_usable_as_optimizer_lr() -> None:
         updates, state = opt.update({"w": torch.ones(())}, state, params)
         seen.append(-float(updates["w"]))
     assert seen == [1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"three_phase": True, "anneal_strategy": "linear", "pct_start": 0.25}],
+    ids=["cos", "three-phase-linear"],
+)
+@pytest.mark.parametrize("torch_opt", ["SGD", "Adam"])
+def test_one_cycle_momentum_equals_torch(kwargs: dict, torch_opt: str) -> None:
+    """``OneCycleLR.momentum`` is torch's cycled ``momentum`` (SGD) or ``betas[0]`` (Adam)."""
+    schedule = S.OneCycleLR(LR, total_steps=STEPS, base_momentum=0.8, max_momentum=0.9, **kwargs)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = getattr(torch.optim, torch_opt)([param], lr=LR)
+    sched = TS.OneCycleLR(opt, LR, total_steps=STEPS, base_momentum=0.8, max_momentum=0.9, **kwargs)
+    group = opt.param_groups[0]
+    expected = []
+    for _ in range(STEPS):
+        expected.append(group["momentum"] if torch_opt == "SGD" else group["betas"][0])
+        opt.step()
+        sched.step()
+    got = schedule.momentum(torch.arange(STEPS))
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)

@@ -186,7 +186,7 @@ def lerp(xs: Leaves, ys: Leaves, weight: float) -> Leaves:
     """``x + weight * (y - x)`` leafwise (``torch.lerp``)."""
     if use_foreach(xs):
         return list(torch._foreach_lerp(xs, ys, weight))
-    return [torch.lerp(x, y, weight) for x, y in zip(xs, ys, strict=True)]
+    return [torch.lerp(x, y, _as(weight, x)) for x, y in zip(xs, ys, strict=True)]
 
 
 def decay_add(xs: Leaves, decay: float, ys: Leaves, alpha: float) -> Leaves:
@@ -195,7 +195,7 @@ def decay_add(xs: Leaves, decay: float, ys: Leaves, alpha: float) -> Leaves:
         out = torch._foreach_mul(xs, decay)
         torch._foreach_add_(out, ys, alpha=alpha)
         return list(out)
-    return [torch.add(x * decay, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
+    return [torch.add(x * _as(decay, x), y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
 
 
 def decay_addcmul(xs: Leaves, decay: float, ys: Leaves, zs: Leaves, value: float) -> Leaves:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fdl.optim import transform as T
-from fdl.optim.base import GradientTransformation, ScalarOrSchedule, chain
+from fdl.optim.base import GradientTransformation, ScalarOrSchedule, Schedule, chain
 
 __all__ = ["adadelta", "adagrad", "adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd"]
 
@@ -63,10 +63,15 @@ def _check(name: str, value: float, ok: bool) -> None:
         raise ValueError(f"Invalid {name}: {value}")
 
 
-def _check_betas(betas: tuple[float, float]) -> None:
+def _check_betas(betas: tuple[Any, float], *, schedule_ok: bool = False) -> None:
+    """``0 <= beta < 1``; with ``schedule_ok``, beta1 may be a schedule (Adam, AdamW)."""
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
     for i, b in enumerate(betas):
+        if i == 0 and callable(b):
+            if not schedule_ok:
+                raise ValueError("beta1 may be a schedule only for adam and adamw")
+            continue
         if not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b}")
 
@@ -81,7 +86,7 @@ def _head(maximize: bool, weight_decay: float) -> list[GradientTransformation]:
 
 def sgd(
     lr: ScalarOrSchedule = 1e-3,
-    momentum: float = 0.0,
+    momentum: float | Schedule = 0.0,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
@@ -103,7 +108,9 @@ def sgd(
 
     Args:
         lr: learning rate ``η`` (float, tensor or schedule).
-        momentum: ``μ``. dampening: ``d``. weight_decay: L2 penalty ``λ``.
+        momentum: ``μ``, a float or a schedule of the step count (e.g.
+            ``OneCycleLR(...).momentum``, torch's ``cycle_momentum``).
+            dampening: ``d``. weight_decay: L2 penalty ``λ``.
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
         maximize: ascend the objective instead.
 
@@ -120,12 +127,14 @@ def sgd(
     """
     _reject_extra("sgd", unsupported)
     _check_lr(lr)
-    _check("momentum value", momentum, momentum >= 0.0)
+    fixed = None if callable(momentum) else float(momentum)  # None: a schedule
+    if fixed is not None:
+        _check("momentum value", fixed, fixed >= 0.0)
     _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    if nesterov and (momentum <= 0 or dampening != 0):
+    if nesterov and ((fixed is not None and fixed <= 0) or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     blocks = _head(maximize, weight_decay)
-    if momentum != 0:
+    if fixed is None or fixed != 0:
         blocks.append(T.trace(momentum, nesterov=nesterov, dampening=dampening))
     blocks.append(T.scale_by_learning_rate(lr))
     return chain(*blocks)
@@ -133,7 +142,7 @@ def sgd(
 
 def adam(
     lr: ScalarOrSchedule = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float | Schedule, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
@@ -160,7 +169,9 @@ def adam(
     scale_by_learning_rate(η))``.
 
     Args:
-        lr: ``η``. betas: ``(β1, β2)``. eps: ``ε``. weight_decay: ``λ``.
+        lr: ``η``. betas: ``(β1, β2)``; ``β1`` may be a schedule (e.g.
+            ``OneCycleLR(...).momentum``, torch's ``cycle_momentum``). eps: ``ε``.
+            weight_decay: ``λ``.
         amsgrad: use the running maximum of ``v``.
         maximize: ascend the objective.
         decoupled_weight_decay: AdamW's decay ``θ ← θ(1 - ηλ)`` instead of L2.
@@ -179,7 +190,7 @@ def adam(
     _reject_extra("adam", unsupported)
     _check_lr(lr)
     _check("epsilon value", eps, eps >= 0.0)
-    _check_betas(betas)
+    _check_betas(betas, schedule_ok=True)
     _check("weight_decay value", weight_decay, weight_decay >= 0.0)
     decoupled = decoupled_weight_decay and weight_decay != 0
     blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
@@ -192,7 +203,7 @@ def adam(
 
 def adamw(
     lr: ScalarOrSchedule = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float | Schedule, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     amsgrad: bool = False,

@@ -359,16 +359,23 @@ class OneCycleLR:
     .. math::
         \text{cos: } b + \frac{a - b}{2}(1 + \cos \pi p), \qquad \text{linear: } a + (b - a)\,p
 
-    Mirrors ``torch.optim.lr_scheduler.OneCycleLR`` with ``cycle_momentum=False``:
-    fdl schedules only the learning rate (the optimizer's betas/momentum stay
-    fixed). Where torch raises after ``total_steps`` steps, fdl holds the value
-    of step ``total_steps``.
+    Mirrors ``torch.optim.lr_scheduler.OneCycleLR``. Called on the count, it is
+    the learning rate. ``s.momentum`` is the cycled momentum, annealed the
+    other way between ``max_momentum`` and ``base_momentum`` with the same phases
+    (``max → base`` while the rate rises, then back): pass it as ``sgd``'s
+    ``momentum`` or as ``adam``/``adamw``'s first beta to reproduce torch's
+    default ``cycle_momentum=True``. Without it the momentum stays fixed, as
+    torch's ``cycle_momentum=False``. Where torch raises after ``total_steps``
+    steps, fdl holds the value of step ``total_steps``.
 
     Example:
-        >>> import torch
+        >>> import torch, fdl
         >>> s = OneCycleLR(1.0, total_steps=10)
         >>> round(float(s(torch.tensor(0))), 6), round(float(s(torch.tensor(2))), 6)
         (0.04, 1.0)
+        >>> [round(float(s.momentum(torch.tensor(k))), 6) for k in (0, 2)]
+        [0.95, 0.85]
+        >>> opt = fdl.optim.sgd(lr=s, momentum=s.momentum)  # torch's cycle_momentum=True
     """
 
     max_lr: float
@@ -380,6 +387,8 @@ class OneCycleLR:
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     three_phase: bool = False
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
 
     def __post_init__(self) -> None:
         _check_lr(self.max_lr)
@@ -403,23 +412,37 @@ class OneCycleLR:
                 f"anneal_strategy must be one of 'cos' or 'linear', got {self.anneal_strategy}"
             )
 
-    def _phases(self) -> list[tuple[float, float, float]]:
-        """(end_step, start_lr, end_lr) of each phase, as torch builds them."""
+    def _phases(self, momentum: bool = False) -> list[tuple[float, float, float]]:
+        """(end_step, start, end) of each phase, as torch builds them, for the rate or momentum."""
         T = float(self.total_steps)  # type: ignore[arg-type]
         initial = self.max_lr / self.div_factor
         minimum = initial / self.final_div_factor
+        lo, hi = self.base_momentum, self.max_momentum
         if self.three_phase:
-            return [
-                (self.pct_start * T - 1, initial, self.max_lr),
-                (2 * self.pct_start * T - 2, self.max_lr, initial),
-                (T - 1, initial, minimum),
-            ]
-        return [(self.pct_start * T - 1, initial, self.max_lr), (T - 1, self.max_lr, minimum)]
+            ends = [self.pct_start * T - 1, 2 * self.pct_start * T - 2, T - 1]
+            values = (
+                [(hi, lo), (lo, hi), (hi, hi)]
+                if momentum
+                else [
+                    (initial, self.max_lr),
+                    (self.max_lr, initial),
+                    (initial, minimum),
+                ]
+            )
+        else:
+            ends = [self.pct_start * T - 1, T - 1]
+            values = (
+                [(hi, lo), (lo, hi)]
+                if momentum
+                else [
+                    (initial, self.max_lr),
+                    (self.max_lr, minimum),
+                ]
+            )
+        return [(e, a, b) for e, (a, b) in zip(ends, values, strict=True)]
 
-    def __call__(self, count: Tensor) -> Tensor:
+    def _anneal(self, count: Tensor, phases: list[tuple[float, float, float]]) -> Tensor:
         k = torch.clamp(_f64(count), max=float(self.total_steps))  # type: ignore[arg-type]
-        phases = self._phases()
-        out = None
         start_step = 0.0
         values = []
         for end_step, a, b in phases:
@@ -433,6 +456,13 @@ class OneCycleLR:
         for (end_step, _, _), v in zip(reversed(phases[:-1]), reversed(values[:-1]), strict=True):
             out = torch.where(k <= end_step, v, out)
         return out
+
+    def __call__(self, count: Tensor) -> Tensor:
+        return self._anneal(count, self._phases())
+
+    def momentum(self, count: Tensor) -> Tensor:
+        """The cycled momentum (``sgd``'s ``momentum``, ``adam``'s first beta) at ``count``."""
+        return self._anneal(count, self._phases(momentum=True))
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,23 @@ def _step(count: Tensor) -> Tensor:
     return (count + 1).to(torch.float64)
 
 
+def _scheduled(value: Any, count: Tensor) -> Any:
+    """A hyperparameter that may be a schedule: its value at ``count``.
+
+    A float passes through. A schedule's value is a float64 tensor; eagerly it is
+    read back as a Python float, so the eager ``foreach`` ops see exactly what
+    torch's optimizers see (a number), while traced code keeps the tensor (and
+    never recompiles as it changes).
+    """
+    if not callable(value):
+        return value
+    v = torch.as_tensor(value(count), dtype=torch.float64)
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(v):
+        (v,) = F.materialize(v)
+        return v
+    return float(v)
+
+
 def _check_unit_interval(name: str, value: float, *, closed: bool = False) -> None:
     ok = 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
     if not ok:
@@ -250,7 +267,9 @@ class TraceState(NamedTuple):
     trace: Any
 
 
-def trace(decay: float, nesterov: bool = False, dampening: float = 0.0) -> GradientTransformation:
+def trace(
+    decay: float | Callable[[Tensor], Tensor], nesterov: bool = False, dampening: float = 0.0
+) -> GradientTransformation:
     r"""Momentum as in ``torch.optim.SGD``.
 
     .. math::
@@ -262,7 +281,9 @@ def trace(decay: float, nesterov: bool = False, dampening: float = 0.0) -> Gradi
     (no dampening), as torch does; Optax's ``trace`` has no dampening.
 
     Args:
-        decay: the momentum ``μ``.
+        decay: the momentum ``μ``: a float, or a schedule of the step count (e.g.
+            ``OneCycleLR(...).momentum``) whose value at each update is used, as
+            torch's schedulers set ``momentum`` before each ``step()``.
         nesterov: use Nesterov momentum.
         dampening: the dampening ``d``.
 
@@ -278,7 +299,8 @@ def trace(decay: float, nesterov: bool = False, dampening: float = 0.0) -> Gradi
         >>> u["w"]
         tensor([1.9000])
     """
-    _check_nonneg("momentum", decay)
+    if not callable(decay):
+        _check_nonneg("momentum", decay)
 
     def init(params: Params) -> TraceState:
         return TraceState(_zero_count(params), tree.zeros_like(params))
@@ -288,15 +310,21 @@ def trace(decay: float, nesterov: bool = False, dampening: float = 0.0) -> Gradi
     ) -> tuple[Updates, TraceState]:
         g, treedef, _ = _flatten_updates(updates, params)
         buf = _state_leaves(state.trace, treedef, updates, "state.trace")
+        mu = _scheduled(decay, state.count)
         if dampening == 0.0:
             # from a zero buffer, decay * 0 + g == g exactly: the first step needs no branch
-            new = F.decay_add(buf, decay, g, 1.0)
+            new = F.decay_add(buf, mu, g, 1.0)
         else:
             (coef,) = F.materialize(
                 torch.where(state.count == 0, 1.0, 1.0 - dampening).to(torch.float64)
             )
-            new = F.axpby(buf, decay, g, coef)
-        out = F.add(g, new, alpha=decay) if nesterov else new
+            new = F.axpby(buf, mu, g, coef)
+        if not nesterov:
+            out = new
+        elif isinstance(mu, Tensor):
+            out = F.axpby(g, 1.0, new, mu)
+        else:
+            out = F.add(g, new, alpha=mu)
         return tree.unflatten(treedef, out), TraceState(
             state.count + 1, tree.unflatten(treedef, new)
         )
@@ -399,7 +427,11 @@ class ScaleByAdamState(NamedTuple):
 
 
 def scale_by_adam(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, amsgrad: bool = False
+    b1: float | Callable[[Tensor], Tensor] = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    amsgrad: bool = False,
 ) -> GradientTransformation:
     r"""Adam's scaling (Kingma & Ba, 2015), with eps placed as ``torch.optim.Adam`` does.
 
@@ -412,7 +444,10 @@ def scale_by_adam(
         u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t} / \sqrt{1-\beta_2^t} + \epsilon}
 
     Args:
-        b1: ``β1``, decay of the first moment.
+        b1: ``β1``, decay of the first moment: a float, or a schedule of the step
+            count (e.g. ``OneCycleLR(...).momentum``); with a schedule, ``β1`` at
+            the current step is used in the moment and in ``1 - β1^t``, as torch
+            does when a scheduler cycles ``betas[0]``.
         b2: ``β2``, decay of the second moment.
         eps: ``ε``, added to the bias-corrected root second moment (as torch;
             Optax adds it likewise, outside the root).
@@ -428,7 +463,8 @@ def scale_by_adam(
         >>> u["w"]  # the first step is sign(g) up to eps
         tensor([ 1., -1.])
     """
-    _check_unit_interval("beta1", b1)
+    if not callable(b1):
+        _check_unit_interval("beta1", b1)
     _check_unit_interval("beta2", b2)
     _check_nonneg("eps", eps)
 
@@ -447,9 +483,10 @@ def scale_by_adam(
         m = _state_leaves(state.mu, treedef, updates, "state.mu")
         v = _state_leaves(state.nu, treedef, updates, "state.nu")
         t = _step(state.count)
-        bc1 = 1.0 - b1**t
+        beta1 = _scheduled(b1, state.count)
+        bc1 = 1.0 - beta1**t
         bc2_sqrt = torch.sqrt(1.0 - b2**t)
-        m = F.lerp(m, g, 1.0 - b1)
+        m = F.lerp(m, g, 1.0 - beta1)
         v = F.decay_addcmul(v, b2, g, g, 1.0 - b2)
         if amsgrad:
             v_max = F.maximum(_state_leaves(state.nu_max, treedef, updates, "state.nu_max"), v)
