@@ -494,6 +494,25 @@ def test_clip_by_global_norm_matches_torch(norm_type: float, max_norm: float) ->
     assert_trees_close(out, expected)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_clip_by_global_norm_error_if_nonfinite(bad: float) -> None:
+    """Like torch: raise on a non-finite norm when asked, else scale by it."""
+    grads = {"w": torch.tensor([bad, 1.0])}
+    tx = fdl.optim.clip_by_global_norm(1.0, error_if_nonfinite=True)
+    t = [torch.tensor([bad, 1.0], requires_grad=True)]
+    t[0].grad = torch.tensor([bad, 1.0])
+    with pytest.raises(RuntimeError, match="non-finite") as torch_err:
+        torch.nn.utils.clip_grad_norm_(t, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError, match="non-finite") as fdl_err:
+        tx.update(grads, tx.init(None))
+    assert str(fdl_err.value) == str(torch_err.value)
+    ok = {"w": torch.tensor([3.0, 4.0])}
+    out, _ = tx.update(ok, tx.init(None))  # finite: clipped as usual
+    assert_trees_close(out, fdl.optim.clip_by_global_norm(1.0).update(ok, ())[0])
+    with pytest.raises(RuntimeError, match="torch.compile"):
+        torch.compile(tx.update, backend="eager", fullgraph=True)(ok, ())
+
+
 def test_clip_matches_torch() -> None:
     params = _params(torch.float64)
     grads = _grads(params, 0)

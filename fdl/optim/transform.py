@@ -364,7 +364,9 @@ def clip(max_delta: float) -> GradientTransformation:
     return GradientTransformation(init, update)
 
 
-def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTransformation:
+def clip_by_global_norm(
+    max_norm: float, norm_type: float = 2.0, *, error_if_nonfinite: bool = False
+) -> GradientTransformation:
     r"""Rescale the updates when their global norm exceeds ``max_norm``.
 
     .. math::
@@ -373,13 +375,16 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTran
 
     with ``c = max_norm`` and ``p = norm_type``: the same result as
     ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)`` (including
-    its ``1e-6`` and multiplying even when no clipping occurs). Unlike torch
-    there is no ``error_if_nonfinite`` (it would need a host sync); combine with
-    :func:`apply_if_finite` instead.
+    its ``1e-6`` and multiplying even when no clipping occurs).
 
     Args:
         max_norm: the largest allowed global norm ``c``.
         norm_type: the norm order ``p`` (``float('inf')`` for the max norm).
+        error_if_nonfinite: raise ``RuntimeError`` when ``N`` is NaN or infinite,
+            as torch does. Reading ``N`` back costs a host sync, and compiled code
+            cannot raise on a value, so this works eagerly only (building the
+            update under ``torch.compile`` with it raises). To skip bad steps
+            inside compiled code, combine with :func:`apply_if_finite` instead.
 
     Returns:
         A stateless transformation.
@@ -405,6 +410,19 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0) -> GradientTran
         if not g:
             return updates, state
         total = torch.linalg.vector_norm(torch.stack(F.norms(g, ord)), ord)
+        if error_if_nonfinite:
+            if torch.compiler.is_compiling():
+                raise RuntimeError(
+                    "clip_by_global_norm(error_if_nonfinite=True) cannot run under "
+                    "torch.compile: it reads the norm back to raise; use apply_if_finite"
+                )
+            if not bool(torch.isfinite(total)):
+                raise RuntimeError(
+                    f"The total norm of order {ord} for gradients from `parameters` is "
+                    "non-finite, so it cannot be clipped. To disable this error and scale "
+                    "the gradients by the non-finite norm anyway, set "
+                    "`error_if_nonfinite=False`"
+                )
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         return tree.unflatten(treedef, F.scale(g, coef)), state
 
