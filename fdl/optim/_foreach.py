@@ -19,7 +19,7 @@ are often buffers that block has just allocated and that nothing else holds
 (Adam's ``m̂ / (√v̂ + ε)``, for instance). A block marks such outputs with
 :func:`fresh`; while the chain runs, :func:`scale` and :func:`add` overwrite
 marked buffers in place instead of allocating new ones (on a 10M-parameter
-Adam this removes two of six allocations per step). The chain unmarks any
+Adam this removes one of six allocations per leaf and step). The chain unmarks any
 buffer that a block keeps in its state, and the marks end with the chain's
 update, so nothing a caller passed in or gets back is ever modified. Only the
 eager ``foreach`` path does this; traced code is left to the compiler.
