@@ -220,6 +220,14 @@ def test_trajectory_float32(name: str) -> None:
 
 _ONE_CYCLE = S.OneCycleLR(0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9)
 
+
+def _torch_one_cycle(o: torch.optim.Optimizer) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's counterpart of ``_ONE_CYCLE``, cycling momentum (its default)."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
+    )
+
+
 # (fdl schedule, torch scheduler factory, fdl optimizer, torch optimizer, kwargs)
 SCHEDULED = {
     "adam+warmup-cosine": (
@@ -264,27 +272,21 @@ SCHEDULED = {
     # torch's default cycle_momentum=True: fdl passes the schedule's momentum explicitly
     "sgd+onecycle-momentum": (
         _ONE_CYCLE,
-        lambda o: torch.optim.lr_scheduler.OneCycleLR(
-            o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
-        ),
+        _torch_one_cycle,
         fdl.optim.sgd,
         torch.optim.SGD,
         {"lr": 0.05, "momentum": 0.9, "nesterov": True},
     ),
     "sgd+onecycle-momentum-dampening": (
         _ONE_CYCLE,
-        lambda o: torch.optim.lr_scheduler.OneCycleLR(
-            o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
-        ),
+        _torch_one_cycle,
         fdl.optim.sgd,
         torch.optim.SGD,
         {"lr": 0.05, "momentum": 0.9, "dampening": 0.3},
     ),
     "adam+onecycle-beta1": (
         _ONE_CYCLE,
-        lambda o: torch.optim.lr_scheduler.OneCycleLR(
-            o, 0.05, total_steps=100, base_momentum=0.8, max_momentum=0.9
-        ),
+        _torch_one_cycle,
         fdl.optim.adam,
         torch.optim.Adam,
         {"lr": 0.05, "weight_decay": 0.01},

@@ -2,8 +2,10 @@
 
 Linear maps, convolutions and pooling call torch's kernels directly
 (``F.linear``, ``F.conv2d``, ``F.max_pool2d``, ...), so code that intercepts
-those kernels (per-sample gradients) sees them. ``bilinear`` and ``dropout`` are
-written out; ``dropout`` takes an explicit ``fdl.random`` key.
+those kernels (per-sample gradients) sees them; the exception is eager 2x2
+max-pooling, which goes through the faster custom ops of ``fdl/nn/_maxpool.py``.
+``bilinear`` and ``dropout`` are written out; ``dropout`` takes an explicit
+``fdl.random`` key.
 """
 
 from __future__ import annotations

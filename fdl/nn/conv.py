@@ -119,7 +119,49 @@ class _ConvBase(Layer):
 
 
 @dataclass(frozen=True)
-class Conv1d(_ConvBase):
+class _Conv(_ConvBase):
+    """Fields and ``apply`` shared by :class:`Conv1d` and :class:`Conv2d`."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] | str = 0
+    dilation: int | tuple[int, ...] = 1
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self._normalise()
+
+    def apply(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        *,
+        key: _random.Key | None = None,
+        train: bool = False,
+    ) -> torch.Tensor:
+        """``(N, C_in, *spatial) -> (N, C_out, *spatial_out)``."""
+        self._check(params, x)
+        x, padding = self._padded(x)
+        conv = _F.conv1d if self._n == 1 else _F.conv2d
+        return conv(
+            x,
+            params["weight"],
+            params.get("bias"),
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+        )
+
+
+@dataclass(frozen=True)
+class Conv1d(_Conv):
     r"""1-d convolution (cross-correlation), as ``torch.nn.Conv1d``.
 
     Params: ``weight`` ``(out_channels, in_channels / groups, kernel_size)`` and
@@ -151,45 +193,9 @@ class Conv1d(_ConvBase):
 
     _n = 1
 
-    in_channels: int
-    out_channels: int
-    kernel_size: int | tuple[int, ...]
-    stride: int | tuple[int, ...] = 1
-    padding: int | tuple[int, ...] | str = 0
-    dilation: int | tuple[int, ...] = 1
-    groups: int = 1
-    bias: bool = True
-    padding_mode: str = "zeros"
-    device: torch.device | str | None = None
-    dtype: torch.dtype | None = None
-
-    def __post_init__(self) -> None:
-        self._normalise()
-
-    def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
-        """``(N, C_in, L_in) -> (N, C_out, L_out)``."""
-        self._check(params, x)
-        x, padding = self._padded(x)
-        return _F.conv1d(
-            x,
-            params["weight"],
-            params.get("bias"),
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-        )
-
 
 @dataclass(frozen=True)
-class Conv2d(_ConvBase):
+class Conv2d(_Conv):
     r"""2-d convolution (cross-correlation), as ``torch.nn.Conv2d``.
 
     Params: ``weight`` ``(out_channels, in_channels / groups, kH, kW)`` and
@@ -222,42 +228,6 @@ class Conv2d(_ConvBase):
     """
 
     _n = 2
-
-    in_channels: int
-    out_channels: int
-    kernel_size: int | tuple[int, ...]
-    stride: int | tuple[int, ...] = 1
-    padding: int | tuple[int, ...] | str = 0
-    dilation: int | tuple[int, ...] = 1
-    groups: int = 1
-    bias: bool = True
-    padding_mode: str = "zeros"
-    device: torch.device | str | None = None
-    dtype: torch.dtype | None = None
-
-    def __post_init__(self) -> None:
-        self._normalise()
-
-    def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
-        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
-        self._check(params, x)
-        x, padding = self._padded(x)
-        return _F.conv2d(
-            x,
-            params["weight"],
-            params.get("bias"),
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-        )
 
 
 @dataclass(frozen=True)

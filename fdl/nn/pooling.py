@@ -48,7 +48,43 @@ class _PoolBase(Layer):
 
 
 @dataclass(frozen=True)
-class MaxPool1d(_PoolBase):
+class _MaxPool(_PoolBase):
+    """Fields, validation and ``apply`` shared by :class:`MaxPool1d` and :class:`MaxPool2d`."""
+
+    kernel_size: _Size
+    stride: _Size | None = None
+    padding: _Size = 0
+    dilation: _Size = 1
+    return_indices: bool = False
+    ceil_mode: bool = False
+
+    def __post_init__(self) -> None:
+        self._normalise()
+
+    def apply(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        *,
+        key: _random.Key | None = None,
+        train: bool = False,
+    ) -> Any:
+        """``(N, C, *spatial) -> (N, C, *spatial_out)``, or ``(values, indices)``."""
+        self._check(params, x)
+        pool = _F.max_pool1d if self._n == 1 else _F.max_pool2d
+        return pool(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            self.return_indices,
+        )
+
+
+@dataclass(frozen=True)
+class MaxPool1d(_MaxPool):
     """Max over windows of ``(N, C, L)``, as ``torch.nn.MaxPool1d``.
 
     ``L_out = floor((L + 2 padding - dilation (kernel_size - 1) - 1) / stride + 1)``
@@ -68,39 +104,9 @@ class MaxPool1d(_PoolBase):
 
     _n = 1
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
-    dilation: _Size = 1
-    return_indices: bool = False
-    ceil_mode: bool = False
-
-    def __post_init__(self) -> None:
-        self._normalise()
-
-    def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> Any:
-        """``(N, C, L) -> (N, C, L_out)``."""
-        self._check(params, x)
-        return _F.max_pool1d(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.ceil_mode,
-            self.return_indices,
-        )
-
 
 @dataclass(frozen=True)
-class MaxPool2d(_PoolBase):
+class MaxPool2d(_MaxPool):
     """Max over windows of ``(N, C, H, W)``, as ``torch.nn.MaxPool2d``.
 
     ``H_out = floor((H + 2 padding[0] - dilation[0] (kH - 1) - 1) / stride[0] + 1)``
@@ -119,36 +125,6 @@ class MaxPool2d(_PoolBase):
     """
 
     _n = 2
-
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
-    dilation: _Size = 1
-    return_indices: bool = False
-    ceil_mode: bool = False
-
-    def __post_init__(self) -> None:
-        self._normalise()
-
-    def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> Any:
-        """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        self._check(params, x)
-        return _F.max_pool2d(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.ceil_mode,
-            self.return_indices,
-        )
 
 
 @dataclass(frozen=True)

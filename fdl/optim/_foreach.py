@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
+
+from fdl import tree
 
 Tensor = torch.Tensor
 Scalar = float | Tensor
@@ -80,13 +82,13 @@ def fresh(xs: Leaves) -> None:
         marks.update((id(x), x) for x in xs)
 
 
-def unmark(xs: Iterable[object]) -> None:
-    """Remove the marks of any of ``xs`` (called on every new state a block returns)."""
+def unmark(state: object) -> None:
+    """Remove the marks of every leaf of ``state`` (a new state a block returns)."""
     if torch.compiler.is_compiling():
         return
     marks = _FRESH.get()
-    if marks:
-        for x in xs:
+    if marks:  # flatten only when something is marked
+        for x in tree.leaves(state):
             marks.pop(id(x), None)
 
 

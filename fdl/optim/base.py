@@ -128,7 +128,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         with _foreach.fresh_scope():
             for t, s in zip(transforms, state, strict=True):
                 updates, s = t.update(updates, s, params)
-                _foreach.unmark(tree.leaves(s))  # a buffer kept in a state is never overwritten
+                _foreach.unmark(s)  # a buffer kept in a state is never overwritten
                 new_state.append(s)
         return updates, tuple(new_state)
 
