@@ -44,6 +44,8 @@ __all__ = [
     "all_finite",
     "allclose",
     "assert_same_structure",
+    "check_match",
+    "differences",
     "first_difference",
     "flatten",
     "flatten_with_paths",
@@ -223,8 +225,189 @@ def _kind(x: Any) -> str:
     return type(x).__name__
 
 
+def differences(
+    got: PyTree,
+    expected: PyTree,
+    *,
+    got_name: str = "the tree",
+    expected_name: str = "the expected tree",
+    check_shapes: bool = False,
+    check_dtypes: bool = False,
+) -> list[str]:
+    """Every way ``got`` differs from ``expected``, one sentence per leaf, by dotted path.
+
+    Paths are full (``"fc2.bias"``, ``"mu.fc2.bias"`` inside a NamedTuple state), so a
+    message names the leaf itself, never a parent and a key list. With ``check_shapes``
+    (``check_dtypes``) tensor leaves present in both must also agree in shape (dtype).
+    Returns ``[]`` when nothing differs.
+
+    Example:
+        >>> import torch
+        >>> params = {"fc1": {"weight": torch.ones(2, 3)}, "fc2": {"bias": torch.ones(2)}}
+        >>> grads = {"fc1": {"weight": torch.ones(3, 2)}}
+        >>> for line in differences(grads, params, got_name="the gradients",
+        ...                         expected_name="the params", check_shapes=True):
+        ...     print(line)
+        'fc2.bias' is missing from the gradients
+        'fc1.weight' has shape (3, 2) in the gradients, expected (2, 3) as in the params
+    """
+    missing: list[str] = []
+    extra: list[str] = []
+    other: list[str] = []
+    _collect_differences(
+        got,
+        expected,
+        (),
+        missing,
+        extra,
+        other,
+        check_shapes,
+        check_dtypes,
+        got_name,
+        expected_name,
+    )
+    return (
+        [f"'{p}' is missing from {got_name}" for p in missing]
+        + [f"'{p}' is in {got_name} but not in {expected_name}" for p in extra]
+        + other
+    )
+
+
+def _leaf_paths(node: Any, prefix: tuple) -> list[str]:
+    kids = _children(node)
+    if kids is None:
+        return [path_str(prefix) or "<root>"]
+    out: list[str] = []
+    for k, v in kids:
+        out.extend(_leaf_paths(v, prefix + (k,)))
+    return out or [path_str(prefix) or "<root>"]
+
+
+def _collect_differences(
+    a: Any,
+    b: Any,
+    prefix: tuple,
+    missing: list[str],
+    extra: list[str],
+    other: list[str],
+    check_shapes: bool,
+    check_dtypes: bool,
+    got_name: str,
+    expected_name: str,
+) -> None:
+    where = path_str(prefix) or "<root>"
+    ka, kb = _children(a), _children(b)
+    if ka is None and kb is None:
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if check_shapes and tuple(a.shape) != tuple(b.shape):
+                other.append(
+                    f"'{where}' has shape {tuple(a.shape)} in {got_name}, "
+                    f"expected {tuple(b.shape)} as in {expected_name}"
+                )
+            if check_dtypes and a.dtype != b.dtype:
+                other.append(
+                    f"'{where}' has dtype {a.dtype} in {got_name}, "
+                    f"expected {b.dtype} as in {expected_name}"
+                )
+        return
+    if ka is None or kb is None:
+        other.append(f"'{where}' is a {_kind(a)} in {got_name} but a {_kind(b)} in {expected_name}")
+        return
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        da, db = dict(ka), dict(kb)
+        for k, v in kb:
+            if k not in da:
+                missing.extend(_leaf_paths(v, prefix + (k,)))
+        for k, v in ka:
+            if k not in db:
+                extra.extend(_leaf_paths(v, prefix + (k,)))
+        for k, v in ka:
+            if k in db:
+                _collect_differences(
+                    v,
+                    db[k],
+                    prefix + (k,),
+                    missing,
+                    extra,
+                    other,
+                    check_shapes,
+                    check_dtypes,
+                    got_name,
+                    expected_name,
+                )
+        return
+    if type(a) is not type(b) and not (
+        isinstance(a, list | tuple)
+        and isinstance(b, list | tuple)
+        and not hasattr(a, "_fields")
+        and not hasattr(b, "_fields")
+    ):
+        other.append(f"'{where}' is a {_kind(a)} in {got_name} but a {_kind(b)} in {expected_name}")
+        return
+    if len(ka) != len(kb):
+        other.append(
+            f"'{where}' has {len(ka)} entries in {got_name}, expected {len(kb)} "
+            f"as in {expected_name}"
+        )
+        return
+    for (k, va), (_, vb) in zip(ka, kb, strict=True):
+        _collect_differences(
+            va,
+            vb,
+            prefix + (k,),
+            missing,
+            extra,
+            other,
+            check_shapes,
+            check_dtypes,
+            got_name,
+            expected_name,
+        )
+
+
+def check_match(
+    got: PyTree,
+    expected: PyTree,
+    *,
+    got_name: str = "the tree",
+    expected_name: str = "the expected tree",
+    check_shapes: bool = False,
+    check_dtypes: bool = False,
+    context: str = "",
+) -> None:
+    """Raise ``ValueError`` listing every leaf where ``got`` does not match ``expected``.
+
+    The one structure validator of fdl: params against a layer, gradients against
+    params, a state against the state its optimizer builds, a state dict against a
+    model. Each differing leaf is named by its full dotted path (see
+    :func:`differences`); ``context`` (e.g. ``"adam.update"``) starts the message.
+    Call it on the eager path only (see ``fdl._eager``): it walks the trees in Python.
+
+    Example:
+        >>> import torch
+        >>> check_match({"w": torch.ones(1)}, {"w": torch.ones(1), "b": torch.ones(1)},
+        ...             got_name="the gradients", expected_name="the params", context="sgd.update")
+        Traceback (most recent call last):
+        ...
+        ValueError: sgd.update: 'b' is missing from the gradients
+    """
+    if not check_shapes and not check_dtypes and structure(got) == structure(expected):
+        return
+    lines = differences(
+        got,
+        expected,
+        got_name=got_name,
+        expected_name=expected_name,
+        check_shapes=check_shapes,
+        check_dtypes=check_dtypes,
+    )
+    if lines:
+        head = f"{context}: " if context else ""
+        raise ValueError(head + "; ".join(lines))
+
+
 def assert_same_structure(*trees: PyTree, names: Sequence[str] | None = None) -> None:
-    """Raise ``ValueError`` naming the first differing path if structures differ.
+    """Raise ``ValueError`` naming every differing leaf path if the structures differ.
 
     Example:
         >>> import torch
@@ -232,7 +415,7 @@ def assert_same_structure(*trees: PyTree, names: Sequence[str] | None = None) ->
         >>> assert_same_structure({"w": 1}, {"v": 1}, names=("grads", "params"))
         Traceback (most recent call last):
         ...
-        ValueError: grads and params have different tree structures at '<root>': keys differ: ...
+        ValueError: grads and params have different tree structures at '<root>' ...
     """
     if len(trees) < 2:
         return
@@ -241,8 +424,10 @@ def assert_same_structure(*trees: PyTree, names: Sequence[str] | None = None) ->
     for i, t in enumerate(trees[1:], start=1):
         if structure(t) != first:
             where, why = _first_difference(trees[0], t, ()) or ("<root>", "structures differ")
+            lines = differences(trees[0], t, got_name=names[0], expected_name=names[i])
             raise ValueError(
-                f"{names[0]} and {names[i]} have different tree structures at '{where}': {why}"
+                f"{names[0]} and {names[i]} have different tree structures at '{where}' "
+                f"({why}): " + ("; ".join(lines) or "structures differ")
             )
 
 
