@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from fdl import tree as _tree
-from fdl.per_sample import _core
+from fdl._per_sample import core as _core
 
 __all__ = ["per_sample_grad_norms", "per_sample_grads"]
 
@@ -163,22 +163,10 @@ def per_sample_grad_norms(
     _check_options(chunk_size, method)
 
     def fn(params: Any, *batch: Any) -> Any:
-        _core.batch_size(batch)  # validate before choosing a path
-        if method != "vmap":
-            out = _core.try_rules(
-                loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
-            )
-            if not isinstance(out, str):
-                _, aux, rep = out
-                norms = rep.sq_norms().sqrt()
-                return (norms, aux) if has_aux else norms
-            if method == "rules":
-                raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
-        norms = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32).sqrt()
-        if has_aux:
-            with torch.no_grad():
-                _, aux = _core._split_out(loss_fn(params, *batch), True)
-            return norms, aux
-        return norms
+        sq, aux = _core.sq_norms(
+            loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, method=method
+        )
+        norms = sq.sqrt()
+        return (norms, aux) if has_aux else norms
 
     return fn

@@ -1,5 +1,8 @@
 """Per-sample gradient representations and the two ways of computing them.
 
+Shared by :mod:`fdl.per_sample` (per-example gradients and norms) and
+:mod:`fdl.privacy` (clipped sums), which is why it lives outside both.
+
 A representation answers three questions about the per-example gradients
 ``grad_i`` of a batch without committing to how they are stored:
 ``materialize()`` (every leaf as ``(B, *shape)``), ``sq_norms()`` (``‖grad_i‖²``
@@ -7,7 +10,7 @@ over the whole pytree) and ``weighted_sum(w)`` (``Σ_i w[i] grad_i``).
 
 * :class:`Dense` holds materialised per-example gradients (the ``vmap`` path).
 * :class:`Factored` holds the factors of linear/conv layers recorded by
-  :class:`fdl.per_sample._rules.Recorder` (the ``rules`` path).
+  :class:`fdl._per_sample.rules.Recorder` (the ``rules`` path).
 * :class:`Chunked` concatenates representations of consecutive sub-batches.
 """
 
@@ -19,7 +22,7 @@ from typing import Any, cast
 import torch
 
 from fdl import tree as _tree
-from fdl.per_sample import _rules
+from fdl._per_sample import rules as _rules
 
 LossFn = Callable[..., Any]
 
@@ -385,3 +388,32 @@ def _batch_loss(
         return None, None
     with torch.no_grad():
         return _split_out(loss_fn(params, *batch), has_aux)
+
+
+def sq_norms(
+    loss_fn: LossFn,
+    params: Any,
+    batch: Sequence[Any],
+    *,
+    has_aux: bool,
+    chunk_size: int | None,
+    method: str,
+) -> tuple[torch.Tensor, Any]:
+    """``(‖grad_i‖² of every example, aux)`` without keeping more gradients than needed.
+
+    The rules path never forms per-example gradients of linear layers without
+    sequence axes; the ``vmap`` path holds ``chunk_size`` (default 32) at a time.
+    """
+    batch_size(batch)  # validate before choosing a path
+    if method != "vmap":
+        out = try_rules(
+            loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
+        )
+        if not isinstance(out, str):
+            _, aux, rep = out
+            return rep.sq_norms(), aux
+        if method == "rules":
+            raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
+    sq = vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32)
+    _, aux = _batch_loss(loss_fn, params, batch, has_aux, need=False)
+    return sq, aux
