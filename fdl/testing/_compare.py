@@ -28,6 +28,11 @@ _COMPLEX_TO_REAL = {
 }
 
 
+def _kind(x: Any) -> str:
+    # a leaf in a message: "tensor(2, 3)" or its type name
+    return f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
 def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
     """The default ``(rtol, atol)`` that fdl's comparisons use for ``dtype``.
 
@@ -215,7 +220,7 @@ def _leaf_failure(
             a, e, rtol=rtol, atol=atol, equal_nan=equal_nan, check_dtype=check_dtype
         )
     if a_t or e_t:
-        return f"{ft._kind(a)} vs expected {ft._kind(e)}"
+        return f"{_kind(a)} vs expected {_kind(e)}"
     if isinstance(a, (int, float, complex)) and isinstance(e, (int, float, complex)):
         if (
             isinstance(a, bool)
