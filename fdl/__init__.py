@@ -28,6 +28,7 @@ _SUBMODULES = {
     "optim",
     "per_sample",
     "privacy",
+    "reporting",
     "testing",
     "train",
 }
