@@ -361,11 +361,14 @@ def decompose(
     chunk_size: int | None,
     method: str,
     need_loss: bool,
+    vmap_rep: bool = True,
 ) -> tuple[torch.Tensor | None, Any, Any, str]:
     """Per-example gradients of ``loss_fn`` as a representation.
 
     Returns ``(loss, aux, rep, method_used)``; ``loss``/``aux`` are those of the
-    whole batch (``None`` when not needed and not free).
+    whole batch (``None`` when not needed and not free). With ``vmap_rep=False``
+    the ``vmap`` path returns ``rep=None`` instead of materialising gradients
+    (for callers that compute what they need by ``vmap`` themselves).
     """
     batch_size(batch)
     if method != "vmap":
@@ -376,7 +379,7 @@ def decompose(
             return (*out, "rules")
         if method == "rules":
             raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
-    rep = vmap_dense(loss_fn, params, batch, has_aux, chunk_size)
+    rep = vmap_dense(loss_fn, params, batch, has_aux, chunk_size) if vmap_rep else None
     loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
     return loss, aux, rep, "vmap"
 
@@ -388,32 +391,3 @@ def _batch_loss(
         return None, None
     with torch.no_grad():
         return _split_out(loss_fn(params, *batch), has_aux)
-
-
-def sq_norms(
-    loss_fn: LossFn,
-    params: Any,
-    batch: Sequence[Any],
-    *,
-    has_aux: bool,
-    chunk_size: int | None,
-    method: str,
-) -> tuple[torch.Tensor, Any]:
-    """``(‖grad_i‖² of every example, aux)`` without keeping more gradients than needed.
-
-    The rules path never forms per-example gradients of linear layers without
-    sequence axes; the ``vmap`` path holds ``chunk_size`` (default 32) at a time.
-    """
-    batch_size(batch)  # validate before choosing a path
-    if method != "vmap":
-        out = try_rules(
-            loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
-        )
-        if not isinstance(out, str):
-            _, aux, rep = out
-            return rep.sq_norms(), aux
-        if method == "rules":
-            raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
-    sq = vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32)
-    _, aux = _batch_loss(loss_fn, params, batch, has_aux, need=False)
-    return sq, aux

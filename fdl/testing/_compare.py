@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fdl import tree as ft
+from fdl._leaf import describe as _kind
 
 __all__ = ["assert_trees_close", "default_tolerances"]
 
@@ -26,11 +27,6 @@ _COMPLEX_TO_REAL = {
     torch.complex64: torch.float32,
     torch.complex32: torch.float16,
 }
-
-
-def _kind(x: Any) -> str:
-    # a leaf in a message: "tensor(2, 3)" or its type name
-    return f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:

@@ -9,7 +9,8 @@ import torch
 
 from fdl import random as fr
 from fdl import tree as ft
-from fdl.testing._compare import _check_tolerance_args, _format_failures, _kind, _tree_failures
+from fdl._leaf import describe as _kind
+from fdl.testing._compare import _check_tolerance_args, _format_failures, _tree_failures
 from fdl.testing._pure import assert_pure
 
 __all__ = ["assert_optimizer_parity", "optimizer_problem"]
