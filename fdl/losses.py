@@ -105,6 +105,13 @@ def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:
         )
 
 
+def _elementwise_args(name: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
+    """The checks of the elementwise losses: tensors, equal shapes, a same-shape weight."""
+    _check_tensors(name, input=input, target=target, weight=weight)
+    _check_same_shape(name, input, target)
+    _check_weight_shape(name, input, weight)
+
+
 def _check_weight_shape(name: str, input: Tensor, weight: Tensor | None) -> None:
     if weight is not None and weight.shape != input.shape:
         raise ValueError(
@@ -160,10 +167,8 @@ def mse_loss(
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
         tensor(2.5000)
     """
-    _check_tensors("mse_loss", input=input, target=target, weight=weight)
     reduction = _reduction("mse_loss", reduction, size_average, reduce)
-    _check_same_shape("mse_loss", input, target)
-    _check_weight_shape("mse_loss", input, weight)
+    _elementwise_args("mse_loss", input, target, weight)
     diff = input - target
     loss = diff * diff
     return _reduce_weighted(loss, weight, reduction)
@@ -183,12 +188,7 @@ def l1_loss(
     weight is ``sum(weight * l) / sum(weight)``, as in torch.
 
     Args:
-        input: predictions, any shape.
-        target: same shape as ``input``.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
-        weight: optional per-element weights, same shape as ``input``.
+        input, target, size_average, reduce, reduction, weight: as in :func:`mse_loss`.
 
     Returns:
         The reduced loss, or per-element losses for ``'none'``.
@@ -198,10 +198,8 @@ def l1_loss(
         >>> l1_loss(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]))
         tensor(2.)
     """
-    _check_tensors("l1_loss", input=input, target=target, weight=weight)
     reduction = _reduction("l1_loss", reduction, size_average, reduce)
-    _check_same_shape("l1_loss", input, target)
-    _check_weight_shape("l1_loss", input, weight)
+    _elementwise_args("l1_loss", input, target, weight)
     loss = torch.abs(input - target)
     return _reduce_weighted(loss, weight, reduction)
 
@@ -277,10 +275,8 @@ def huber_loss(
         >>> huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), reduction="none")
         tensor([0.1250, 2.5000])
     """
-    _check_tensors("huber_loss", input=input, target=target, weight=weight)
     reduction = _reduction("huber_loss", reduction)
-    _check_same_shape("huber_loss", input, target)
-    _check_weight_shape("huber_loss", input, weight)
+    _elementwise_args("huber_loss", input, target, weight)
     if delta <= 0:
         raise ValueError(f"huber_loss: delta must be > 0, got {delta}")
     d = torch.abs(input - target)

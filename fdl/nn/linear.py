@@ -76,10 +76,7 @@ class Bilinear(Layer):
     Args:
         in1_features: size of each first input sample.
         in2_features: size of each second input sample.
-        out_features: size of each output sample.
-        bias: whether to learn an additive bias.
-        device: device of the initialised params.
-        dtype: dtype of the initialised params.
+        out_features, bias, device, dtype: as in :class:`Linear`.
 
     Example:
         >>> import fdl, torch
