@@ -29,7 +29,7 @@ class _Scale(Layer):
     """A layer using the base alone: fields, a converter and a cross-field check."""
 
     size: int
-    shape: tuple[int, int] = field(1, converter=int_tuple(2))
+    shape: tuple[int, int] = field(default=1, converter=int_tuple(2))
     _: KW_ONLY
     scale: float = 2.0
 

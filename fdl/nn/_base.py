@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 import torch
 
@@ -93,7 +93,7 @@ def field(
     Example:
         >>> from fdl.nn._base import Layer, field
         >>> class Scale(Layer):
-        ...     factor: float = field(2, converter=lambda v, layer: float(v))
+        ...     factor: float = field(default=2, converter=lambda v, layer: float(v))
         ...     def apply(self, params, x, *, key=None, train=False):
         ...         return x * self.factor
         >>> Scale(3)
@@ -130,17 +130,19 @@ def _checked(apply: Callable[..., Any]) -> Callable[..., Any]:
     return checked_apply
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, field))
 class Layer:
     """Base class of fdl layers: hyperparameters in, pure ``init``/``apply`` out.
 
     Subclasses declare their hyperparameters as annotated fields (``x: int = 1``,
-    or ``x: tuple[int, int] = field(1, converter=...)``) and define ``init``
+    or ``x: tuple[int, int] = field(default=1, converter=...)``) and define ``init``
     (if they have params), ``apply`` and, for running state, ``stateful = True``
     and ``init_state``. The base makes them frozen dataclasses and validates
     ``apply``'s params and state; see the module docstring.
     """
 
     stateful: ClassVar[bool] = False
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # set on every subclass by __init_subclass__
 
     # -- construction ------------------------------------------------------
 

@@ -44,7 +44,7 @@ def int_tuple(
     (convolution's ``padding="same"``).
     """
 
-    def convert(value: Any, layer: Layer) -> Any:
+    def convert(value: Any, layer: Any) -> Any:
         if value is None and none_from is not None:
             return getattr(layer, none_from)
         if isinstance(value, str):

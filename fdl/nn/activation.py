@@ -98,7 +98,7 @@ class GELU(_Activation):
     """
 
     _function = _F.gelu
-    approximate: str = field("none", converter=one_of("none", "tanh"))
+    approximate: str = field(default="none", converter=one_of("none", "tanh"))
 
 
 class SiLU(_Activation):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,19 @@ class _ConvBase(Layer):
 
     _n: ClassVar[int] = 2
     _transposed: ClassVar[bool] = False
+
+    if TYPE_CHECKING:  # declared by each concrete class
+        in_channels: int
+        out_channels: int
+        kernel_size: tuple[int, ...]
+        stride: tuple[int, ...]
+        padding: tuple[int, ...] | str
+        dilation: tuple[int, ...]
+        groups: int
+        bias: bool
+        padding_mode: str
+        device: torch.device | str | None
+        dtype: torch.dtype | None
 
     def _check_fields(self) -> None:
         name = type(self).__name__
@@ -65,7 +78,7 @@ class _ConvBase(Layer):
             return x, 0
         pads: list[int] = []
         for d in reversed(range(self._n)):
-            if self.padding == "same":
+            if isinstance(self.padding, str):  # "same"
                 total = self.dilation[d] * (self.kernel_size[d] - 1)
                 pads += [total // 2, total - total // 2]
             else:
@@ -79,12 +92,12 @@ class _Conv(_ConvBase):
     in_channels: int
     out_channels: int
     kernel_size: tuple[int, ...] = field(converter=int_tuple())
-    stride: tuple[int, ...] = field(1, converter=int_tuple())
-    padding: tuple[int, ...] | str = field(0, converter=int_tuple(words=("same", "valid")))
-    dilation: tuple[int, ...] = field(1, converter=int_tuple())
+    stride: tuple[int, ...] = field(default=1, converter=int_tuple())
+    padding: tuple[int, ...] | str = field(default=0, converter=int_tuple(words=("same", "valid")))
+    dilation: tuple[int, ...] = field(default=1, converter=int_tuple())
     groups: int = 1
     bias: bool = True
-    padding_mode: str = field("zeros", converter=one_of(*_PADDING_MODES))
+    padding_mode: str = field(default="zeros", converter=one_of(*_PADDING_MODES))
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
 
@@ -195,13 +208,13 @@ class ConvTranspose2d(_ConvBase):
     in_channels: int
     out_channels: int
     kernel_size: tuple[int, int] = field(converter=int_tuple())
-    stride: tuple[int, int] = field(1, converter=int_tuple())
-    padding: tuple[int, int] = field(0, converter=int_tuple())
-    output_padding: tuple[int, int] = field(0, converter=int_tuple())
+    stride: tuple[int, int] = field(default=1, converter=int_tuple())
+    padding: tuple[int, int] = field(default=0, converter=int_tuple())
+    output_padding: tuple[int, int] = field(default=0, converter=int_tuple())
     groups: int = 1
     bias: bool = True
-    dilation: tuple[int, int] = field(1, converter=int_tuple())
-    padding_mode: str = field("zeros", converter=one_of("zeros"))
+    dilation: tuple[int, int] = field(default=1, converter=int_tuple())
+    padding_mode: str = field(default="zeros", converter=one_of("zeros"))
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
 

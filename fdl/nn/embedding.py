@@ -63,7 +63,7 @@ class Embedding(Layer):
 
     num_embeddings: int
     embedding_dim: int
-    padding_idx: int | None = field(None, converter=_row_index)
+    padding_idx: int | None = field(default=None, converter=_row_index)
     max_norm: float | None = None
     norm_type: float = 2.0
     scale_grad_by_freq: bool = False

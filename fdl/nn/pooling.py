@@ -23,8 +23,8 @@ class _Pool(Layer):
     _n: ClassVar[int] = 2
 
     kernel_size: _Size = field(converter=int_tuple())
-    stride: _Size = field(None, converter=int_tuple(none_from="kernel_size"))
-    padding: _Size = field(0, converter=int_tuple())
+    stride: _Size = field(default=None, converter=int_tuple(none_from="kernel_size"))
+    padding: _Size = field(default=0, converter=int_tuple())
 
     def _check_fields(self) -> None:
         dilation = getattr(self, "dilation", (1,) * self._n)
@@ -43,7 +43,7 @@ class _Pool(Layer):
 class _MaxPool(_Pool):
     """Fields and ``apply`` shared by :class:`MaxPool1d` and :class:`MaxPool2d`."""
 
-    dilation: _Size = field(1, converter=int_tuple())
+    dilation: _Size = field(default=1, converter=int_tuple())
     return_indices: bool = False
     ceil_mode: bool = False
 
@@ -187,7 +187,7 @@ class AdaptiveAvgPool2d(Layer):
         torch.Size([2, 3, 1, 1])
     """
 
-    output_size: int | tuple[int | None, ...] = field(converter=_output_size)
+    output_size: int | tuple[int | None, int | None] = field(converter=_output_size)
 
     def apply(
         self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
