@@ -318,3 +318,9 @@ def log_softmax(
     d = _softmax_dim("log_softmax", input, dim)
     z = input - _stable_max(input, d)
     return z - torch.log(torch.sum(torch.exp(z), dim=d, keepdim=True))
+
+
+# The normalisations moved to fdl.nn._functional_norms; importable here too, for code
+# written before the move (the public names are fdl.nn.functional.layer_norm, ...).
+from fdl.nn._functional_norms import batch_norm, group_norm, layer_norm  # noqa: E402, F401
+from fdl.nn._functional_norms import batch_stats as _batch_stats  # noqa: E402, F401

@@ -36,13 +36,21 @@ __all__ = [
 
 
 class _Activation(Layer):
-    """Shared ``apply``: the functional form ``_function`` called with the layer's fields.
+    """Shared ``apply`` of the parameter-free activation layers: ``y = _forward(x)``.
 
-    ``apply(params, x)`` is ``_function(x, **fields)``, every field except
-    ``inplace`` passed by name (``LeakyReLU(0.2)`` calls ``leaky_relu(x, negative_slope=0.2)``).
+    ``_forward`` calls the functional form ``_function`` with the layer's fields by
+    name, every field but ``inplace`` (``LeakyReLU(0.2)`` calls
+    ``leaky_relu(x, negative_slope=0.2)``); a layer whose functional form takes other
+    arguments overrides ``_forward``.
     """
 
     _function: ClassVar[Callable[..., Tensor]]
+
+    def _forward(self, x: Tensor) -> Tensor:
+        options: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "inplace"
+        }
+        return type(self)._function(x, **options)
 
     def apply(
         self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
@@ -59,10 +67,7 @@ class _Activation(Layer):
             A tensor of ``x``'s shape.
         """
         check_tensor(self, x)
-        options: dict[str, Any] = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "inplace"
-        }
-        return type(self)._function(x, **options)
+        return self._forward(x)
 
 
 class ReLU(_Activation):
