@@ -243,12 +243,14 @@ class Layer:
         Missing and extra entries and wrong shapes are all listed (empty sub-dicts of
         parameterless children are accepted). ``where`` prefixes the paths.
         """
-        expected = self.param_shapes()
+        expected = self._cached("param_spec", lambda: _prune(self.param_shapes()))
         if where:
             expected, params = {where: expected}, {where: params}
+        if _tree.structure(params) != _tree.structure(expected):
+            params = _prune(params)  # an empty entry for a parameterless child is accepted
         _tree.check_match(
-            _prune(params),
-            _prune(expected),
+            params,
+            expected,
             got_name="the params",
             expected_name="the layer",
             check_shapes=True,
@@ -269,9 +271,12 @@ class Layer:
                 f"{name}: this layer has running state; pass state=... "
                 "(from init_state()) and take (y, new_state) back"
             )
+        expected = self._cached("state_spec", lambda: _prune(self.state_shapes()))
+        if _tree.structure(state) != _tree.structure(expected):
+            state = _prune(state)
         _tree.check_match(
-            _prune(state),
-            _prune(self.state_shapes()),
+            state,
+            expected,
             got_name="the state",
             expected_name="init_state()",
             check_shapes=True,
