@@ -16,8 +16,11 @@ Where fdl differs from torch:
 
 * ``input`` and ``target`` of the elementwise losses must have the same shape
   (torch broadcasts them with a warning that the result is probably wrong).
-* Data-dependent checks (class indices in range, BCE inputs in ``[0, 1]``) run
-  eagerly only; inside ``torch.compile`` or ``vmap`` they are skipped.
+* Values torch rejects (class indices out of range, BCE inputs or targets
+  outside ``[0, 1]``) raise ``ValueError`` naming the argument. These checks read
+  tensor values, so they run eagerly only (``fdl._eager.validating()``); inside
+  ``torch.compile``, ``vmap`` or on the meta device they are skipped and the
+  formula runs on the values as given (see ``docs/losses.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Any
 
 import torch
 
-from fdl.nn._functional_activations import log_softmax, logsigmoid
+from fdl import _eager
+from fdl.nn.functional import log_softmax, logsigmoid
 
 __all__ = [
     "binary_cross_entropy",
@@ -101,6 +105,13 @@ def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:
         )
 
 
+def _elementwise_args(name: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
+    """The checks of the elementwise losses: tensors, equal shapes, a same-shape weight."""
+    _check_tensors(name, input=input, target=target, weight=weight)
+    _check_same_shape(name, input, target)
+    _check_weight_shape(name, input, weight)
+
+
 def _check_weight_shape(name: str, input: Tensor, weight: Tensor | None) -> None:
     if weight is not None and weight.shape != input.shape:
         raise ValueError(
@@ -115,7 +126,7 @@ def _any_true(cond: Tensor) -> bool:
     Returns ``False`` (check skipped) inside ``torch.compile``, ``vmap`` and on
     the meta device, where a tensor's values cannot be inspected.
     """
-    if torch.compiler.is_compiling():
+    if not _eager.validating():
         return False
     try:
         return bool(cond.any())
@@ -156,10 +167,8 @@ def mse_loss(
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
         tensor(2.5000)
     """
-    _check_tensors("mse_loss", input=input, target=target, weight=weight)
     reduction = _reduction("mse_loss", reduction, size_average, reduce)
-    _check_same_shape("mse_loss", input, target)
-    _check_weight_shape("mse_loss", input, weight)
+    _elementwise_args("mse_loss", input, target, weight)
     diff = input - target
     loss = diff * diff
     return _reduce_weighted(loss, weight, reduction)
@@ -179,12 +188,7 @@ def l1_loss(
     weight is ``sum(weight * l) / sum(weight)``, as in torch.
 
     Args:
-        input: predictions, any shape.
-        target: same shape as ``input``.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
-        weight: optional per-element weights, same shape as ``input``.
+        input, target, size_average, reduce, reduction, weight: as in :func:`mse_loss`.
 
     Returns:
         The reduced loss, or per-element losses for ``'none'``.
@@ -194,10 +198,8 @@ def l1_loss(
         >>> l1_loss(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]))
         tensor(2.)
     """
-    _check_tensors("l1_loss", input=input, target=target, weight=weight)
     reduction = _reduction("l1_loss", reduction, size_average, reduce)
-    _check_same_shape("l1_loss", input, target)
-    _check_weight_shape("l1_loss", input, weight)
+    _elementwise_args("l1_loss", input, target, weight)
     loss = torch.abs(input - target)
     return _reduce_weighted(loss, weight, reduction)
 
@@ -273,10 +275,8 @@ def huber_loss(
         >>> huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), reduction="none")
         tensor([0.1250, 2.5000])
     """
-    _check_tensors("huber_loss", input=input, target=target, weight=weight)
     reduction = _reduction("huber_loss", reduction)
-    _check_same_shape("huber_loss", input, target)
-    _check_weight_shape("huber_loss", input, weight)
+    _elementwise_args("huber_loss", input, target, weight)
     if delta <= 0:
         raise ValueError(f"huber_loss: delta must be > 0, got {delta}")
     d = torch.abs(input - target)
@@ -364,8 +364,9 @@ def binary_cross_entropy(
     _check_same_shape(name, input, target)
     if weight is not None:
         _check_broadcast_weight(name, input, weight, "weight")
-    if _any_true((input < 0) | (input > 1)):
-        raise ValueError(f"{name}: every element of input must be in [0, 1]")
+    for arg, value in (("input", input), ("target", target)):
+        if _any_true(~((value >= 0) & (value <= 1))):  # NaN fails too, as in torch
+            raise ValueError(f"{name}: every element of {arg} must be in [0, 1]")
     loss = _BinaryCrossEntropy.apply(input, target)
     if weight is not None:
         loss = loss * weight
@@ -494,6 +495,21 @@ def _nll(
     return loss, w, valid
 
 
+def _reduce_examples(
+    loss: Tensor, reduction: str, unbatched: bool, weights: Tensor | int
+) -> Tensor:
+    """Reduce per-example losses ``(N, *)``: ``'mean'`` is ``sum(loss) / sum(weights)``.
+
+    ``weights`` are the per-example weights (torch's weighted mean) or their count;
+    ``'none'`` of an unbatched ``(C,)`` input gives a scalar.
+    """
+    if reduction == "none":
+        return loss.squeeze(0) if unbatched else loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (weights.sum() if isinstance(weights, Tensor) else weights)
+
+
 def nll_loss(
     input: Tensor,
     target: Tensor,
@@ -536,11 +552,7 @@ def nll_loss(
     target = _check_index_target(name, x, target, unbatched, ignore_index)
     _check_class_weight(name, weight, x.shape[1])
     loss, w, _ = _nll(x, target, weight, ignore_index)
-    if reduction == "none":
-        return loss.squeeze(0) if unbatched else loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / w.sum()
+    return _reduce_examples(loss, reduction, unbatched, w)
 
 
 def cross_entropy(
@@ -615,11 +627,7 @@ def cross_entropy(
         if weight is not None:
             terms = terms * weight.reshape(w_shape)
         loss = -terms.sum(1)  # (N, *)
-        if reduction == "none":
-            return loss.squeeze(0) if unbatched else loss
-        if reduction == "sum":
-            return loss.sum()
-        return loss.sum() / (x.numel() // c)
+        return _reduce_examples(loss, reduction, unbatched, x.numel() // c)
 
     if target.dtype == torch.bool or target.is_complex():
         raise ValueError(
@@ -639,11 +647,7 @@ def cross_entropy(
             return (1 - label_smoothing) * (loss.sum() / denom) + (label_smoothing / c) * (
                 smooth.sum() / denom
             )
-    if reduction == "none":
-        return loss.squeeze(0) if unbatched else loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / w.sum()
+    return _reduce_examples(loss, reduction, unbatched, w)
 
 
 def kl_div(

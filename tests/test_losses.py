@@ -429,3 +429,66 @@ def test_all_ignored_mean_is_nan_like_torch():
     x = torch.randn(3, 4, dtype=torch.float64)
     t = torch.full((3,), -100)
     assert torch.isnan(L.cross_entropy(x, t)) and torch.isnan(F.cross_entropy(x, t))
+
+
+# --------------------------------------------------------------------------- values torch rejects
+# (name, loss name, input, target, kwargs, the argument fdl's message must name). torch's
+# function must reject the same call (checked below), so the list cannot drift from torch.
+
+_P = torch.tensor([[0.2, 0.7], [0.5, 0.9]], dtype=torch.float64)
+_T = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+_LOGITS = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+_NAN = float("nan")
+
+REJECTED = [
+    ("bce input > 1", "binary_cross_entropy", _P + 0.5, _T, {}, "input"),
+    ("bce input < 0", "binary_cross_entropy", _P - 0.6, _T, {}, "input"),
+    ("bce input nan", "binary_cross_entropy", _P.where(_P != 0.5, _NAN), _T, {}, "input"),
+    ("bce target > 1", "binary_cross_entropy", _P, _T * 1.5, {}, "target"),
+    ("bce target < 0", "binary_cross_entropy", _P, _T - 0.5, {}, "target"),
+    ("nll index = C", "nll_loss", _LOGITS, torch.tensor([0, 4, 1]), {}, "target"),
+    ("nll index < 0", "nll_loss", _LOGITS, torch.tensor([0, -2, 1]), {}, "target"),
+    ("ce index = C", "cross_entropy", _LOGITS, torch.tensor([0, 1, 4]), {}, "target"),
+    (
+        "ce smoothing > 1",
+        "cross_entropy",
+        _LOGITS,
+        torch.tensor([0, 1, 2]),
+        {"label_smoothing": 1.5},
+        "label_smoothing",
+    ),  # fmt: skip
+    ("smooth_l1 beta < 0", "smooth_l1_loss", _P, _T, {"beta": -1.0}, "beta"),
+    ("huber delta = 0", "huber_loss", _P, _T, {"delta": 0.0}, "delta"),
+]
+
+# values torch accepts although they are outside a loss's usual domain: fdl gives torch's result
+ACCEPTED = [
+    ("bce with logits target > 1", "binary_cross_entropy_with_logits", _P, _T * 1.5, {}),
+    ("ce probability target < 0", "cross_entropy", _LOGITS, _LOGITS.softmax(1) - 0.2, {}),
+    ("kl_div target < 0", "kl_div", _P.log(), _T - 0.5, {"reduction": "sum"}),
+    ("kl_div input > 0", "kl_div", _P + 1.0, _T, {"reduction": "batchmean"}),
+    ("nll ignored index out of range", "nll_loss", _LOGITS, torch.tensor([0, -100, 1]), {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "x", "t", "kw", "arg"), REJECTED, ids=[r[0] for r in REJECTED]
+)
+def test_values_torch_rejects_raise_naming_the_argument(name, loss, x, t, kw, arg):
+    with pytest.raises((RuntimeError, IndexError, ValueError)):
+        getattr(F, loss)(x, t, **kw)
+    with pytest.raises(ValueError, match=rf"^{loss}: .*{arg}"):
+        getattr(L, loss)(x, t, **kw)
+
+
+@pytest.mark.parametrize(("name", "loss", "x", "t", "kw"), ACCEPTED, ids=[r[0] for r in ACCEPTED])
+def test_values_torch_accepts_give_torchs_result(name, loss, x, t, kw):
+    _close(getattr(L, loss)(x, t, **kw), getattr(F, loss)(x, t, **kw), torch.float64, name)
+
+
+def test_rejection_checks_are_skipped_while_compiling():
+    """Documented behaviour: under torch.compile the formula runs on the values as given."""
+    torch._dynamo.reset()
+    x, t = _P + 0.5, _T  # input > 1: log(1 - input) is NaN
+    fn = torch.compile(L.binary_cross_entropy, fullgraph=True, backend="eager")
+    assert torch.isnan(fn(x, t))

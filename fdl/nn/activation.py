@@ -14,13 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import torch
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from fdl.nn import _functional_activations as _F
-from fdl.nn._base import Layer, Params
+from fdl.nn._base import Layer, OptKey, Params, Tensor, field
+from fdl.nn._layer_utils import check_tensor, one_of
 
 __all__ = [
     "ELU",
@@ -36,23 +36,25 @@ __all__ = [
 
 
 class _Activation(Layer):
-    """Shared ``apply`` of the parameter-free activation layers."""
+    """Shared ``apply`` of the parameter-free activation layers: ``y = _forward(x)``.
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    ``_forward`` calls the functional form ``_function`` with the layer's fields by
+    name, every field but ``inplace`` (``LeakyReLU(0.2)`` calls
+    ``leaky_relu(x, negative_slope=0.2)``); a layer whose functional form takes other
+    arguments overrides ``_forward``.
+    """
 
-    def param_shapes(self) -> Params:
-        """``{}``: activations have no parameters."""
-        return {}
+    _function: ClassVar[Callable[..., Tensor]]
+
+    def _forward(self, x: Tensor) -> Tensor:
+        options: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "inplace"
+        }
+        return type(self)._function(x, **options)
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: Any = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``y = f(x)`` elementwise (softmax family: along ``dim``); any input shape.
 
         Args:
@@ -64,48 +66,33 @@ class _Activation(Layer):
         Returns:
             A tensor of ``x``'s shape.
         """
-        if not torch.compiler.is_compiling():  # validated eagerly; dynamo cannot trace optree
-            self.check_params(params)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(
-                f"{type(self).__name__}: expected a tensor input, got {type(x).__name__}"
-            )
+        check_tensor(self, x)
         return self._forward(x)
 
 
-@dataclass(frozen=True)
 class ReLU(_Activation):
     """``y = max(x, 0)``; see :func:`fdl.nn.functional.relu`. ``inplace`` has no effect."""
 
+    _function = _F.relu
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.relu(x)
 
-
-@dataclass(frozen=True)
 class LeakyReLU(_Activation):
     """``y = where(x > 0, x, negative_slope * x)``. ``inplace`` has no effect."""
 
+    _function = _F.leaky_relu
     negative_slope: float = 0.01
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.leaky_relu(x, self.negative_slope)
 
-
-@dataclass(frozen=True)
 class ELU(_Activation):
     """``y = where(x > 0, x, alpha * (exp(x) - 1))``. ``inplace`` has no effect."""
 
+    _function = _F.elu
     alpha: float = 1.0
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.elu(x, self.alpha)
 
-
-@dataclass(frozen=True)
 class GELU(_Activation):
     """Gaussian error linear unit, exact (``'none'``) or ``'tanh'`` approximation.
 
@@ -115,59 +102,38 @@ class GELU(_Activation):
         tensor([0., 0.])
     """
 
-    approximate: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.approximate not in ("none", "tanh"):
-            raise ValueError(
-                f"GELU: approximate must be 'none' or 'tanh', got {self.approximate!r}"
-            )
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.gelu(x, approximate=self.approximate)
+    _function = _F.gelu
+    approximate: str = field(default="none", converter=one_of("none", "tanh"))
 
 
-@dataclass(frozen=True)
 class SiLU(_Activation):
     """``y = x * sigmoid(x)``. ``inplace`` has no effect."""
 
+    _function = _F.silu
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.silu(x)
 
-
-@dataclass(frozen=True)
 class Sigmoid(_Activation):
     """``y = 1 / (1 + exp(-x))``."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.sigmoid(x)
+    _function = _F.sigmoid
 
 
-@dataclass(frozen=True)
 class Tanh(_Activation):
     """``y = tanh(x)``."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.tanh(x)
+    _function = _F.tanh
 
 
-@dataclass(frozen=True)
 class Softmax(_Activation):
     """Softmax along ``dim`` (``None``: torch's legacy default); slices sum to one."""
 
+    _function = _F.softmax
     dim: int | None = None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.softmax(x, self.dim)
 
-
-@dataclass(frozen=True)
 class LogSoftmax(_Activation):
     """Log-softmax along ``dim`` (``None``: torch's legacy default)."""
 
+    _function = _F.log_softmax
     dim: int | None = None
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.log_softmax(x, self.dim)

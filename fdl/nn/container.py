@@ -6,26 +6,11 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from fdl import random as _random
-from fdl import tree as _tree
-from fdl.nn._base import Layer, Params, State, eval_shape
+from fdl.nn._base import Layer, Params, State
 from fdl.nn._layer_utils import split_key
 
 __all__ = ["Sequential"]
-
-
-def _prune(tree: Any) -> Any:
-    """Drop empty sub-dicts, so ``{"0": {...}, "1": {}}`` equals ``{"0": {...}}``."""
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for k, v in tree.items():
-        v = _prune(v)
-        if not (isinstance(v, dict) and not v):
-            out[k] = v
-    return out
 
 
 class Sequential(Layer):
@@ -45,6 +30,10 @@ class Sequential(Layer):
     ``init_state()`` returns the children's states keyed like params, and
     ``apply(params, x, state=state, ...)`` returns ``(y, new_state)``.
     Otherwise ``apply`` returns ``y`` alone.
+
+    Validation: the top-level ``apply`` checks the whole params and state trees
+    once (every differing leaf named by its dotted path, e.g. ``'fc2.bias'``);
+    the children then run unchecked.
 
     Children are reachable by index (``seq[0]``), slice (a new Sequential
     keeping the names, as torch) and name (``seq.conv1``).
@@ -87,19 +76,15 @@ class Sequential(Layer):
                     f"Sequential: child {name!r} must be an fdl.nn layer, "
                     f"got {type(layer).__name__}"
                 )
-        object.__setattr__(self, "_layers", tuple(items))
+        self._init_attributes(_layers=tuple(items))
         # shapes for validation, computed now (on meta, cheaply) rather than on the
         # first apply, which may run inside torch.func transforms
         for _, layer in items:
             layer.param_shapes()
         self.param_shapes()
-        if self.stateful:
-            object.__setattr__(self, "_state_shapes_cache", eval_shape(self.init_state))
+        self.state_shapes()
 
     # -- container protocol ------------------------------------------------
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Sequential is immutable; build a new one instead")
 
     def __getattr__(self, name: str) -> Layer:
         layers = self.__dict__.get("_layers", ())
@@ -159,29 +144,6 @@ class Sequential(Layer):
                 state[name] = s
         return state
 
-    def check_params(self, params: Params, where: str = "") -> None:
-        """Raise ``ValueError`` naming the path and both shapes if ``params`` is wrong."""
-        super().check_params(_prune(params), where)
-
-    def _check_state(self, state: Any) -> None:
-        expected = self.__dict__.get("_state_shapes_cache")
-        if expected is None:
-            expected = eval_shape(self.init_state)
-            object.__setattr__(self, "_state_shapes_cache", expected)
-        diff = (
-            _tree.first_difference(_prune(state), expected)
-            if isinstance(state, dict)
-            else (
-                "<root>",
-                f"expected a dict, got {type(state).__name__}",
-            )
-        )
-        if diff is not None:
-            raise ValueError(
-                f"Sequential: state at '{diff[0]}' does not match the layers: {diff[1]} "
-                "(build it with init_state())"
-            )
-
     def apply(
         self,
         params: Params,
@@ -193,19 +155,6 @@ class Sequential(Layer):
     ) -> Any:
         """Thread ``x`` through the children; returns ``y``, or ``(y, new_state)`` if stateful."""
         stateful = self.stateful
-        if not torch.compiler.is_compiling():
-            self.check_params(params)
-            if stateful:
-                if state is None:
-                    raise ValueError(
-                        "Sequential: this model has stateful layers; pass state=... "
-                        "(from model.init_state()) and take (y, new_state) back"
-                    )
-                self._check_state(state)
-            elif state is not None and _prune(state):
-                raise ValueError(
-                    "Sequential: this model has no stateful layers but got a non-empty state"
-                )
         keys = _random.split(key, len(self._layers)) if key is not None else None
         new_state: State = {}
         for i, (name, layer) in enumerate(self._layers):
@@ -213,9 +162,9 @@ class Sequential(Layer):
             k = keys[i] if keys is not None else None
             if layer.stateful:
                 assert state is not None
-                x, s = layer.apply(p, x, state=state.get(name, {}), key=k, train=train)
+                x, s = layer._apply_unchecked(p, x, state=state.get(name, {}), key=k, train=train)
                 if s:
                     new_state[name] = s
             else:
-                x = layer.apply(p, x, key=k, train=train)
+                x = layer._apply_unchecked(p, x, key=k, train=train)
         return (x, new_state) if stateful else x

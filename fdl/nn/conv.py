@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from fdl import random as _random
 from fdl.nn import _functional_layers as _F
-from fdl.nn import init as _init
-from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_input, check_params_fast, ntuple, split_key
+from fdl.nn._base import Layer, OptKey, Params, Tensor, field
+from fdl.nn._layer_utils import affine_init, check_input, int_tuple, one_of
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
 
@@ -22,56 +19,39 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class _ConvBase(Layer):
-    """Shared init, validation and padding of the convolution layers (``n`` spatial dims)."""
+    """Checks, init and padding shared by the convolution layers (``_n`` spatial dims).
 
-    _n: int = 2
-    _transposed: bool = False
+    Each concrete class declares its fields itself, in torch's argument order.
+    """
 
-    in_channels: int
-    out_channels: int
-    kernel_size: Any
-    stride: Any
-    padding: Any
-    dilation: Any
-    groups: int
-    bias: bool
-    padding_mode: str
-    device: torch.device | str | None
-    dtype: torch.dtype | None
+    _n: ClassVar[int] = 2
+    _transposed: ClassVar[bool] = False
 
-    def _normalise(self) -> None:
-        name, n = type(self).__name__, self._n
+    if TYPE_CHECKING:  # declared by each concrete class
+        in_channels: int
+        out_channels: int
+        kernel_size: tuple[int, ...]
+        stride: tuple[int, ...]
+        padding: tuple[int, ...] | str
+        dilation: tuple[int, ...]
+        groups: int
+        bias: bool
+        padding_mode: str
+        device: torch.device | str | None
+        dtype: torch.dtype | None
+
+    def _check_fields(self) -> None:
+        name = type(self).__name__
         if self.groups <= 0:
             raise ValueError(f"{name}: groups must be a positive integer, got {self.groups}")
-        if self.in_channels % self.groups != 0:
-            raise ValueError(
-                f"{name}: in_channels ({self.in_channels}) must be divisible by groups "
-                f"({self.groups})"
-            )
-        if self.out_channels % self.groups != 0:
-            raise ValueError(
-                f"{name}: out_channels ({self.out_channels}) must be divisible by groups "
-                f"({self.groups})"
-            )
-        for field in ("kernel_size", "stride", "dilation"):
-            object.__setattr__(self, field, ntuple(getattr(self, field), n, field, name))
-        if isinstance(self.padding, str):
-            if self._transposed or self.padding not in ("same", "valid"):
-                allowed = (
-                    "an int or tuple" if self._transposed else "'same', 'valid', an int or tuple"
-                )
-                raise ValueError(f"{name}: padding must be {allowed}, got {self.padding!r}")
-            if self.padding == "same" and any(s != 1 for s in self.stride):
+        for arg in ("in_channels", "out_channels"):
+            if getattr(self, arg) % self.groups != 0:
                 raise ValueError(
-                    f"{name}: padding='same' is not supported for strided convolutions"
+                    f"{name}: {arg} ({getattr(self, arg)}) must be divisible by groups "
+                    f"({self.groups})"
                 )
-        else:
-            object.__setattr__(self, "padding", ntuple(self.padding, n, "padding", name))
-        allowed_modes = ("zeros",) if self._transposed else _PADDING_MODES
-        if self.padding_mode not in allowed_modes:
-            raise ValueError(
-                f"{name}: padding_mode must be one of {allowed_modes}, got {self.padding_mode!r}"
-            )
+        if self.padding == "same" and any(s != 1 for s in self.stride):
+            raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
 
     def _weight_shape(self) -> tuple[int, ...]:
         if self._transposed:
@@ -80,29 +60,17 @@ class _ConvBase(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Draw ``weight`` and ``bias`` from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-        kw, kb = split_key(key)
-        shape = self._weight_shape()
-        opts: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
-        params = {"weight": _init.kaiming_uniform(kw, shape, a=math.sqrt(5), **opts)}
-        if self.bias:
-            fan_in = _init.fans(shape)[0]
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            params["bias"] = _init.uniform(kb, (self.out_channels,), -bound, bound, **opts)
-        return params
+        bias = self.out_channels if self.bias else None
+        return affine_init(key, self._weight_shape(), bias, dtype=self.dtype, device=self.device)
 
-    def _check(self, params: Params, x: torch.Tensor) -> None:
-        check_params_fast(self, params)
-        spatial = ", ".join("HW"[i] if self._n == 2 else "L" for i in range(self._n))
+    def _check_input(self, x: Tensor) -> None:
+        c, spatial = self.in_channels, ("L" if self._n == 1 else "H, W")
         check_input(
-            self,
-            x,
-            (self._n + 1, self._n + 2),
-            f"(N, {self.in_channels}, {spatial}) or ({self.in_channels}, {spatial})",
-            -self._n - 1,
-            self.in_channels,
-        )
+            self, x, (self._n + 1, self._n + 2), f"(N, {c}, {spatial}) or ({c}, {spatial})",
+            -self._n - 1, c,
+        )  # fmt: skip
 
-    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def _padded(self, x: Tensor) -> tuple[Tensor, Any]:
         """Apply a non-zero padding mode explicitly; return the input and the conv padding."""
         if self.padding_mode == "zeros":
             return x, self.padding
@@ -110,7 +78,7 @@ class _ConvBase(Layer):
             return x, 0
         pads: list[int] = []
         for d in reversed(range(self._n)):
-            if self.padding == "same":
+            if isinstance(self.padding, str):  # "same"
                 total = self.dilation[d] * (self.kernel_size[d] - 1)
                 pads += [total // 2, total - total // 2]
             else:
@@ -118,49 +86,32 @@ class _ConvBase(Layer):
         return F.pad(x, pads, mode=self.padding_mode), 0
 
 
-@dataclass(frozen=True)
 class _Conv(_ConvBase):
     """Fields and ``apply`` shared by :class:`Conv1d` and :class:`Conv2d`."""
 
     in_channels: int
     out_channels: int
-    kernel_size: int | tuple[int, ...]
-    stride: int | tuple[int, ...] = 1
-    padding: int | tuple[int, ...] | str = 0
-    dilation: int | tuple[int, ...] = 1
+    kernel_size: tuple[int, ...] = field(converter=int_tuple())
+    stride: tuple[int, ...] = field(default=1, converter=int_tuple())
+    padding: tuple[int, ...] | str = field(default=0, converter=int_tuple(words=("same", "valid")))
+    dilation: tuple[int, ...] = field(default=1, converter=int_tuple())
     groups: int = 1
     bias: bool = True
-    padding_mode: str = "zeros"
+    padding_mode: str = field(default="zeros", converter=one_of(*_PADDING_MODES))
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
 
-    def __post_init__(self) -> None:
-        self._normalise()
-
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(N, C_in, *spatial) -> (N, C_out, *spatial_out)``."""
-        self._check(params, x)
+        self._check_input(x)
         x, padding = self._padded(x)
         conv = _F.conv1d if self._n == 1 else _F.conv2d
-        return conv(
-            x,
-            params["weight"],
-            params.get("bias"),
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-        )
+        w, b = params["weight"], params.get("bias")
+        return conv(x, w, b, self.stride, padding, self.dilation, self.groups)
 
 
-@dataclass(frozen=True)
 class Conv1d(_Conv):
     r"""1-d convolution (cross-correlation), as ``torch.nn.Conv1d``.
 
@@ -172,17 +123,8 @@ class Conv1d(_Conv):
     ``L_out = floor((L_in + 2 padding - dilation (kernel_size - 1) - 1) / stride + 1)``.
 
     Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        kernel_size: window length.
-        stride: step of the window.
-        padding: int, 1-tuple, ``"same"`` or ``"valid"``.
-        dilation: spacing between kernel elements.
-        groups: blocked connections from input to output channels.
-        bias: whether to learn an additive bias.
-        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
-        device: device of the initialised params.
-        dtype: dtype of the initialised params.
+        Those of :class:`Conv2d`, with ints or 1-tuples for the window arguments
+        (``kernel_size``, ``stride``, ``padding``, ``dilation``).
 
     Example:
         >>> import fdl, torch
@@ -191,10 +133,9 @@ class Conv1d(_Conv):
         torch.Size([8, 4, 10])
     """
 
-    _n = 1
+    _n: ClassVar[int] = 1
 
 
-@dataclass(frozen=True)
 class Conv2d(_Conv):
     r"""2-d convolution (cross-correlation), as ``torch.nn.Conv2d``.
 
@@ -227,10 +168,9 @@ class Conv2d(_Conv):
         torch.Size([64, 32, 28, 28])
     """
 
-    _n = 2
+    _n: ClassVar[int] = 2
 
 
-@dataclass(frozen=True)
 class ConvTranspose2d(_ConvBase):
     r"""Transposed 2-d convolution, as ``torch.nn.ConvTranspose2d``.
 
@@ -263,46 +203,33 @@ class ConvTranspose2d(_ConvBase):
         torch.Size([2, 4, 14, 14])
     """
 
-    _n = 2
-    _transposed = True
+    _transposed: ClassVar[bool] = True
 
     in_channels: int
     out_channels: int
-    kernel_size: int | tuple[int, ...]
-    stride: int | tuple[int, ...] = 1
-    padding: int | tuple[int, ...] = 0
-    output_padding: int | tuple[int, ...] = 0
+    kernel_size: tuple[int, int] = field(converter=int_tuple())
+    stride: tuple[int, int] = field(default=1, converter=int_tuple())
+    padding: tuple[int, int] = field(default=0, converter=int_tuple())
+    output_padding: tuple[int, int] = field(default=0, converter=int_tuple())
     groups: int = 1
     bias: bool = True
-    dilation: int | tuple[int, ...] = 1
-    padding_mode: str = "zeros"
+    dilation: tuple[int, int] = field(default=1, converter=int_tuple())
+    padding_mode: str = field(default="zeros", converter=one_of("zeros"))
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
 
-    def __post_init__(self) -> None:
-        self._normalise()
-        op = ntuple(self.output_padding, 2, "output_padding", "ConvTranspose2d")
-        object.__setattr__(self, "output_padding", op)
-        stride, dilation = self._tuples()[:2]
-        for d in range(2):
-            if op[d] >= max(stride[d], dilation[d]):
-                raise ValueError(
-                    "ConvTranspose2d: output_padding must be smaller than either stride or "
-                    f"dilation, got output_padding={op}, stride={self.stride}, "
-                    f"dilation={self.dilation}"
-                )
+    def _check_fields(self) -> None:
+        super()._check_fields()
+        op, stride, dilation = self.output_padding, self.stride, self.dilation
+        if any(op[d] >= max(stride[d], dilation[d]) for d in range(2)):
+            raise ValueError(
+                "ConvTranspose2d: output_padding must be smaller than either stride or "
+                f"dilation, got output_padding={op}, stride={stride}, dilation={dilation}"
+            )
 
-    def _tuples(self) -> tuple[tuple[int, ...], ...]:
-        """``(stride, dilation, padding, kernel_size, output_padding)``, normalised to tuples."""
-        fields = (self.stride, self.dilation, self.padding, self.kernel_size, self.output_padding)
-        return tuple(ntuple(f, 2, "size", "ConvTranspose2d") for f in fields)
-
-    def _output_padding(
-        self, x: torch.Tensor, output_size: Sequence[int] | None
-    ) -> tuple[int, ...]:
-        stride, dilation, padding, kernel, output_padding = self._tuples()
+    def _output_padding(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, ...]:
         if output_size is None:
-            return output_padding
+            return self.output_padding
         size = [int(s) for s in output_size]
         if len(size) == x.dim():
             size = size[-2:]
@@ -310,6 +237,9 @@ class ConvTranspose2d(_ConvBase):
             raise ValueError(
                 f"ConvTranspose2d: output_size must have 2 or {x.dim()} elements, got {output_size}"
             )
+        stride, padding, dilation, kernel = (
+            self.stride, self.padding, self.dilation, self.kernel_size
+        )  # fmt: skip
         pads = []
         for d in range(2):
             smallest = (
@@ -331,17 +261,17 @@ class ConvTranspose2d(_ConvBase):
     def apply(
         self,
         params: Params,
-        x: torch.Tensor,
+        x: Tensor,
         output_size: Sequence[int] | None = None,
         *,
-        key: _random.Key | None = None,
+        key: OptKey = None,
         train: bool = False,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``.
 
         ``output_size`` (optional) picks ``output_padding`` as torch does.
         """
-        self._check(params, x)
+        self._check_input(x)
         return _F.conv_transpose2d(
             x,
             params["weight"],

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
-from fdl import random as _random
 from fdl.nn import _functional_layers as _F
-from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
+from fdl.nn._base import Layer, OptKey, Params, Tensor
+from fdl.nn._layer_utils import check_tensor
 
 __all__ = ["Dropout"]
 
 
-@dataclass(frozen=True)
 class Dropout(Layer):
     r"""Inverted dropout, as ``torch.nn.Dropout``: :math:`y = x \cdot m / (1 - p)`,
     :math:`m \sim \text{Bernoulli}(1 - p)` when ``train=True``; identity otherwise.
@@ -45,23 +39,16 @@ class Dropout(Layer):
     p: float = 0.5
     inplace: bool = False
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         p = self.p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """Same shape in and out."""
-        check_params_fast(self, params)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"Dropout: input must be a tensor, got {type(x).__name__}")
+        check_tensor(self, x)
         if train and 0.0 < self.p and key is None:
             raise ValueError(
                 "Dropout: train=True needs key=... (an fdl.random key) to draw the mask"

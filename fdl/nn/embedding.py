@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from fdl import random as _random
 from fdl.nn import _functional_layers as _F
 from fdl.nn import init as _init
-from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
+from fdl.nn._base import Layer, OptKey, Params, Tensor, field
 
 __all__ = ["Embedding"]
 
 
-@dataclass(frozen=True)
+def _row_index(value: Any, layer: Any) -> int | None:
+    """``padding_idx`` in ``[-num_embeddings, num_embeddings)``, stored non-negative."""
+    n = layer.num_embeddings
+    if value is None:
+        return None
+    if not -n <= value < n:
+        raise ValueError(f"must be within num_embeddings ({n}), got {value}")
+    return value + n if value < 0 else value
+
+
 class Embedding(Layer):
     r"""A table of ``num_embeddings`` vectors of size ``embedding_dim``, as ``torch.nn.Embedding``.
 
@@ -55,7 +63,7 @@ class Embedding(Layer):
 
     num_embeddings: int
     embedding_dim: int
-    padding_idx: int | None = None
+    padding_idx: int | None = field(default=None, converter=_row_index)
     max_norm: float | None = None
     norm_type: float = 2.0
     scale_grad_by_freq: bool = False
@@ -65,16 +73,7 @@ class Embedding(Layer):
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
 
-    def __post_init__(self) -> None:
-        if self.padding_idx is not None:
-            n = self.num_embeddings
-            if not -n <= self.padding_idx < n:
-                raise ValueError(
-                    f"Embedding: padding_idx must be within num_embeddings ({n}), "
-                    f"got {self.padding_idx}"
-                )
-            if self.padding_idx < 0:
-                object.__setattr__(self, "padding_idx", n + self.padding_idx)
+    def _check_fields(self) -> None:
         if self.sparse:
             raise ValueError("Embedding: sparse=True is not supported (fdl uses dense gradients)")
         w = self._weight
@@ -99,15 +98,9 @@ class Embedding(Layer):
         return {"weight": w}
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """Integer ``(*)`` -> ``(*, embedding_dim)``."""
-        check_params_fast(self, params)
         if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex:
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"Embedding: input must be a tensor of integer indices, got {got}")

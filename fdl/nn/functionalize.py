@@ -12,7 +12,6 @@ from torch.func import functional_call
 from fdl import random as _random
 from fdl import tree as _tree
 from fdl.nn._base import Layer, Params, State
-from fdl.nn._layer_utils import check_params_fast
 
 __all__ = ["FunctionalModule", "functionalize"]
 
@@ -39,14 +38,13 @@ class FunctionalModule(Layer):
         persistent = set(module.state_dict())
         param_names = [n for n, _ in module.named_parameters()]
         buffer_names = [n for n, _ in module.named_buffers() if n in persistent]
-        object.__setattr__(self, "module_type", type(module).__name__)
-        object.__setattr__(self, "_param_names", tuple(param_names))
-        object.__setattr__(self, "_buffer_names", tuple(buffer_names))
-        object.__setattr__(self, "_modules", {t: _shallow_copy(module, t) for t in (False, True)})
-        object.__setattr__(self, "stateful", bool(buffer_names))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("FunctionalModule is immutable")
+        self._init_attributes(
+            module_type=type(module).__name__,
+            _param_names=tuple(param_names),
+            _buffer_names=tuple(buffer_names),
+            _modules={t: _shallow_copy(module, t) for t in (False, True)},
+            stateful=bool(buffer_names),
+        )
 
     def __repr__(self) -> str:
         return f"functionalize({self._modules[False]!r})"
@@ -76,6 +74,10 @@ class FunctionalModule(Layer):
         """The params as meta tensors (nothing allocated)."""
         return self._collect(self._param_names, meta=True)
 
+    def state_shapes(self) -> State:
+        """The buffers as meta tensors (nothing allocated)."""
+        return self._collect(self._buffer_names, meta=True)
+
     def apply(
         self,
         params: Params,
@@ -90,20 +92,12 @@ class FunctionalModule(Layer):
         Returns the module's output, or ``(output, new_state)`` when the module
         has buffers. ``train`` picks ``module.train()``/``.eval()`` behaviour.
         """
-        check_params_fast(self, params)
         tensors = _tree.to_flat_dict(params)
         if not self.stateful:
             return functional_call(self._modules[bool(train)], tensors, args, kwargs)
-        if state is None:
-            raise ValueError(
-                f"functionalize({self.module_type}): the module has buffers; pass state=... "
-                "(from init_state()) and take (y, new_state) back"
-            )
         # the module updates its buffers in place: give it fresh copies and return them
+        assert state is not None  # checked by the base on the eager path
         given = _tree.to_flat_dict(state)
-        missing = [n for n in self._buffer_names if n not in given]
-        if missing:
-            raise ValueError(f"functionalize({self.module_type}): state is missing {missing}")
         buffers = {n: given[n].clone() for n in self._buffer_names}
         y = functional_call(self._modules[bool(train)], {**tensors, **buffers}, args, kwargs)
         return y, _tree.from_flat_dict(buffers)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,13 +10,12 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_layers as _F
 from fdl.nn import init as _init
-from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_input, check_params_fast, split_key
+from fdl.nn._base import Layer, OptKey, Params, Tensor
+from fdl.nn._layer_utils import affine_init, check_input, split_key
 
 __all__ = ["Bilinear", "Identity", "Linear"]
 
 
-@dataclass(frozen=True)
 class Linear(Layer):
     r"""Affine map :math:`y = x W^\top + b`, as ``torch.nn.Linear``.
 
@@ -53,32 +51,18 @@ class Linear(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Draw ``weight`` (and ``bias``) with torch's default distribution."""
-        kw, kb = split_key(key)
         shape = (self.out_features, self.in_features)
-        opts: dict[str, Any] = {"dtype": self.dtype, "device": self.device}
-        params = {"weight": _init.kaiming_uniform(kw, shape, a=math.sqrt(5), **opts)}
-        if self.bias:
-            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-            params["bias"] = _init.uniform(kb, (self.out_features,), -bound, bound, **opts)
-        return params
+        bias = self.out_features if self.bias else None
+        return affine_init(key, shape, bias, dtype=self.dtype, device=self.device)
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(*, in_features) -> (*, out_features)``."""
-        check_params_fast(self, params)
         check_input(self, x, (), f"(*, {self.in_features})", -1, self.in_features)
-        if x.dim() == 0:
-            raise ValueError(f"Linear: expected input of shape (*, {self.in_features}), got ()")
         return _F.linear(x, params["weight"], params.get("bias"))
 
 
-@dataclass(frozen=True)
 class Bilinear(Layer):
     r"""Bilinear map :math:`y_k = x_1^\top W_k x_2 + b_k`, as ``torch.nn.Bilinear``.
 
@@ -92,10 +76,7 @@ class Bilinear(Layer):
     Args:
         in1_features: size of each first input sample.
         in2_features: size of each second input sample.
-        out_features: size of each output sample.
-        bias: whether to learn an additive bias.
-        device: device of the initialised params.
-        dtype: dtype of the initialised params.
+        out_features, bias, device, dtype: as in :class:`Linear`.
 
     Example:
         >>> import fdl, torch
@@ -124,19 +105,12 @@ class Bilinear(Layer):
         return params
 
     def apply(
-        self,
-        params: Params,
-        x1: torch.Tensor,
-        x2: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x1: Tensor, x2: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(*, in1_features), (*, in2_features) -> (*, out_features)``."""
-        check_params_fast(self, params)
         check_input(self, x1, (), f"(*, {self.in1_features})", -1, self.in1_features, "input1")
         check_input(self, x2, (), f"(*, {self.in2_features})", -1, self.in2_features, "input2")
-        if x1.dim() == 0 or x1.shape[:-1] != x2.shape[:-1]:
+        if x1.shape[:-1] != x2.shape[:-1]:
             raise ValueError(
                 "Bilinear: input1 and input2 must share their leading dimensions, got "
                 f"{tuple(x1.shape)} and {tuple(x2.shape)}"
@@ -166,13 +140,7 @@ class Identity(Layer):
         return hash(Identity)
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """Return ``x``."""
-        check_params_fast(self, params)
         return x

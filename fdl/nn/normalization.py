@@ -21,15 +21,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, cast
+from dataclasses import KW_ONLY
+from typing import Any, ClassVar
 
 import torch
 
-from fdl import tree as _tree
-from fdl.nn import _functional_activations as _F
-from fdl.nn._base import Layer, Params, State
+from fdl.nn import _functional_norms as _F
+from fdl.nn._base import Layer, Params, State, field
+from fdl.nn._layer_utils import check_input
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "LayerNorm"]
 
@@ -50,20 +49,13 @@ def _affine_params(
     return params
 
 
-def _validate_params(layer: Layer, params: Params) -> None:
-    # eager only: dynamo cannot trace optree, and a traced graph is guarded on these shapes
-    if not torch.compiler.is_compiling():
-        layer.check_params(params)
+def _positive_sizes(value: Any, layer: Layer) -> tuple[int, ...]:
+    shape = (int(value),) if isinstance(value, int) else tuple(int(s) for s in value)
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"must be positive sizes, got {shape}")
+    return shape
 
 
-def _check_input(name: str, x: Any, ok: bool, expected: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor input, got {type(x).__name__}")
-    if not ok:
-        raise ValueError(f"{name}: expected input of shape {expected}, got {tuple(x.shape)}")
-
-
-@dataclass(frozen=True)
 class LayerNorm(Layer):
     """Layer normalisation over the trailing ``normalized_shape`` dimensions.
 
@@ -81,43 +73,31 @@ class LayerNorm(Layer):
         tensor([[-1.0000,  1.0000]])
     """
 
-    normalized_shape: int | Sequence[int]
+    normalized_shape: tuple[int, ...] = field(converter=_positive_sizes)
     eps: float = 1e-5
     elementwise_affine: bool = True
     bias: bool = True
     device: Any = None
     dtype: Any = None
 
-    def __post_init__(self) -> None:
-        shape = self.normalized_shape
-        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        if not shape or any(s <= 0 for s in shape):
-            raise ValueError(f"LayerNorm: normalized_shape must be positive sizes, got {shape}")
-        object.__setattr__(self, "normalized_shape", shape)
-
-    @property
-    def _shape(self) -> tuple[int, ...]:
-        return cast(tuple[int, ...], self.normalized_shape)  # a tuple after __post_init__
-
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` of shape ``normalized_shape`` (``key`` unused)."""
         return _affine_params(
-            self._shape, self.elementwise_affine, self.bias, self.device, self.dtype
+            self.normalized_shape, self.elementwise_affine, self.bias, self.device, self.dtype
         )
 
     def apply(
         self, params: Params, x: torch.Tensor, *, key: Any = None, train: bool = False
     ) -> torch.Tensor:
         """Normalise ``x`` of shape ``(*, *normalized_shape)``; returns ``x``'s shape."""
-        _validate_params(self, params)
-        shape = self._shape
-        k = len(shape)
-        ok = isinstance(x, torch.Tensor) and x.dim() >= k and tuple(x.shape[x.dim() - k :]) == shape
-        _check_input("LayerNorm", x, ok, f"(*, {', '.join(map(str, shape))})")
+        shape = self.normalized_shape
+        text = f"(*, {', '.join(map(str, shape))})"
+        check_input(self, x, (), text)
+        if tuple(x.shape[-len(shape) :]) != shape:
+            raise ValueError(f"LayerNorm: expected input of shape {text}, got {tuple(x.shape)}")
         return _F.layer_norm(x, shape, params.get("weight"), params.get("bias"), self.eps)
 
 
-@dataclass(frozen=True)
 class GroupNorm(Layer):
     """Group normalisation: per-sample statistics over groups of channels.
 
@@ -141,7 +121,7 @@ class GroupNorm(Layer):
     _: KW_ONLY
     bias: bool = True
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         if self.num_groups <= 0 or self.num_channels % self.num_groups != 0:
             raise ValueError(
                 f"GroupNorm: num_channels ({self.num_channels}) must be divisible by "
@@ -156,32 +136,33 @@ class GroupNorm(Layer):
         self, params: Params, x: torch.Tensor, *, key: Any = None, train: bool = False
     ) -> torch.Tensor:
         """Normalise ``x`` of shape ``(N, num_channels, *)``; returns ``x``'s shape."""
-        _validate_params(self, params)
-        ok = isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] == self.num_channels
-        _check_input("GroupNorm", x, ok, f"(N, {self.num_channels}, *)")
+        c = self.num_channels
+        check_input(self, x, (), f"(N, {c}, *)", 1, c)
         return _F.group_norm(x, self.num_groups, params.get("weight"), params.get("bias"), self.eps)
 
 
 class _BatchNorm(Layer):
-    """Shared implementation of BatchNorm1d/2d (see the module docstring for the protocol)."""
+    """Fields and ``apply`` of BatchNorm1d/2d (see the module docstring for the protocol)."""
 
     stateful: ClassVar[bool] = True
     _ranks: ClassVar[tuple[int, ...]] = ()
     _shape_text: ClassVar[str] = ""
 
     num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
-    device: Any
-    dtype: Any
-    bias: bool
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+    device: Any = None
+    dtype: Any = None
+    _: KW_ONLY
+    bias: bool = True
 
-    def _check_args(self) -> None:
-        name = type(self).__name__
+    def _check_fields(self) -> None:
         if self.num_features <= 0:
-            raise ValueError(f"{name}: num_features must be positive, got {self.num_features}")
+            raise ValueError(
+                f"{type(self).__name__}: num_features must be positive, got {self.num_features}"
+            )
 
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` of shape ``(num_features,)`` (``key`` unused)."""
@@ -200,23 +181,6 @@ class _BatchNorm(Layer):
             "running_var": torch.ones(self.num_features, **kw),
             "num_batches_tracked": torch.tensor(0, dtype=torch.long, device=self.device),
         }
-
-    def _check_state(self, state: State) -> None:
-        name = type(self).__name__
-        expected = _tree.map(lambda t: t.to("meta"), self.init_state())
-        if not isinstance(state, dict):
-            raise ValueError(f"{name}: state must be a dict like {{{', '.join(expected)}}}")
-        diff = _tree.first_difference(state, expected)
-        if diff is not None:
-            raise ValueError(f"{name}: state at '{diff[0]}' does not match the layer: {diff[1]}")
-        for path, got, exp in zip(
-            _tree.paths(state), _tree.leaves(state), _tree.leaves(expected), strict=True
-        ):
-            if tuple(got.shape) != tuple(exp.shape):
-                raise ValueError(
-                    f"{name}: state '{path}' has shape {tuple(got.shape)}, "
-                    f"expected {tuple(exp.shape)}"
-                )
 
     def apply(
         self,
@@ -241,8 +205,9 @@ class _BatchNorm(Layer):
 
         ``train=False`` with tracking: normalise by the running statistics,
         state returned unchanged. Then
-        ``y = (x - mu) / sqrt(var + eps) * weight + bias``. The running
-        statistics carry no gradient.
+        ``y = (x - mu) / sqrt(var + eps) * weight + bias``
+        (:func:`fdl.nn.functional.batch_norm`). The running statistics carry no
+        gradient.
 
         Args:
             params: ``{"weight", "bias"}`` (or ``{}`` without ``affine``).
@@ -254,43 +219,26 @@ class _BatchNorm(Layer):
         Returns:
             ``(y, new_state)``; ``y`` has ``x``'s shape.
         """
-        name = type(self).__name__
-        _validate_params(self, params)
-        if not torch.compiler.is_compiling():
-            self._check_state(state)
-        ok = (
-            isinstance(x, torch.Tensor)
-            and x.dim() in self._ranks
-            and x.shape[1] == self.num_features
-        )
-        _check_input(name, x, ok, self._shape_text.format(c=self.num_features))
+        c = self.num_features
+        check_input(self, x, self._ranks, self._shape_text.format(c=c), 1, c)
         weight, bias = params.get("weight"), params.get("bias")
         use_batch = train or not self.track_running_stats
         if not use_batch:
-            y = _F.batch_norm(
-                x, state["running_mean"], state["running_var"], weight, bias, eps=self.eps
-            )
-            return y, state
-        mu, var, count = _F._batch_stats(x)
+            mu, var = state["running_mean"], state["running_var"]
+            return _F.batch_norm(x, mu, var, weight, bias, eps=self.eps), state
+        mu, var, count = _F.batch_stats(x)
         if count <= 1:
             raise ValueError(
-                f"{name}: expected more than 1 value per channel when training, got input "
-                f"of shape {tuple(x.shape)}"
+                f"{type(self).__name__}: expected more than 1 value per channel when training, "
+                f"got input of shape {tuple(x.shape)}"
             )
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        y = (x - mu.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
+        # normalised by this batch's statistics (the formula of batch_norm, given them)
+        y = _F.batch_norm(x, mu, var, weight, bias, eps=self.eps)
         if not (train and self.track_running_stats):
             return y, state
         tracked = state["num_batches_tracked"] + 1
         rm, rv = state["running_mean"], state["running_var"]
-        if self.momentum is None:
-            f = 1.0 / tracked.to(rm.dtype)
-        else:
-            f = self.momentum
+        f = 1.0 / tracked.to(rm.dtype) if self.momentum is None else self.momentum
         mu_d = mu.detach().to(rm.dtype)
         unbiased = (var.detach() * (count / (count - 1))).to(rv.dtype)
         new_state = {
@@ -301,7 +249,6 @@ class _BatchNorm(Layer):
         return y, new_state
 
 
-@dataclass(frozen=True)
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` input, ``C = num_features``.
 
@@ -319,21 +266,7 @@ class BatchNorm1d(_BatchNorm):
     _ranks: ClassVar[tuple[int, ...]] = (2, 3)
     _shape_text: ClassVar[str] = "(N, {c}) or (N, {c}, L)"
 
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = True
-    track_running_stats: bool = True
-    device: Any = None
-    dtype: Any = None
-    _: KW_ONLY
-    bias: bool = True
 
-    def __post_init__(self) -> None:
-        self._check_args()
-
-
-@dataclass(frozen=True)
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of ``(N, C, H, W)`` input, ``C = num_features``.
 
@@ -350,16 +283,3 @@ class BatchNorm2d(_BatchNorm):
 
     _ranks: ClassVar[tuple[int, ...]] = (4,)
     _shape_text: ClassVar[str] = "(N, {c}, H, W)"
-
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = True
-    track_running_stats: bool = True
-    device: Any = None
-    dtype: Any = None
-    _: KW_ONLY
-    bias: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_args()

@@ -2,88 +2,59 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
-
-from fdl import random as _random
 from fdl.nn import _functional_layers as _F
-from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_input, check_params_fast, ntuple
+from fdl.nn._base import Layer, OptKey, Params, Tensor, field
+from fdl.nn._layer_utils import check_input, int_tuple
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "MaxPool1d", "MaxPool2d"]
 
-_Size = int | tuple[int, ...]
+_Size = tuple[int, ...]
 
 
-class _PoolBase(Layer):
-    _n: int = 2
-    _max: bool = True
+class _Pool(Layer):
+    """The window fields and checks shared by the pooling layers (``_n`` spatial dims).
 
-    kernel_size: Any
-    stride: Any
-    padding: Any
+    ``stride=None`` (the default) becomes ``kernel_size``; every window argument is
+    stored as a tuple of ``_n`` ints.
+    """
 
-    def _normalise(self) -> None:
-        name, n = type(self).__name__, self._n
-        if self.stride is None:
-            object.__setattr__(self, "stride", self.kernel_size)
-        k = ntuple(self.kernel_size, n, "kernel_size", name)
-        ntuple(self.stride, n, "stride", name)
-        pad = ntuple(self.padding, n, "padding", name)
-        dil = ntuple(getattr(self, "dilation", 1), n, "dilation", name)
-        for d in range(n):
-            effective = (k[d] - 1) * dil[d] + 1 if self._max else k[d]
-            if not 0 <= 2 * pad[d] <= effective:
+    _n: ClassVar[int] = 2
+
+    kernel_size: _Size = field(converter=int_tuple())
+    stride: _Size = field(default=None, converter=int_tuple(none_from="kernel_size"))
+    padding: _Size = field(default=0, converter=int_tuple())
+
+    def _check_fields(self) -> None:
+        dilation = getattr(self, "dilation", (1,) * self._n)
+        for k, p, d in zip(self.kernel_size, self.padding, dilation, strict=True):
+            if not 0 <= 2 * p <= (k - 1) * d + 1:
                 raise ValueError(
-                    f"{name}: padding should be at most half of the kernel size, got "
-                    f"padding={self.padding}, kernel_size={self.kernel_size}"
+                    f"{type(self).__name__}: padding should be at most half of the kernel size, "
+                    f"got padding={self.padding}, kernel_size={self.kernel_size}"
                 )
 
-    def _check(self, params: Params, x: torch.Tensor) -> None:
-        check_params_fast(self, params)
+    def _check_input(self, x: Tensor) -> None:
         spatial = "L" if self._n == 1 else "H, W"
         check_input(self, x, (self._n + 1, self._n + 2), f"(N, C, {spatial}) or (C, {spatial})")
 
 
-@dataclass(frozen=True)
-class _MaxPool(_PoolBase):
-    """Fields, validation and ``apply`` shared by :class:`MaxPool1d` and :class:`MaxPool2d`."""
+class _MaxPool(_Pool):
+    """Fields and ``apply`` shared by :class:`MaxPool1d` and :class:`MaxPool2d`."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
-    dilation: _Size = 1
+    dilation: _Size = field(default=1, converter=int_tuple())
     return_indices: bool = False
     ceil_mode: bool = False
 
-    def __post_init__(self) -> None:
-        self._normalise()
-
-    def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> Any:
+    def apply(self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False) -> Any:
         """``(N, C, *spatial) -> (N, C, *spatial_out)``, or ``(values, indices)``."""
-        self._check(params, x)
+        self._check_input(x)
         pool = _F.max_pool1d if self._n == 1 else _F.max_pool2d
-        return pool(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.ceil_mode,
-            self.return_indices,
-        )
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        return pool(x, k, s, p, d, self.ceil_mode, self.return_indices)
 
 
-@dataclass(frozen=True)
 class MaxPool1d(_MaxPool):
     """Max over windows of ``(N, C, L)``, as ``torch.nn.MaxPool1d``.
 
@@ -102,10 +73,9 @@ class MaxPool1d(_MaxPool):
         tensor([[[1., 3., 5.]]])
     """
 
-    _n = 1
+    _n: ClassVar[int] = 1
 
 
-@dataclass(frozen=True)
 class MaxPool2d(_MaxPool):
     """Max over windows of ``(N, C, H, W)``, as ``torch.nn.MaxPool2d``.
 
@@ -124,11 +94,10 @@ class MaxPool2d(_MaxPool):
         torch.Size([64, 32, 14, 14])
     """
 
-    _n = 2
+    _n: ClassVar[int] = 2
 
 
-@dataclass(frozen=True)
-class AvgPool1d(_PoolBase):
+class AvgPool1d(_Pool):
     """Mean over windows of ``(N, C, L)``, as ``torch.nn.AvgPool1d``.
 
     ``L_out = floor((L + 2 padding - kernel_size) / stride + 1)``; with
@@ -145,35 +114,21 @@ class AvgPool1d(_PoolBase):
         tensor([[[0.5000, 2.5000]]])
     """
 
-    _n = 1
-    _max = False
+    _n: ClassVar[int] = 1
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     ceil_mode: bool = False
     count_include_pad: bool = True
 
-    def __post_init__(self) -> None:
-        self._normalise()
-
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(N, C, L) -> (N, C, L_out)``."""
-        self._check(params, x)
-        return _F.avg_pool1d(
-            x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
-        )
+        self._check_input(x)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return _F.avg_pool1d(x, k, s, p, self.ceil_mode, self.count_include_pad)
 
 
-@dataclass(frozen=True)
-class AvgPool2d(_PoolBase):
+class AvgPool2d(_Pool):
     """Mean over windows of ``(N, C, H, W)``, as ``torch.nn.AvgPool2d``.
 
     ``H_out = floor((H + 2 padding[0] - kH) / stride[0] + 1)``; the divisor is the
@@ -191,43 +146,34 @@ class AvgPool2d(_PoolBase):
         torch.Size([1, 3, 2, 2])
     """
 
-    _n = 2
-    _max = False
+    _n: ClassVar[int] = 2
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     ceil_mode: bool = False
     count_include_pad: bool = True
     divisor_override: int | None = None
 
-    def __post_init__(self) -> None:
-        self._normalise()
+    def _check_fields(self) -> None:
+        super()._check_fields()
         if self.divisor_override is not None and self.divisor_override == 0:
             raise ValueError("AvgPool2d: divisor_override must be non-zero")
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        self._check(params, x)
-        return _F.avg_pool2d(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            self.count_include_pad,
-            self.divisor_override,
-        )
+        self._check_input(x)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        divisor = self.divisor_override
+        return _F.avg_pool2d(x, k, s, p, self.ceil_mode, self.count_include_pad, divisor)
 
 
-@dataclass(frozen=True)
+def _output_size(value: Any, layer: Layer) -> Any:
+    seq = (value,) if isinstance(value, int) else tuple(value)
+    if len(seq) not in (1, 2) or not all(s is None or (isinstance(s, int) and s >= 0) for s in seq):
+        raise TypeError(f"must be an int or a pair of ints/None, got {value!r}")
+    return value if isinstance(value, int) else seq
+
+
 class AdaptiveAvgPool2d(Layer):
     """Mean pooling of ``(N, C, H, W)`` to ``output_size``, as ``torch.nn.AdaptiveAvgPool2d``.
 
@@ -241,30 +187,11 @@ class AdaptiveAvgPool2d(Layer):
         torch.Size([2, 3, 1, 1])
     """
 
-    output_size: int | tuple[int | None, int | None]
-
-    def __post_init__(self) -> None:
-        size = self.output_size
-        seq = (size,) if isinstance(size, int) else tuple(size)
-        if len(seq) not in (1, 2) or not all(
-            s is None or (isinstance(s, int) and s >= 0) for s in seq
-        ):
-            raise TypeError(
-                "AdaptiveAvgPool2d: output_size must be an int or a pair of ints/None, "
-                f"got {size!r}"
-            )
-        if not isinstance(size, int):
-            object.__setattr__(self, "output_size", seq)
+    output_size: int | tuple[int | None, int | None] = field(converter=_output_size)
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(N, C, H, W) -> (N, C, *output_size)``."""
-        check_params_fast(self, params)
         check_input(self, x, (3, 4), "(N, C, H, W) or (C, H, W)")
         return _F.adaptive_avg_pool2d(x, self.output_size)

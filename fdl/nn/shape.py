@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
-import torch
-
-from fdl import random as _random
 from fdl.nn import _functional_layers as _F
-from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
+from fdl.nn._base import Layer, OptKey, Params, Tensor, field
+from fdl.nn._layer_utils import check_tensor
 
 __all__ = ["Flatten", "Unflatten"]
 
 
-@dataclass(frozen=True)
 class Flatten(Layer):
     """Merge dimensions ``start_dim..end_dim`` into one, as ``torch.nn.Flatten``.
 
@@ -32,17 +27,10 @@ class Flatten(Layer):
     end_dim: int = -1
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(*, d_start, ..., d_end, *) -> (*, d_start * ... * d_end, *)``."""
-        check_params_fast(self, params)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"Flatten: input must be a tensor, got {type(x).__name__}")
+        check_tensor(self, x)
         rank = max(x.dim(), 1)
         for d in (self.start_dim, self.end_dim):
             if not -rank <= d < rank:
@@ -53,7 +41,12 @@ class Flatten(Layer):
         return _F.flatten(x, self.start_dim, self.end_dim)
 
 
-@dataclass(frozen=True)
+def _int_sizes(value: Any, layer: Layer) -> tuple[int, ...]:
+    if isinstance(value, int) or not all(isinstance(s, int) for s in value):
+        raise TypeError(f"must be a tuple of ints, got {value!r}")
+    return tuple(value)
+
+
 class Unflatten(Layer):
     """Split dimension ``dim`` into ``unflattened_size``, as ``torch.nn.Unflatten``.
 
@@ -64,26 +57,13 @@ class Unflatten(Layer):
     """
 
     dim: int
-    unflattened_size: Sequence[int]
-
-    def __post_init__(self) -> None:
-        size = self.unflattened_size
-        if isinstance(size, int) or not all(isinstance(s, int) for s in size):
-            raise TypeError(f"Unflatten: unflattened_size must be a tuple of ints, got {size!r}")
-        object.__setattr__(self, "unflattened_size", tuple(size))
+    unflattened_size: tuple[int, ...] = field(converter=_int_sizes)
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """``(*, d, *) -> (*, *unflattened_size, *)`` where ``prod(unflattened_size) == d``."""
-        check_params_fast(self, params)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"Unflatten: input must be a tensor, got {type(x).__name__}")
+        check_tensor(self, x)
         known = [s for s in self.unflattened_size if s != -1]
         ok = -x.dim() <= self.dim < x.dim()
         if ok:

@@ -117,8 +117,8 @@ def load_state_dict(
         ``params``, or ``(params, state)`` with ``with_state=True``.
 
     Raises:
-        ValueError: missing or unexpected keys (all listed), or a shape mismatch
-            (naming the key and both shapes).
+        ValueError: missing or unexpected keys (all listed by their full dotted
+            path), or shape mismatches (every one, naming the key and both shapes).
         TypeError: a value that is not a tensor.
 
     Example:
@@ -159,15 +159,18 @@ def load_state_dict(
             f"load_state_dict: keys do not match {type(model).__name__}: "
             f"missing {missing}, unexpected {unexpected}"
         )
+    mismatched = [
+        f"size mismatch for '{k}': the checkpoint has shape {tuple(flat[k].shape)}, "
+        f"the model expects {tuple(spec.shape)}"
+        for k, spec in wanted.items()
+        if tuple(flat[k].shape) != tuple(spec.shape)
+    ]
+    if mismatched:
+        raise ValueError("load_state_dict: " + "; ".join(mismatched))
     loaded: dict[str, dict[str, torch.Tensor]] = {"params": {}, "state": {}}
     for part, want in (("params", want_params), ("state", want_state if with_state else {})):
         for k, spec in want.items():
             value = flat[k]
-            if tuple(value.shape) != tuple(spec.shape):
-                raise ValueError(
-                    f"load_state_dict: size mismatch for '{k}': the checkpoint has shape "
-                    f"{tuple(value.shape)}, the model expects {tuple(spec.shape)}"
-                )
             if value.dtype != spec.dtype and value.is_floating_point() and spec.is_floating_point():
                 value = value.to(spec.dtype)
             loaded[part][k] = value

@@ -254,7 +254,10 @@ def _tree_failures(
     if diff is None and ft.structure(actual) != ft.structure(expected):
         diff = ("<root>", f"{ft.structure(actual)} vs {ft.structure(expected)}")
     if diff is not None:
-        return f"tree structures differ at '{diff[0]}': {diff[1]}", [], 0
+        # the first difference, then every differing leaf by its dotted path
+        leaves = ft.differences(actual, expected, got_name="actual", expected_name="expected")
+        detail = f" ({'; '.join(leaves)})" if leaves else ""
+        return f"tree structures differ at '{diff[0]}': {diff[1]}{detail}", [], 0
     paths, a_leaves, _ = ft.flatten_with_paths(actual)
     e_leaves = ft.leaves(expected)
     failures = []
