@@ -16,7 +16,7 @@ skipping non-finite steps); learning-rate schedules live in
 update-and-apply step, optionally with buffer donation.
 """
 
-from fdl.optim import schedules
+from fdl.optim import adaptive, alias, clipping, scaling, schedules, wrappers
 from fdl.optim.adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -40,13 +40,13 @@ from fdl.optim.base import (
     Schedule,
     apply_updates,
     chain,
-    identity,
 )
 from fdl.optim.clipping import clip, clip_by_global_norm
 from fdl.optim.scaling import (
     ScaleByScheduleState,
     TraceState,
     add_decayed_weights,
+    identity,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
@@ -64,53 +64,21 @@ from fdl.optim.wrappers import (
     set_to_zero,
 )
 
-__all__ = [
-    "ApplyIfFiniteState",
-    "EmptyState",
-    "GradientTransformation",
-    "MaskedState",
-    "MultiStepsState",
-    "ScalarOrSchedule",
-    "ScaleByAdadeltaState",
-    "ScaleByAdamState",
-    "ScaleByAdamaxState",
-    "ScaleByNadamState",
-    "ScaleByRmsState",
-    "ScaleByRssState",
-    "ScaleByScheduleState",
-    "Schedule",
-    "TraceState",
-    "adadelta",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamw",
-    "add_decayed_weights",
-    "apply_if_finite",
-    "apply_updates",
-    "chain",
-    "clip",
-    "clip_by_global_norm",
-    "freeze",
-    "identity",
-    "make_update",
-    "masked",
-    "multi_steps",
-    "nadam",
-    "radam",
-    "rmsprop",
-    "scale",
-    "scale_by_adadelta",
-    "scale_by_adam",
-    "scale_by_adamax",
-    "scale_by_learning_rate",
-    "scale_by_nadam",
-    "scale_by_radam",
-    "scale_by_rms",
-    "scale_by_rss",
-    "scale_by_schedule",
-    "schedules",
-    "set_to_zero",
-    "sgd",
-    "trace",
-]
+# the building blocks are listed in their own modules
+__all__ = sorted(
+    [
+        "EmptyState",
+        "GradientTransformation",
+        "ScalarOrSchedule",
+        "Schedule",
+        "apply_updates",
+        "chain",
+        "make_update",
+        "schedules",
+        *alias.__all__,
+        *adaptive.__all__,
+        *clipping.__all__,
+        *scaling.__all__,
+        *wrappers.__all__,
+    ]
+)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fdl import tree
-from fdl.optim import _validation
+from fdl.optim import _reuse, _validation
 from fdl.optim.base import EmptyState, GradientTransformation, Params, Updates
 
 Tensor = torch.Tensor
@@ -32,6 +32,7 @@ __all__ = [
     "leaves_of",
     "scheduled",
     "state_leaves",
+    "stateful",
     "stateless",
     "step_number",
     "zero_count",
@@ -92,6 +93,51 @@ def zero_count(params: Params) -> Tensor:
     lv = tree.leaves(params)
     device = lv[0].device if lv and isinstance(lv[0], Tensor) else None
     return torch.zeros((), dtype=torch.int64, device=device)
+
+
+def stateful(
+    who: str,
+    state_cls: type,
+    step: Callable[..., tuple[Leaves, dict[str, Any]]],
+    *,
+    trees: tuple[str, ...],
+    initial: Callable[[Params], dict[str, Any]] | None = None,
+    hands_on_fresh: bool = False,
+) -> GradientTransformation:
+    """A block whose state is ``state_cls(count, ...)``, made from its formula ``step``.
+
+    ``step(g, state, **lists)`` receives the update leaves, the state, and the
+    leaf lists of the per-leaf ``trees`` fields (``None`` stays ``None``); it
+    returns ``(u, new)``: the new update leaves and the new values of every field
+    but ``count`` (tree fields as leaf lists), which advances by itself.
+    ``init`` gives ``count = 0``, zeros for each tree field, and the fields that
+    ``initial(params)`` returns. With ``hands_on_fresh`` the block's updates are
+    buffers it allocated and keeps nowhere, marked for reuse (``fdl.optim._reuse``).
+    """
+
+    def init(params: Params) -> Any:
+        fields = {name: tree.zeros_like(params) for name in trees}
+        fields.update(initial(params) if initial is not None else {})
+        return state_cls(count=zero_count(params), **fields)
+
+    def update(updates: Updates, state: Any, params: Params | None = None) -> tuple[Updates, Any]:
+        g, treedef, _ = leaves_of(updates, params, who=who, state=state, state_type=state_cls)
+        lists = {
+            name: None
+            if getattr(state, name) is None
+            else state_leaves(getattr(state, name), treedef, updates, name, who)
+            for name in trees
+        }
+        out, new = step(g, state, **lists)
+        if hands_on_fresh:
+            _reuse.mark(out)
+        fields = {
+            k: tree.unflatten(treedef, v) if k in trees and v is not None else v
+            for k, v in new.items()
+        }
+        return tree.unflatten(treedef, out), state_cls(count=state.count + 1, **fields)
+
+    return GradientTransformation(init, update)
 
 
 def stateless(

@@ -18,8 +18,7 @@ import torch
 from fdl import tree
 from fdl.optim import _common as C
 from fdl.optim import _foreach as F
-from fdl.optim import _reuse
-from fdl.optim.base import GradientTransformation, Params, Updates
+from fdl.optim.base import GradientTransformation, Params
 
 __all__ = [
     "ScaleByAdadeltaState",
@@ -49,12 +48,6 @@ def _update_moment(g: Leaves, m: Leaves, decay: Any, order: int) -> Leaves:
 def _bias_correction(decay: Any, t: Tensor) -> Tensor:
     r"""The bias correction of a moving average started at zero: :math:`1 - \beta^t`."""
     return 1.0 - decay**t
-
-
-def _returned(treedef: Any, out: Leaves) -> Updates:
-    """The updates tree of a fresh buffer this block hands on (see ``fdl.optim._reuse``)."""
-    _reuse.mark(out)
-    return tree.unflatten(treedef, out)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -109,45 +102,25 @@ def scale_by_adam(
     C.check_unit_interval("beta2", b2)
     C.check_nonneg("eps", eps)
 
-    def init(params: Params) -> ScaleByAdamState:
-        return ScaleByAdamState(
-            C.zero_count(params),
-            tree.zeros_like(params),
-            tree.zeros_like(params),
-            tree.zeros_like(params) if amsgrad else None,
-        )
-
-    def update(
-        updates: Updates, state: ScaleByAdamState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByAdamState]:
-        who = "scale_by_adam"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByAdamState
-        )
-        m = C.state_leaves(state.mu, treedef, updates, "mu", who)
-        v = C.state_leaves(state.nu, treedef, updates, "nu", who)
+    def step(g: Leaves, state: ScaleByAdamState, mu: Leaves, nu: Leaves, nu_max: Any) -> Any:
         t = C.step_number(state.count)
         beta1 = C.scheduled(b1, state.count)
-        bc1 = _bias_correction(beta1, t)
-        bc2_sqrt = torch.sqrt(_bias_correction(b2, t))
-        m = _update_moment(g, m, beta1, order=1)
-        v = _update_moment(g, v, b2, order=2)
-        if amsgrad:
-            v_max = F.maximum(C.state_leaves(state.nu_max, treedef, updates, "nu_max", who), v)
-            v_hat = v_max
-        else:
-            v_max, v_hat = None, v
-        # denominator scaled by bc1 so that one division gives m̂ / (sqrt(v̂) + eps)
-        out = F.div(m, F.root_affine(v_hat, bc1 / bc2_sqrt, eps * bc1))
-        new_state = ScaleByAdamState(
-            state.count + 1,
-            tree.unflatten(treedef, m),
-            tree.unflatten(treedef, v),
-            tree.unflatten(treedef, v_max) if v_max is not None else None,
-        )
-        return _returned(treedef, out), new_state
+        m = _update_moment(g, mu, beta1, order=1)
+        v = _update_moment(g, nu, b2, order=2)
+        v_max = F.maximum(nu_max, v) if amsgrad else None
+        bc1, bc2_sqrt = _bias_correction(beta1, t), torch.sqrt(_bias_correction(b2, t))
+        # m̂ / (sqrt(v̂) + eps), the denominator scaled by bc1 so that it takes one division
+        u = F.div(m, F.root_affine(v_max if amsgrad else v, bc1 / bc2_sqrt, eps * bc1))
+        return u, {"mu": m, "nu": v, "nu_max": v_max}
 
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_adam",
+        ScaleByAdamState,
+        step,
+        trees=("mu", "nu", "nu_max"),
+        initial=lambda params: {} if amsgrad else {"nu_max": None},
+        hands_on_fresh=True,
+    )
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -184,29 +157,15 @@ def scale_by_adamax(
     C.check_unit_interval("beta2", b2)
     C.check_nonneg("eps", eps)
 
-    def init(params: Params) -> ScaleByAdamaxState:
-        return ScaleByAdamaxState(
-            C.zero_count(params), tree.zeros_like(params), tree.zeros_like(params)
-        )
-
-    def update(
-        updates: Updates, state: ScaleByAdamaxState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByAdamaxState]:
-        who = "scale_by_adamax"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByAdamaxState
-        )
-        m = C.state_leaves(state.mu, treedef, updates, "mu", who)
-        n = C.state_leaves(state.nu, treedef, updates, "nu", who)
+    def step(g: Leaves, state: ScaleByAdamaxState, mu: Leaves, nu: Leaves) -> Any:
+        m = _update_moment(g, mu, b1, order=1)
+        n = F.maximum(F.scale(nu, b2), F.abs_plus(g, eps))
         bc1 = _bias_correction(b1, C.step_number(state.count))
-        m = _update_moment(g, m, b1, order=1)
-        n = F.maximum(F.scale(n, b2), F.abs_plus(g, eps))
-        out = F.scale(F.div(m, n), 1.0 / bc1)
-        return _returned(treedef, out), ScaleByAdamaxState(
-            state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, n)
-        )
+        return F.scale(F.div(m, n), 1.0 / bc1), {"mu": m, "nu": n}
 
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_adamax", ScaleByAdamaxState, step, trees=("mu", "nu"), hands_on_fresh=True
+    )
 
 
 class ScaleByNadamState(NamedTuple):
@@ -253,40 +212,31 @@ def scale_by_nadam(
     C.check_nonneg("eps", eps)
     C.check_nonneg("momentum_decay", momentum_decay)
 
-    def init(params: Params) -> ScaleByNadamState:
-        count = C.zero_count(params)
-        return ScaleByNadamState(
-            count,
-            tree.zeros_like(params),
-            tree.zeros_like(params),
-            torch.ones((), dtype=torch.float64, device=count.device),
-        )
-
-    def update(
-        updates: Updates, state: ScaleByNadamState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByNadamState]:
-        who = "scale_by_nadam"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByNadamState
-        )
-        m = C.state_leaves(state.mu, treedef, updates, "mu", who)
-        v = C.state_leaves(state.nu, treedef, updates, "nu", who)
+    def step(g: Leaves, state: ScaleByNadamState, mu: Leaves, nu: Leaves) -> Any:
         t = C.step_number(state.count)
-        bc2 = _bias_correction(b2, t)
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
         mu_product = state.mu_product * mu_t
         c_grad = (1.0 - mu_t) / (1.0 - mu_product)
         c_mom = mu_next / (1.0 - mu_product * mu_next)
-        m = _update_moment(g, m, b1, order=1)
-        v = _update_moment(g, v, b2, order=2)
-        denom = F.corrected_root_plus(v, bc2, eps)
-        out = F.div(F.linear_combination(g, c_grad, m, c_mom), denom)
-        return _returned(treedef, out), ScaleByNadamState(
-            state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, v), mu_product
-        )
+        m = _update_moment(g, mu, b1, order=1)
+        v = _update_moment(g, nu, b2, order=2)
+        denom = F.corrected_root_plus(v, _bias_correction(b2, t), eps)
+        u = F.div(F.linear_combination(g, c_grad, m, c_mom), denom)
+        return u, {"mu": m, "nu": v, "mu_product": mu_product}
 
-    return GradientTransformation(init, update)
+    def initial(params: Params) -> dict[str, Any]:
+        device = C.zero_count(params).device
+        return {"mu_product": torch.ones((), dtype=torch.float64, device=device)}
+
+    return C.stateful(
+        "scale_by_nadam",
+        ScaleByNadamState,
+        step,
+        trees=("mu", "nu"),
+        initial=initial,
+        hands_on_fresh=True,
+    )
 
 
 def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
@@ -325,38 +275,29 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
     C.check_nonneg("eps", eps)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
-    def init(params: Params) -> ScaleByAdamState:
-        return ScaleByAdamState(
-            C.zero_count(params), tree.zeros_like(params), tree.zeros_like(params), None
-        )
-
-    def update(
-        updates: Updates, state: ScaleByAdamState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByAdamState]:
-        who = "scale_by_radam"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByAdamState
-        )
-        m = C.state_leaves(state.mu, treedef, updates, "mu", who)
-        v = C.state_leaves(state.nu, treedef, updates, "nu", who)
+    def step(g: Leaves, state: ScaleByAdamState, mu: Leaves, nu: Leaves, nu_max: None) -> Any:
         t = C.step_number(state.count)
-        bc1 = _bias_correction(b1, t)
-        bc2 = _bias_correction(b2, t)
+        bc1, bc2 = _bias_correction(b1, t), _bias_correction(b2, t)
         rho_t = rho_inf - 2.0 * t * b2**t / bc2
         ratio = (
             (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
         )
         rect = torch.sqrt(torch.clamp(ratio, min=0.0))
-        m = _update_moment(g, m, b1, order=1)
-        v = _update_moment(g, v, b2, order=2)
+        m = _update_moment(g, mu, b1, order=1)
+        v = _update_moment(g, nu, b2, order=2)
         m_hat = F.scale(m, 1.0 / bc1)
         adaptive = F.scaled_inverse_root(v, eps, torch.sqrt(bc2) * rect)
-        out = F.where(rho_t > 5.0, F.mul(m_hat, adaptive), m_hat)
-        return _returned(treedef, out), ScaleByAdamState(
-            state.count + 1, tree.unflatten(treedef, m), tree.unflatten(treedef, v), None
-        )
+        u = F.where(rho_t > 5.0, F.mul(m_hat, adaptive), m_hat)
+        return u, {"mu": m, "nu": v, "nu_max": None}
 
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_radam",
+        ScaleByAdamState,
+        step,
+        trees=("mu", "nu", "nu_max"),
+        initial=lambda params: {"nu_max": None},
+        hands_on_fresh=True,
+    )
 
 
 class ScaleByRmsState(NamedTuple):
@@ -395,37 +336,20 @@ def scale_by_rms(
     C.check_nonneg("alpha", decay)
     C.check_nonneg("eps", eps)
 
-    def init(params: Params) -> ScaleByRmsState:
-        return ScaleByRmsState(
-            C.zero_count(params),
-            tree.zeros_like(params),
-            tree.zeros_like(params) if centered else None,
-        )
+    def step(g: Leaves, state: ScaleByRmsState, nu: Leaves, mu: Any) -> Any:
+        s = _update_moment(g, nu, decay, order=2)
+        gbar = _update_moment(g, mu, decay, order=1) if centered else None
+        u = F.div(g, F.std_plus(s, gbar, eps) if centered else F.root_plus(s, eps))
+        return u, {"nu": s, "mu": gbar}
 
-    def update(
-        updates: Updates, state: ScaleByRmsState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByRmsState]:
-        who = "scale_by_rms"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByRmsState
-        )
-        s = _update_moment(g, C.state_leaves(state.nu, treedef, updates, "nu", who), decay, order=2)
-        if centered:
-            gbar = _update_moment(
-                g, C.state_leaves(state.mu, treedef, updates, "mu", who), decay, order=1
-            )
-            avg = F.std_plus(s, gbar, eps)
-        else:
-            gbar = None
-            avg = F.root_plus(s, eps)
-        out = F.div(g, avg)
-        return _returned(treedef, out), ScaleByRmsState(
-            state.count + 1,
-            tree.unflatten(treedef, s),
-            tree.unflatten(treedef, gbar) if gbar is not None else None,
-        )
-
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_rms",
+        ScaleByRmsState,
+        step,
+        trees=("nu", "mu"),
+        initial=lambda params: {} if centered else {"mu": None},
+        hands_on_fresh=True,
+    )
 
 
 class ScaleByRssState(NamedTuple):
@@ -458,25 +382,22 @@ def scale_by_rss(
     C.check_nonneg("initial_accumulator_value", initial_accumulator_value)
     C.check_nonneg("eps", eps)
 
-    def init(params: Params) -> ScaleByRssState:
-        return ScaleByRssState(
-            C.zero_count(params),
-            tree.map(lambda p: torch.full_like(p, initial_accumulator_value), params),
-        )
+    def step(g: Leaves, state: ScaleByRssState, sum_of_squares: Leaves) -> Any:
+        s = F.add_squares(sum_of_squares, g)
+        return F.div(g, F.root_plus(s, eps)), {"sum_of_squares": s}
 
-    def update(
-        updates: Updates, state: ScaleByRssState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByRssState]:
-        who = "scale_by_rss"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByRssState
-        )
-        s = C.state_leaves(state.sum_of_squares, treedef, updates, "sum_of_squares", who)
-        s = F.add_squares(s, g)
-        out = F.div(g, F.root_plus(s, eps))
-        return _returned(treedef, out), ScaleByRssState(state.count + 1, tree.unflatten(treedef, s))
+    def initial(params: Params) -> dict[str, Any]:
+        s0 = initial_accumulator_value
+        return {"sum_of_squares": tree.map(lambda p: torch.full_like(p, s0), params)}
 
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_rss",
+        ScaleByRssState,
+        step,
+        trees=("sum_of_squares",),
+        initial=initial,
+        hands_on_fresh=True,
+    )
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -510,25 +431,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
     C.check_unit_interval("rho", rho, closed=True)
     C.check_nonneg("eps", eps)
 
-    def init(params: Params) -> ScaleByAdadeltaState:
-        return ScaleByAdadeltaState(
-            C.zero_count(params), tree.zeros_like(params), tree.zeros_like(params)
-        )
-
-    def update(
-        updates: Updates, state: ScaleByAdadeltaState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByAdadeltaState]:
-        who = "scale_by_adadelta"
-        g, treedef, _ = C.leaves_of(
-            updates, params, who=who, state=state, state_type=ScaleByAdadeltaState
-        )
-        e_g = C.state_leaves(state.e_g, treedef, updates, "e_g", who)
-        e_x = C.state_leaves(state.e_x, treedef, updates, "e_x", who)
+    def step(g: Leaves, state: ScaleByAdadeltaState, e_g: Leaves, e_x: Leaves) -> Any:
         e_g = _update_moment(g, e_g, rho, order=2)
         delta = F.mul(F.div(F.rms(e_x, eps), F.rms(e_g, eps)), g)
-        e_x = _update_moment(delta, e_x, rho, order=2)
-        return tree.unflatten(treedef, delta), ScaleByAdadeltaState(
-            state.count + 1, tree.unflatten(treedef, e_g), tree.unflatten(treedef, e_x)
-        )
+        return delta, {"e_g": e_g, "e_x": _update_moment(delta, e_x, rho, order=2)}
 
-    return GradientTransformation(init, update)
+    return C.stateful("scale_by_adadelta", ScaleByAdadeltaState, step, trees=("e_g", "e_x"))

@@ -20,15 +20,7 @@ from typing import Any
 import torch
 
 from fdl.optim import _common as C
-from fdl.optim.adaptive import (
-    scale_by_adadelta,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_nadam,
-    scale_by_radam,
-    scale_by_rms,
-    scale_by_rss,
-)
+from fdl.optim import adaptive as A
 from fdl.optim.base import GradientTransformation, ScalarOrSchedule, Schedule, _chain
 from fdl.optim.scaling import add_decayed_weights, scale, scale_by_learning_rate, trace
 
@@ -62,9 +54,9 @@ def _check_betas(betas: tuple[Any, float], *, schedule_ok: bool = False) -> None
 def _optimizer(
     name: str,
     lr: ScalarOrSchedule,
-    *core: GradientTransformation,
-    maximize: bool = False,
-    weight_decay: float = 0.0,
+    core: list[GradientTransformation],
+    maximize: bool,
+    weight_decay: float,
     decoupled: bool = False,
 ) -> GradientTransformation:
     """torch's order of steps around an optimizer's own blocks ``core``.
@@ -126,7 +118,7 @@ def sgd(
     if nesterov and ((fixed is not None and fixed <= 0) or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     core = [] if fixed == 0 else [trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _optimizer("sgd", lr, *core, maximize=maximize, weight_decay=weight_decay)
+    return _optimizer("sgd", lr, core, maximize, weight_decay)
 
 
 def adam(
@@ -191,10 +183,8 @@ def _adam(
     decoupled: bool,
 ) -> GradientTransformation:
     _check_betas(betas, schedule_ok=True)
-    core = scale_by_adam(betas[0], betas[1], eps, amsgrad=amsgrad)
-    return _optimizer(
-        name, lr, core, maximize=maximize, weight_decay=weight_decay, decoupled=decoupled
-    )
+    core = A.scale_by_adam(betas[0], betas[1], eps, amsgrad=amsgrad)
+    return _optimizer(name, lr, [core], maximize, weight_decay, decoupled)
 
 
 def adamw(
@@ -262,8 +252,8 @@ def rmsprop(
         {'w': tensor([-0.0100])}
     """
     _reject_extra("rmsprop", unsupported)
-    core = [scale_by_rms(alpha, eps, centered), *([trace(momentum)] if momentum != 0 else [])]
-    return _optimizer("rmsprop", lr, *core, maximize=maximize, weight_decay=weight_decay)
+    core = [A.scale_by_rms(alpha, eps, centered), *([trace(momentum)] if momentum != 0 else [])]
+    return _optimizer("rmsprop", lr, core, maximize, weight_decay)
 
 
 def _decayed_lr(lr: ScalarOrSchedule, lr_decay: float) -> ScalarOrSchedule:
@@ -307,13 +297,8 @@ def adagrad(
         {'w': tensor([0.5000])}
     """
     _reject_extra("adagrad", unsupported)
-    return _optimizer(
-        "adagrad",
-        _decayed_lr(lr, lr_decay),
-        scale_by_rss(initial_accumulator_value, eps),
-        maximize=maximize,
-        weight_decay=weight_decay,
-    )
+    core = [A.scale_by_rss(initial_accumulator_value, eps)]
+    return _optimizer("adagrad", _decayed_lr(lr, lr_decay), core, maximize, weight_decay)
 
 
 def adamax(
@@ -344,8 +329,8 @@ def adamax(
     """
     _reject_extra("adamax", unsupported)
     _check_betas(betas)
-    core = scale_by_adamax(betas[0], betas[1], eps)
-    return _optimizer("adamax", lr, core, maximize=maximize, weight_decay=weight_decay)
+    core = [A.scale_by_adamax(betas[0], betas[1], eps)]
+    return _optimizer("adamax", lr, core, maximize, weight_decay)
 
 
 def nadam(
@@ -381,15 +366,8 @@ def nadam(
     """
     _reject_extra("nadam", unsupported)
     _check_betas(betas)
-    core = scale_by_nadam(betas[0], betas[1], eps, momentum_decay)
-    return _optimizer(
-        "nadam",
-        lr,
-        core,
-        maximize=maximize,
-        weight_decay=weight_decay,
-        decoupled=decoupled_weight_decay,
-    )
+    core = [A.scale_by_nadam(betas[0], betas[1], eps, momentum_decay)]
+    return _optimizer("nadam", lr, core, maximize, weight_decay, decoupled_weight_decay)
 
 
 def radam(
@@ -421,15 +399,8 @@ def radam(
     """
     _reject_extra("radam", unsupported)
     _check_betas(betas)
-    core = scale_by_radam(betas[0], betas[1], eps)
-    return _optimizer(
-        "radam",
-        lr,
-        core,
-        maximize=maximize,
-        weight_decay=weight_decay,
-        decoupled=decoupled_weight_decay,
-    )
+    core = [A.scale_by_radam(betas[0], betas[1], eps)]
+    return _optimizer("radam", lr, core, maximize, weight_decay, decoupled_weight_decay)
 
 
 def adadelta(
@@ -458,5 +429,5 @@ def adadelta(
         True
     """
     _reject_extra("adadelta", unsupported)
-    core = scale_by_adadelta(rho, eps)
-    return _optimizer("adadelta", lr, core, maximize=maximize, weight_decay=weight_decay)
+    core = [A.scale_by_adadelta(rho, eps)]
+    return _optimizer("adadelta", lr, core, maximize, weight_decay)

@@ -37,7 +37,6 @@ __all__ = [
     "Updates",
     "apply_updates",
     "chain",
-    "identity",
 ]
 
 Params = Any
@@ -76,22 +75,6 @@ class GradientTransformation(NamedTuple):
 
 class EmptyState(NamedTuple):
     """The state of a stateless transformation."""
-
-
-def identity() -> GradientTransformation:
-    """The transformation that returns the updates unchanged."""
-
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
-        del params
-        return updates, state
-
-    return GradientTransformation(init, update)
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

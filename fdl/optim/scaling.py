@@ -12,16 +12,16 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fdl import tree
 from fdl.optim import _common as C
 from fdl.optim import _foreach as F
-from fdl.optim.base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from fdl.optim.base import GradientTransformation, Params, ScalarOrSchedule
 from fdl.optim.wrappers import masked
 
 __all__ = [
     "ScaleByScheduleState",
     "TraceState",
     "add_decayed_weights",
+    "identity",
     "scale",
     "scale_by_learning_rate",
     "scale_by_schedule",
@@ -29,6 +29,18 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
+
+
+def identity() -> GradientTransformation:
+    """The transformation that returns the updates unchanged: :math:`u = g`.
+
+    Example:
+        >>> import torch
+        >>> tx = identity()
+        >>> tx.update({"w": torch.ones(2)}, tx.init(None))[0]
+        {'w': tensor([1., 1.])}
+    """
+    return C.stateless("identity", lambda g, p: g)
 
 
 def scale(step_size: float) -> GradientTransformation:
@@ -76,21 +88,13 @@ def scale_by_schedule(step_size_fn: Callable[[Tensor], Tensor]) -> GradientTrans
         (tensor([0.5000]), tensor(2))
     """
 
-    def init(params: Params) -> ScaleByScheduleState:
-        return ScaleByScheduleState(C.zero_count(params))
-
-    def update(
-        updates: Updates, state: ScaleByScheduleState, params: Params | None = None
-    ) -> tuple[Updates, ScaleByScheduleState]:
-        g, treedef, _ = C.leaves_of(
-            updates, params, who="scale_by_schedule", state=state, state_type=ScaleByScheduleState
-        )
+    def step(g: list[Tensor], state: ScaleByScheduleState) -> Any:
         factor = step_size_fn(state.count)
         if isinstance(factor, Tensor):
             factor = factor.to(torch.float64)
-        return tree.unflatten(treedef, F.scale(g, factor)), ScaleByScheduleState(state.count + 1)
+        return F.scale(g, factor), {}
 
-    return GradientTransformation(init, update)
+    return C.stateful("scale_by_schedule", ScaleByScheduleState, step, trees=())
 
 
 def scale_by_learning_rate(
@@ -204,32 +208,19 @@ def trace(
     if not callable(decay):
         C.check_nonneg("momentum", decay)
 
-    def init(params: Params) -> TraceState:
-        return TraceState(C.zero_count(params), tree.zeros_like(params))
-
-    def update(
-        updates: Updates, state: TraceState, params: Params | None = None
-    ) -> tuple[Updates, TraceState]:
-        g, treedef, _ = C.leaves_of(
-            updates, params, who="trace", state=state, state_type=TraceState
-        )
-        buf = C.state_leaves(state.trace, treedef, updates, "trace", "trace")
+    def step(g: list[Tensor], state: TraceState, trace: list[Tensor]) -> Any:
         mu = C.scheduled(decay, state.count)
         if dampening == 0.0:
             # from a zero buffer, decay * 0 + g == g exactly: the first step needs no branch
-            new = F.decayed_sum(buf, mu, g)
+            new = F.decayed_sum(trace, mu, g)
         else:
             # 1 at the first step (torch copies the gradient), 1 - d after; in float64
             first = (state.count == 0).to(torch.float64)
-            new = F.linear_combination(buf, mu, g, 1.0 - dampening * (1.0 - first))
+            new = F.linear_combination(trace, mu, g, 1.0 - dampening * (1.0 - first))
         if not nesterov:
-            out = new
-        elif isinstance(mu, Tensor):
-            out = F.linear_combination(g, 1.0, new, mu)
-        else:
-            out = F.add(g, new, alpha=mu)
-        return tree.unflatten(treedef, out), TraceState(
-            state.count + 1, tree.unflatten(treedef, new)
-        )
+            return new, {"trace": new}
+        if isinstance(mu, Tensor):
+            return F.linear_combination(g, 1.0, new, mu), {"trace": new}
+        return F.add(g, new, alpha=mu), {"trace": new}
 
-    return GradientTransformation(init, update)
+    return C.stateful("trace", TraceState, step, trees=("trace",))
