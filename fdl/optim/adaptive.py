@@ -100,7 +100,7 @@ def scale_by_adam(
     if not callable(b1):
         C.check_unit_interval("beta1", b1)
     C.check_unit_interval("beta2", b2)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
 
     def step(g: Leaves, state: ScaleByAdamState, mu: Leaves, nu: Leaves, nu_max: Any) -> Any:
         t = C.step_number(state.count)
@@ -155,7 +155,7 @@ def scale_by_adamax(
     """
     C.check_unit_interval("beta1", b1)
     C.check_unit_interval("beta2", b2)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
 
     def step(g: Leaves, state: ScaleByAdamaxState, mu: Leaves, nu: Leaves) -> Any:
         m = _update_moment(g, mu, b1, order=1)
@@ -209,7 +209,7 @@ def scale_by_nadam(
     """
     C.check_unit_interval("beta1", b1)
     C.check_unit_interval("beta2", b2)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
     C.check_nonneg("momentum_decay", momentum_decay)
 
     def step(g: Leaves, state: ScaleByNadamState, mu: Leaves, nu: Leaves) -> Any:
@@ -272,7 +272,7 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
     """
     C.check_unit_interval("beta1", b1)
     C.check_unit_interval("beta2", b2)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
     def step(g: Leaves, state: ScaleByAdamState, mu: Leaves, nu: Leaves, nu_max: None) -> Any:
@@ -334,7 +334,7 @@ def scale_by_rms(
         {'w': tensor([2.])}
     """
     C.check_nonneg("alpha", decay)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
 
     def step(g: Leaves, state: ScaleByRmsState, nu: Leaves, mu: Any) -> Any:
         s = _update_moment(g, nu, decay, order=2)
@@ -380,7 +380,7 @@ def scale_by_rss(
         {'w': tensor([-1.])}
     """
     C.check_nonneg("initial_accumulator_value", initial_accumulator_value)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
 
     def step(g: Leaves, state: ScaleByRssState, sum_of_squares: Leaves) -> Any:
         s = F.add_squares(sum_of_squares, g)
@@ -429,7 +429,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
         {'w': tensor([0.])}
     """
     C.check_unit_interval("rho", rho, closed=True)
-    C.check_nonneg("eps", eps)
+    C.check_nonneg("epsilon", eps)
 
     def step(g: Leaves, state: ScaleByAdadeltaState, e_g: Leaves, e_x: Leaves) -> Any:
         e_g = _update_moment(g, e_g, rho, order=2)

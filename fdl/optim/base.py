@@ -156,13 +156,14 @@ def _check_inputs(
         )
     if expected is None:
         return
-    what = "the state" if params is not None else "the state (no params given: for the updates)"
+    built = "params" if params is not None else "the updates (no params given)"
     _validation.check_tree(
         state,
         expected,
         got_name="the state",
-        expected_name=f"{what} {name}.init(params) builds, {_validation.describe(expected)}",
-        context=f"{context}: the state is a {_validation.describe(state)}",
+        expected_name="the expected state",
+        context=f"{context}: the state is a {_validation.describe(state)}, expected the "
+        f"{_validation.describe(expected)} that {name}.init builds for {built}",
     )
 
 
