@@ -258,10 +258,10 @@ def rmsprop(
 
 def _decayed_lr(lr: ScalarOrSchedule, lr_decay: float) -> ScalarOrSchedule:
     """Adagrad's ``η / (1 + (t-1) δ)`` as a schedule of the step count ``t-1``."""
-    C.check_nonneg("lr_decay", lr_decay)  # no block sees these two as given
-    C.check_lr(lr)
+    C.check_nonneg("lr_decay", lr_decay)  # no block sees it
     if lr_decay == 0:
         return lr
+    C.check_lr(lr)  # scale_by_learning_rate sees the schedule below, not lr itself
     base: Callable[[torch.Tensor], Any] = lr if callable(lr) else (lambda count: lr)
 
     def schedule(count: torch.Tensor) -> torch.Tensor:
