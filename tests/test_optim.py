@@ -131,7 +131,7 @@ def _storages(tree_: Any) -> set[int]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_updates_share_no_memory_with_state_or_inputs(name: str) -> None:
-    """Buffers a chain overwrites in place (``_foreach.fresh``) never leak into a state or input."""
+    """Buffers a chain overwrites in place (``_reuse``) never leak into a state or input."""
     opt = OPTIMIZERS[name][0](0.01)
     params = _params()
     state = opt.init(params)
@@ -183,6 +183,28 @@ def test_chain_reuses_fresh_buffers_in_place() -> None:
         opt.update(_grads(params, 0), state, params)
     assert "_foreach_mul_.Scalar" in ops.names  # lr scaling in place
     assert ops.names.count("_foreach_mul.Scalar") == 1  # only v * b2 allocates
+
+
+def test_updates_a_chain_returns_are_never_overwritten_later() -> None:
+    """Marks end with the chain's update: its result is safe as another chain's input."""
+    params = _params()
+    opt = fdl.optim.adam(0.1)
+    updates, _ = opt.update(_grads(params, 0), opt.init(params), params)
+    kept = fdl.tree.map(torch.clone, updates)
+    again = fdl.optim.chain(fdl.optim.identity(), fdl.optim.scale(2.0))
+    doubled, _ = again.update(updates, again.init(params), params)
+    assert_trees_close(updates, kept, rtol=0, atol=0)
+    assert_trees_close(doubled, fdl.tree.scale(kept, 2.0), rtol=0, atol=0)
+
+
+def test_partly_marked_updates_are_not_overwritten() -> None:
+    """A masked block hands on some fresh buffers and some incoming ones: no op writes in place."""
+    params = _params()
+    mask = {"fc": {"weight": True, "bias": False}, "out": {"weight": True}, "scalar": False}
+    opt = fdl.optim.chain(fdl.optim.masked(fdl.optim.scale_by_adam(), mask), fdl.optim.scale(-1.0))
+    updates, _ = assert_pure(opt.update, _grads(params, 0), opt.init(params), params)
+    grads = _grads(params, 0)
+    assert torch.equal(updates["fc"]["bias"], -grads["fc"]["bias"])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -7,13 +7,31 @@
     updates, state = opt.update(grads, state, params)
     params = fdl.optim.apply_updates(params, updates)
 
-Optimizers (:mod:`fdl.optim.alias`) are ``chain``s of building blocks
-(:mod:`fdl.optim.transform`); learning-rate schedules live in
+Optimizers (:mod:`fdl.optim.alias`) are ``chain``s of building blocks, grouped
+by job: :mod:`fdl.optim.scaling` (factors, learning rate, weight decay,
+momentum), :mod:`fdl.optim.adaptive` (Adam, RMSprop, Adagrad, ...),
+:mod:`fdl.optim.clipping` and :mod:`fdl.optim.wrappers` (masking, accumulation,
+skipping non-finite steps); learning-rate schedules live in
 :mod:`fdl.optim.schedules`; :func:`make_update` builds a compiled
 update-and-apply step, optionally with buffer donation.
 """
 
-from fdl.optim import schedules
+from fdl.optim import adaptive, alias, clipping, scaling, schedules, wrappers
+from fdl.optim.adaptive import (
+    ScaleByAdadeltaState,
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByNadamState,
+    ScaleByRmsState,
+    ScaleByRssState,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+)
 from fdl.optim.alias import adadelta, adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd
 from fdl.optim.base import (
     EmptyState,
@@ -22,89 +40,45 @@ from fdl.optim.base import (
     Schedule,
     apply_updates,
     chain,
-    identity,
 )
-from fdl.optim.step import make_update
-from fdl.optim.transform import (
-    ApplyIfFiniteState,
-    MaskedState,
-    MultiStepsState,
-    ScaleByAdadeltaState,
-    ScaleByAdamaxState,
-    ScaleByAdamState,
-    ScaleByNadamState,
-    ScaleByRmsState,
-    ScaleByRssState,
+from fdl.optim.clipping import clip, clip_by_global_norm
+from fdl.optim.scaling import (
     ScaleByScheduleState,
     TraceState,
     add_decayed_weights,
+    identity,
+    scale,
+    scale_by_learning_rate,
+    scale_by_schedule,
+    trace,
+)
+from fdl.optim.step import make_update
+from fdl.optim.wrappers import (
+    ApplyIfFiniteState,
+    MaskedState,
+    MultiStepsState,
     apply_if_finite,
-    clip,
-    clip_by_global_norm,
     freeze,
     masked,
     multi_steps,
-    scale,
-    scale_by_adadelta,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_learning_rate,
-    scale_by_nadam,
-    scale_by_radam,
-    scale_by_rms,
-    scale_by_rss,
-    scale_by_schedule,
     set_to_zero,
-    trace,
 )
 
-__all__ = [
-    "ApplyIfFiniteState",
-    "EmptyState",
-    "GradientTransformation",
-    "MaskedState",
-    "MultiStepsState",
-    "ScalarOrSchedule",
-    "ScaleByAdadeltaState",
-    "ScaleByAdamState",
-    "ScaleByAdamaxState",
-    "ScaleByNadamState",
-    "ScaleByRmsState",
-    "ScaleByRssState",
-    "ScaleByScheduleState",
-    "Schedule",
-    "TraceState",
-    "adadelta",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamw",
-    "add_decayed_weights",
-    "apply_if_finite",
-    "apply_updates",
-    "chain",
-    "clip",
-    "clip_by_global_norm",
-    "freeze",
-    "identity",
-    "make_update",
-    "masked",
-    "multi_steps",
-    "nadam",
-    "radam",
-    "rmsprop",
-    "scale",
-    "scale_by_adadelta",
-    "scale_by_adam",
-    "scale_by_adamax",
-    "scale_by_learning_rate",
-    "scale_by_nadam",
-    "scale_by_radam",
-    "scale_by_rms",
-    "scale_by_rss",
-    "scale_by_schedule",
-    "schedules",
-    "set_to_zero",
-    "sgd",
-    "trace",
-]
+# the building blocks are listed in their own modules
+__all__ = sorted(
+    [
+        "EmptyState",
+        "GradientTransformation",
+        "ScalarOrSchedule",
+        "Schedule",
+        "apply_updates",
+        "chain",
+        "make_update",
+        "schedules",
+        *alias.__all__,
+        *adaptive.__all__,
+        *clipping.__all__,
+        *scaling.__all__,
+        *wrappers.__all__,
+    ]
+)

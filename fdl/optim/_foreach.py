@@ -1,39 +1,37 @@
 """Leaf-list arithmetic for the optimizer blocks: the one place ``torch._foreach_*`` ops live.
 
-Every building block in :mod:`fdl.optim.transform` works on flat lists of
-leaves and calls the functions below. Each function returns **new** tensors and
-never mutates its arguments; in-place ops are applied only to buffers the
-function itself has just allocated.
-
-Two paths compute the same numbers with the same sequence of torch ops:
+Every building block works on flat lists of leaves and calls the ops below,
+each named for what it computes (``ema``, ``root_plus``, ...). An op is
+written **once**, as a chain of elementwise steps on :class:`_Lv` (a list of
+leaves), and the :func:`_leafwise` decorator runs that one definition on one
+of two paths that issue the same sequence of torch ops, so they give the same
+bits:
 
 * eager (not tracing): ``torch._foreach_*`` ops over the whole list, one call
-  per op instead of one per leaf (less Python and dispatcher overhead);
-* tracing (``torch.compile``): plain per-leaf ops, which the compiler fuses.
+  per step instead of one per leaf (less Python and dispatcher overhead); a
+  step whose input is a buffer this op allocated itself runs in place;
+* tracing (``torch.compile``) or inside ``torch.func`` transforms (foreach ops
+  have no batching rule): plain per-leaf ops, which the compiler fuses.
+
+Every op returns **new** tensors and never writes into its arguments, with one
+exception stated in :mod:`fdl.optim._reuse`: an op declared with
+``overwrites_marked=True`` may write its result into its first argument when
+the running chain marked that list as a private buffer.
 
 ``_per_leaf()`` forces the per-leaf path in eager mode (used by the tests that
 check both paths give identical results).
-
-Inside :func:`fdl.optim.chain` the updates that one block hands to the next
-are often buffers that block has just allocated and that nothing else holds
-(Adam's ``m̂ / (√v̂ + ε)``, for instance). A block marks such outputs with
-:func:`fresh`; while the chain runs, :func:`scale` and :func:`add` overwrite
-marked buffers in place instead of allocating new ones (on a 10M-parameter
-Adam this removes one of six allocations per leaf and step). The chain unmarks any
-buffer that a block keeps in its state, and the marks end with the chain's
-update, so nothing a caller passed in or gets back is ever modified. Only the
-eager ``foreach`` path does this; traced code is left to the compiler.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
-from fdl import tree
+from fdl.optim import _reuse
 
 Tensor = torch.Tensor
 Scalar = float | Tensor
@@ -51,52 +49,6 @@ def _per_leaf() -> Iterator[None]:
         yield
     finally:
         _FOREACH = old
-
-
-# id -> tensor of the buffers the running chain may overwrite (None outside a chain).
-# Holding the tensors keeps their ids from being reused while the marks live.
-_FRESH: contextvars.ContextVar[dict[int, Tensor] | None] = contextvars.ContextVar(
-    "fdl_optim_fresh", default=None
-)
-
-
-@contextlib.contextmanager
-def fresh_scope() -> Iterator[None]:
-    """Open a scope in which blocks may mark and reuse private buffers (one chain update)."""
-    if torch.compiler.is_compiling():  # traced code: the compiler plans buffers itself
-        yield
-        return
-    token = _FRESH.set({})
-    try:
-        yield
-    finally:
-        _FRESH.reset(token)
-
-
-def fresh(xs: Leaves) -> None:
-    """Mark ``xs`` as new buffers that nothing but the running chain holds."""
-    if torch.compiler.is_compiling():
-        return
-    marks = _FRESH.get()
-    if marks is not None and use_foreach(xs) and not any(x.requires_grad for x in xs):
-        marks.update((id(x), x) for x in xs)
-
-
-def unmark(state: object) -> None:
-    """Remove the marks of every leaf of ``state`` (a new state a block returns)."""
-    if torch.compiler.is_compiling():
-        return
-    marks = _FRESH.get()
-    if marks:  # flatten only when something is marked
-        for x in tree.leaves(state):
-            marks.pop(id(x), None)
-
-
-def _is_fresh(xs: Leaves) -> bool:
-    if torch.compiler.is_compiling():
-        return False
-    marks = _FRESH.get()
-    return bool(marks) and use_foreach(xs) and all(marks.get(id(x)) is x for x in xs)  # type: ignore[union-attr]
 
 
 def use_foreach(xs: Leaves) -> bool:
@@ -118,197 +70,248 @@ def materialize(*scalars: Tensor) -> tuple[Tensor, ...]:
     transcendental functions for each of millions of elements. A small reduction
     is never inlined into a consumer of another size, so routing the scalars
     through one (adding zeros: the values are unchanged) makes inductor compute
-    them in a tiny kernel of their own. Eagerly this is a no-op.
+    them in a tiny kernel of their own. Eagerly this is a no-op. :func:`_leafwise`
+    applies it to every tensor scalar an op receives, so blocks never call it.
     """
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() or not scalars:
         return scalars
     dtype = scalars[0].dtype
     stacked = torch.stack([torch.as_tensor(x, dtype=dtype) for x in scalars])  # (k,)
-    stacked = torch.stack([stacked, torch.zeros_like(stacked)]).sum(0)  # (2, k) -> (k,)
+    stacked = torch.stack([stacked, torch.zeros_like(stacked)]).sum(0).to(dtype)  # (2, k) -> (k,)
     return tuple(stacked.unbind(0))
 
 
-def _as(s: Scalar, x: Tensor) -> Scalar:
+def _as(s: Any, x: Tensor) -> Any:
     """A tensor scalar in ``x``'s dtype (0-d leaves would otherwise promote to float64)."""
     return s.to(x.dtype) if isinstance(s, Tensor) and s.dtype != x.dtype else s
 
 
-def scale(xs: Leaves, s: Scalar) -> Leaves:
-    """``x * s`` (in place when ``xs`` are marked :func:`fresh`)."""
-    if _is_fresh(xs):
-        torch._foreach_mul_(xs, s)
-        return list(xs)
-    if use_foreach(xs):
-        return list(torch._foreach_mul(xs, s))
-    return [x * _as(s, x) for x in xs]
+class _Lv:
+    """A list of leaves on one path; each method is one elementwise step of an op.
+
+    On the foreach path a step whose input is ``owned`` (allocated by this op, or
+    marked by the chain for an op that may overwrite it) runs in place.
+    """
+
+    __slots__ = ("foreach", "owned", "xs")
+
+    def __init__(self, xs: Leaves, foreach: bool, owned: bool = False) -> None:
+        self.xs, self.foreach, self.owned = xs, foreach, owned
+
+    def _step(self, name: str, per_leaf: Callable[..., Tensor], *args: Any, **kw: Any) -> _Lv:
+        """``torch._foreach_<name>[_]`` on the foreach path, ``per_leaf`` leaf by leaf otherwise."""
+        args = tuple(a.xs if isinstance(a, _Lv) else a for a in args)
+        if self.foreach:
+            if self.owned:
+                getattr(torch, f"_foreach_{name}_")(self.xs, *args, **kw)
+                return self
+            return _Lv(list(getattr(torch, f"_foreach_{name}")(self.xs, *args, **kw)), True, True)
+        out = [
+            per_leaf(x, *(a[j] if isinstance(a, list) else _as(a, x) for a in args), **kw)
+            for j, x in enumerate(self.xs)
+        ]
+        return _Lv(out, False, True)
+
+    def mul(self, other: Any) -> _Lv:
+        return self._step("mul", torch.mul, other)
+
+    def div(self, other: Any) -> _Lv:
+        return self._step("div", torch.div, other)
+
+    def add(self, other: Any, alpha: float = 1.0) -> _Lv:
+        if isinstance(other, _Lv | list):
+            return self._step("add", torch.add, other, alpha=alpha)
+        return self._step("add", torch.add, other)  # a scalar: alpha is not accepted
+
+    def addcmul(self, ys: Any, zs: Any, value: float) -> _Lv:
+        return self._step("addcmul", torch.addcmul, ys, zs, value=value)
+
+    def lerp(self, ys: Any, weight: Scalar) -> _Lv:
+        return self._step("lerp", torch.lerp, ys, weight)
+
+    def maximum(self, ys: Any) -> _Lv:
+        return self._step("maximum", torch.maximum, ys)
+
+    def clamp_min(self, lo: float) -> _Lv:
+        return self._step("clamp_min", torch.clamp_min, lo)
+
+    def clamp_max(self, hi: float) -> _Lv:
+        return self._step("clamp_max", torch.clamp_max, hi)
+
+    def sqrt(self) -> _Lv:
+        return self._step("sqrt", torch.sqrt)
+
+    def abs(self) -> _Lv:
+        return self._step("abs", torch.abs)
+
+    def reciprocal(self) -> _Lv:
+        return self._step("reciprocal", torch.reciprocal)
 
 
-def mul(xs: Leaves, ys: Leaves) -> Leaves:
-    """``x * y`` leafwise."""
-    if use_foreach(xs):
-        return list(torch._foreach_mul(xs, ys))
-    return [x * y for x, y in zip(xs, ys, strict=True)]
+def _leafwise(fn: Callable[..., _Lv] | None = None, *, overwrites_marked: bool = False) -> Any:
+    """Turn an op written once on :class:`_Lv` into a function of leaf lists.
+
+    The path is chosen from the first list argument; tensor scalars are routed
+    through :func:`materialize`. With ``overwrites_marked`` the first argument
+    counts as owned (may be written in place) when the chain marked it.
+    """
+
+    def wrap(op: Callable[..., _Lv]) -> Callable[..., Leaves]:
+        @functools.wraps(op)
+        def run(xs: Leaves, *args: Any, **kw: Any) -> Leaves:
+            foreach = use_foreach(xs)
+            if not foreach:
+                args, kw = _materialized(args, kw)
+            owned = overwrites_marked and foreach and _reuse.is_marked(xs)
+            wrapped = [_Lv(a, foreach) if isinstance(a, list) else a for a in args]
+            return list(op(_Lv(xs, foreach, owned), *wrapped, **kw).xs)
+
+        return run
+
+    return wrap(fn) if fn is not None else wrap
 
 
-def div(xs: Leaves, ys: Leaves) -> Leaves:
-    """``x / y`` leafwise."""
-    if use_foreach(xs):
-        return list(torch._foreach_div(xs, ys))
-    return [x / y for x, y in zip(xs, ys, strict=True)]
+def _materialized(args: tuple, kw: dict) -> tuple[tuple, dict]:
+    """``args`` and ``kw`` with their floating tensor scalars materialized together."""
+    where = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+    keys = [k for k, v in kw.items() if isinstance(v, Tensor)]
+    if not where and not keys:
+        return args, kw
+    values = iter(
+        materialize(
+            *(torch.as_tensor(args[i], dtype=torch.float64) for i in where),
+            *(torch.as_tensor(kw[k], dtype=torch.float64) for k in keys),
+        )
+    )
+    new_args = list(args)
+    for i in where:
+        new_args[i] = next(values)
+    return tuple(new_args), {**kw, **{k: next(values) for k in keys}}
 
 
-def add(xs: Leaves, ys: Leaves, alpha: float = 1.0) -> Leaves:
-    """``x + alpha * y`` leafwise (``alpha`` a Python number; in place when ``xs`` are fresh)."""
-    if _is_fresh(xs):
-        torch._foreach_add_(xs, ys, alpha=alpha)
-        return list(xs)
-    if use_foreach(xs):
-        return list(torch._foreach_add(xs, ys, alpha=alpha))
-    return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
+# ---------------------------------------------------------------------------
+# the ops, each named for what it computes
+# ---------------------------------------------------------------------------
 
 
-def add_cast(xs: Leaves, ys: Leaves) -> Leaves:
-    """``x + y`` leafwise, the result in ``x``'s dtype (``apply_updates``)."""
-    ys = [y if y.dtype == x.dtype else y.to(x.dtype) for x, y in zip(xs, ys, strict=True)]
-    if use_foreach(xs):
-        return list(torch._foreach_add(xs, ys))
-    return [x + y for x, y in zip(xs, ys, strict=True)]
+@_leafwise(overwrites_marked=True)
+def scale(x: _Lv, s: Scalar) -> _Lv:
+    """``s * x``."""
+    return x.mul(s)
 
 
-def axpby(xs: Leaves, a: Scalar, ys: Leaves, b: Scalar) -> Leaves:
-    """``a * x + b * y`` leafwise, computed as ``(x * a) + (y * b)``."""
-    if use_foreach(xs):
-        out = torch._foreach_mul(xs, a)
-        torch._foreach_add_(out, torch._foreach_mul(ys, b))
-        return list(out)
-    return [x * _as(a, x) + y * _as(b, y) for x, y in zip(xs, ys, strict=True)]
+@_leafwise(overwrites_marked=True)
+def add(x: _Lv, y: _Lv, alpha: float = 1.0) -> _Lv:
+    """``x + alpha * y`` (``alpha`` a Python number)."""
+    return x.add(y, alpha=alpha)
 
 
-def lerp(xs: Leaves, ys: Leaves, weight: float) -> Leaves:
-    """``x + weight * (y - x)`` leafwise (``torch.lerp``)."""
-    if use_foreach(xs):
-        return list(torch._foreach_lerp(xs, ys, weight))
-    return [torch.lerp(x, y, _as(weight, x)) for x, y in zip(xs, ys, strict=True)]
+@_leafwise
+def mul(x: _Lv, y: _Lv) -> _Lv:
+    """``x * y``."""
+    return x.mul(y)
 
 
-def decay_add(xs: Leaves, decay: float, ys: Leaves, alpha: float) -> Leaves:
-    """``x * decay + alpha * y`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_mul(xs, decay)
-        torch._foreach_add_(out, ys, alpha=alpha)
-        return list(out)
-    return [torch.add(x * _as(decay, x), y, alpha=alpha) for x, y in zip(xs, ys, strict=True)]
+@_leafwise
+def div(x: _Lv, y: _Lv) -> _Lv:
+    """``x / y``."""
+    return x.div(y)
 
 
-def decay_addcmul(xs: Leaves, decay: float, ys: Leaves, zs: Leaves, value: float) -> Leaves:
-    """``x * decay + value * y * z`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_mul(xs, decay)
-        torch._foreach_addcmul_(out, ys, zs, value=value)
-        return list(out)
-    return [torch.addcmul(x * decay, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
+@_leafwise
+def _sum(x: _Lv, y: _Lv) -> _Lv:
+    return x.add(y)
 
 
-def decay_addcdiv(xs: Leaves, decay: float, ys: Leaves, zs: Leaves) -> Leaves:
-    """``x * decay + y / z`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_mul(xs, decay)
-        torch._foreach_addcdiv_(out, ys, zs)
-        return list(out)
-    return [torch.addcdiv(x * decay, y, z) for x, y, z in zip(xs, ys, zs, strict=True)]
+def add_in_dtype(xs: Leaves, ys: Leaves) -> Leaves:
+    """``x + y``, each result in ``x``'s dtype (``apply_updates``)."""
+    return _sum(
+        xs, [y if y.dtype == x.dtype else y.to(x.dtype) for x, y in zip(xs, ys, strict=True)]
+    )
 
 
-def sqrt_affine(xs: Leaves, a: Scalar, b: Scalar) -> Leaves:
-    """``sqrt(x) * a + b`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_mul_(out, a)
-        torch._foreach_add_(out, b)
-        return list(out)
-    return [torch.sqrt(x) * _as(a, x) + _as(b, x) for x in xs]
+@_leafwise
+def linear_combination(x: _Lv, a: Scalar, y: _Lv, b: Scalar) -> _Lv:
+    """``a * x + b * y``, computed as ``(x * a) + (y * b)``."""
+    return x.mul(a).add(y.mul(b))
 
 
-def sqrt_add(xs: Leaves, b: float) -> Leaves:
-    """``sqrt(x) + b`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_add_(out, b)
-        return list(out)
-    return [torch.sqrt(x) + b for x in xs]
+@_leafwise
+def decayed_sum(x: _Lv, decay: Scalar, y: _Lv) -> _Lv:
+    """``decay * x + y`` (a momentum buffer without dampening)."""
+    return x.mul(decay).add(y)
 
 
-def add_sqrt(xs: Leaves, b: float) -> Leaves:
-    """``sqrt(x + b)`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_add(xs, b)
-        torch._foreach_sqrt_(out)
-        return list(out)
-    return [torch.sqrt(x + b) for x in xs]
+@_leafwise
+def ema(m: _Lv, g: _Lv, decay: Scalar) -> _Lv:
+    """The moving average ``decay * m + (1 - decay) * g``, as ``lerp(m, g, 1 - decay)``."""
+    return m.lerp(g, 1.0 - decay)
 
 
-def addcmul(xs: Leaves, ys: Leaves, zs: Leaves, value: float) -> Leaves:
-    """``x + value * y * z`` leafwise."""
-    if use_foreach(xs):
-        return list(torch._foreach_addcmul(xs, ys, zs, value=value))
-    return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs, strict=True)]
+@_leafwise
+def ema_of_squares(v: _Lv, g: _Lv, decay: float) -> _Lv:
+    """The moving average of squares ``decay * v + (1 - decay) * g * g``."""
+    return v.mul(decay).addcmul(g, g, value=1.0 - decay)
 
 
-def div_sqrt_add(xs: Leaves, d: Scalar, b: float) -> Leaves:
-    """``sqrt(x / d) + b`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_div(xs, d)
-        torch._foreach_sqrt_(out)
-        torch._foreach_add_(out, b)
-        return list(out)
-    return [torch.sqrt(x / _as(d, x)) + b for x in xs]
+@_leafwise
+def add_squares(s: _Lv, g: _Lv) -> _Lv:
+    """The running sum of squares ``s + g * g``."""
+    return s.addcmul(g, g, value=1.0)
 
 
-def sqrt_add_rdiv(xs: Leaves, b: float, c: Scalar) -> Leaves:
-    """``c / (sqrt(x) + b)`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_add_(out, b)
-        torch._foreach_reciprocal_(out)
-        torch._foreach_mul_(out, c)
-        return list(out)
-    return [torch.reciprocal(torch.sqrt(x) + b) * _as(c, x) for x in xs]
+@_leafwise
+def root_affine(v: _Lv, a: Scalar, b: Scalar) -> _Lv:
+    """``a * sqrt(v) + b``."""
+    return v.sqrt().mul(a).add(b)
 
 
-def centered_sqrt_add(xs: Leaves, ms: Leaves, eps: float) -> Leaves:
-    """``sqrt(x - m * m) + eps`` leafwise (centered RMSprop)."""
-    if use_foreach(xs):
-        out = torch._foreach_addcmul(xs, ms, ms, value=-1.0)
-        torch._foreach_sqrt_(out)
-        torch._foreach_add_(out, eps)
-        return list(out)
-    return [
-        torch.sqrt(torch.addcmul(x, m, m, value=-1.0)) + eps for x, m in zip(xs, ms, strict=True)
-    ]
+@_leafwise
+def root_plus(v: _Lv, eps: float) -> _Lv:
+    """``sqrt(v) + eps``."""
+    return v.sqrt().add(eps)
 
 
-def abs_add(xs: Leaves, b: float) -> Leaves:
-    """``|x| + b`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_abs(xs)
-        torch._foreach_add_(out, b)
-        return list(out)
-    return [torch.abs(x) + b for x in xs]
+@_leafwise
+def rms(v: _Lv, eps: float) -> _Lv:
+    """The root mean square ``sqrt(v + eps)`` of a mean of squares ``v``."""
+    return v.add(eps).sqrt()
 
 
-def maximum(xs: Leaves, ys: Leaves) -> Leaves:
-    """Elementwise ``max(x, y)`` leafwise."""
-    if use_foreach(xs):
-        return list(torch._foreach_maximum(xs, ys))
-    return [torch.maximum(x, y) for x, y in zip(xs, ys, strict=True)]
+@_leafwise
+def corrected_root_plus(v: _Lv, correction: Scalar, eps: float) -> _Lv:
+    """``sqrt(v / correction) + eps`` (a bias-corrected root second moment)."""
+    return v.div(correction).sqrt().add(eps)
 
 
-def clamp(xs: Leaves, lo: float, hi: float) -> Leaves:
-    """``min(max(x, lo), hi)`` leafwise."""
-    if use_foreach(xs):
-        out = torch._foreach_clamp_min(xs, lo)
-        torch._foreach_clamp_max_(out, hi)
-        return list(out)
-    return [torch.clamp(x, lo, hi) for x in xs]
+@_leafwise
+def scaled_inverse_root(v: _Lv, eps: float, c: Scalar) -> _Lv:
+    """``c / (sqrt(v) + eps)``, computed as ``reciprocal(sqrt(v) + eps) * c``."""
+    return v.sqrt().add(eps).reciprocal().mul(c)
+
+
+@_leafwise
+def std_plus(s: _Lv, m: _Lv, eps: float) -> _Lv:
+    """The standard deviation plus eps, ``sqrt(s - m * m) + eps`` (centered RMSprop)."""
+    return s.addcmul(m, m, value=-1.0).sqrt().add(eps)
+
+
+@_leafwise
+def abs_plus(g: _Lv, eps: float) -> _Lv:
+    """``|g| + eps``."""
+    return g.abs().add(eps)
+
+
+@_leafwise
+def maximum(x: _Lv, y: _Lv) -> _Lv:
+    """Elementwise ``max(x, y)``."""
+    return x.maximum(y)
+
+
+@_leafwise
+def clamp(x: _Lv, lo: float, hi: float) -> _Lv:
+    """``min(max(x, lo), hi)``."""
+    return x.clamp_min(lo).clamp_max(hi)
 
 
 def norms(xs: Leaves, ord: float) -> Leaves:
@@ -320,6 +323,7 @@ def norms(xs: Leaves, ord: float) -> Leaves:
 
 def where(cond: Tensor, xs: Leaves, ys: Leaves) -> Leaves:
     """``torch.where(cond, x, y)`` leafwise, ``cond`` a boolean scalar tensor."""
+    (cond,) = materialize(cond)
     return [torch.where(cond, x, y) for x, y in zip(xs, ys, strict=True)]
 
 

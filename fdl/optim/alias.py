@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
-from fdl.optim import transform as T
-from fdl.optim.base import GradientTransformation, ScalarOrSchedule, Schedule, chain
+from fdl.optim import _common as C
+from fdl.optim import adaptive as A
+from fdl.optim.base import GradientTransformation, ScalarOrSchedule, Schedule, _chain
+from fdl.optim.scaling import add_decayed_weights, scale, scale_by_learning_rate, trace
 
 __all__ = ["adadelta", "adagrad", "adam", "adamax", "adamw", "nadam", "radam", "rmsprop", "sgd"]
 
@@ -41,47 +43,33 @@ def _reject_extra(name: str, extra: dict[str, Any]) -> None:
         )
 
 
-def _check_lr(lr: ScalarOrSchedule) -> None:
-    if callable(lr):
-        return
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        value = float(lr)
-    elif isinstance(lr, (int, float)):
-        value = float(lr)
-    else:
-        raise TypeError(
-            f"lr must be a float, a 1-element tensor or a schedule; got {type(lr).__name__}"
-        )
-    if not 0.0 <= value:
-        raise ValueError(f"Invalid learning rate: {lr}")
-
-
-def _check(name: str, value: float, ok: bool) -> None:
-    if not ok:
-        raise ValueError(f"Invalid {name}: {value}")
-
-
 def _check_betas(betas: tuple[Any, float], *, schedule_ok: bool = False) -> None:
-    """``0 <= beta < 1``; with ``schedule_ok``, beta1 may be a schedule (Adam, AdamW)."""
+    """A pair; with ``schedule_ok`` beta1 may be a schedule (the block checks the values)."""
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
-    for i, b in enumerate(betas):
-        if i == 0 and callable(b):
-            if not schedule_ok:
-                raise ValueError("beta1 may be a schedule only for adam and adamw")
-            continue
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+    if callable(betas[0]) and not schedule_ok:
+        raise ValueError("beta1 may be a schedule only for adam and adamw")
 
 
-def _head(maximize: bool, weight_decay: float) -> list[GradientTransformation]:
-    """``maximize`` negates the gradient, then L2 weight decay adds ``λθ`` (torch's order)."""
-    blocks = [T.scale(-1.0)] if maximize else []
-    if weight_decay != 0:
-        blocks.append(T.add_decayed_weights(weight_decay))
-    return blocks
+def _optimizer(
+    name: str,
+    lr: ScalarOrSchedule,
+    core: list[GradientTransformation],
+    maximize: bool,
+    weight_decay: float,
+    decoupled: bool = False,
+) -> GradientTransformation:
+    """torch's order of steps around an optimizer's own blocks ``core``.
+
+    ``chain(scale(-1) if maximize, add_decayed_weights(λ) (L2), *core,
+    add_decayed_weights(λ) (decoupled), scale_by_learning_rate(lr))``. Each block
+    checks its own hyperparameters, so a block is built for every non-zero value
+    (a negative one then raises) and the optimizers check only what no block sees.
+    """
+    decay = [add_decayed_weights(weight_decay)] if weight_decay != 0 else []
+    blocks = [scale(-1.0)] if maximize else []
+    blocks += [*([] if decoupled else decay), *core, *(decay if decoupled else [])]
+    return _chain((*blocks, scale_by_learning_rate(lr)), name)
 
 
 def sgd(
@@ -126,18 +114,11 @@ def sgd(
         {'w': tensor([0.9000, 0.9000])}
     """
     _reject_extra("sgd", unsupported)
-    _check_lr(lr)
-    fixed = None if callable(momentum) else float(momentum)  # None: a schedule
-    if fixed is not None:
-        _check("momentum value", fixed, fixed >= 0.0)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
+    fixed = None if callable(momentum) else momentum  # None: a schedule
     if nesterov and ((fixed is not None and fixed <= 0) or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    blocks = _head(maximize, weight_decay)
-    if fixed is None or fixed != 0:
-        blocks.append(T.trace(momentum, nesterov=nesterov, dampening=dampening))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = [] if fixed == 0 else [trace(momentum, nesterov=nesterov, dampening=dampening)]
+    return _optimizer("sgd", lr, core, maximize, weight_decay)
 
 
 def adam(
@@ -188,17 +169,22 @@ def adam(
         tensor([-0.1000,  0.1000])
     """
     _reject_extra("adam", unsupported)
-    _check_lr(lr)
-    _check("epsilon value", eps, eps >= 0.0)
+    return _adam("adam", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+
+
+def _adam(
+    name: str,
+    lr: ScalarOrSchedule,
+    betas: tuple[float | Schedule, float],
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+) -> GradientTransformation:
     _check_betas(betas, schedule_ok=True)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    decoupled = decoupled_weight_decay and weight_decay != 0
-    blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
-    blocks.append(T.scale_by_adam(betas[0], betas[1], eps, amsgrad=amsgrad))
-    if decoupled:
-        blocks.append(T.add_decayed_weights(weight_decay))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = A.scale_by_adam(betas[0], betas[1], eps, amsgrad=amsgrad)
+    return _optimizer(name, lr, [core], maximize, weight_decay, decoupled)
 
 
 def adamw(
@@ -230,9 +216,7 @@ def adamw(
         tensor([-0.0500])
     """
     _reject_extra("adamw", unsupported)
-    return adam(
-        lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True
-    )
+    return _adam("adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True)
 
 
 def rmsprop(
@@ -268,23 +252,16 @@ def rmsprop(
         {'w': tensor([-0.0100])}
     """
     _reject_extra("rmsprop", unsupported)
-    _check_lr(lr)
-    _check("epsilon value", eps, eps >= 0.0)
-    _check("momentum value", momentum, momentum >= 0.0)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    _check("alpha value", alpha, alpha >= 0.0)
-    blocks = _head(maximize, weight_decay)
-    blocks.append(T.scale_by_rms(alpha, eps, centered))
-    if momentum > 0:
-        blocks.append(T.trace(momentum))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = [A.scale_by_rms(alpha, eps, centered), *([trace(momentum)] if momentum != 0 else [])]
+    return _optimizer("rmsprop", lr, core, maximize, weight_decay)
 
 
 def _decayed_lr(lr: ScalarOrSchedule, lr_decay: float) -> ScalarOrSchedule:
     """Adagrad's ``η / (1 + (t-1) δ)`` as a schedule of the step count ``t-1``."""
+    C.check_nonneg("lr_decay", lr_decay)  # no block sees it
     if lr_decay == 0:
         return lr
+    C.check_lr(lr)  # scale_by_learning_rate sees the schedule below, not lr itself
     base: Callable[[torch.Tensor], Any] = lr if callable(lr) else (lambda count: lr)
 
     def schedule(count: torch.Tensor) -> torch.Tensor:
@@ -320,19 +297,8 @@ def adagrad(
         {'w': tensor([0.5000])}
     """
     _reject_extra("adagrad", unsupported)
-    _check_lr(lr)
-    _check("lr_decay value", lr_decay, lr_decay >= 0.0)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    _check(
-        "initial_accumulator_value value",
-        initial_accumulator_value,
-        initial_accumulator_value >= 0.0,
-    )
-    _check("epsilon value", eps, eps >= 0.0)
-    blocks = _head(maximize, weight_decay)
-    blocks.append(T.scale_by_rss(initial_accumulator_value, eps))
-    blocks.append(T.scale_by_learning_rate(_decayed_lr(lr, lr_decay)))
-    return chain(*blocks)
+    core = [A.scale_by_rss(initial_accumulator_value, eps)]
+    return _optimizer("adagrad", _decayed_lr(lr, lr_decay), core, maximize, weight_decay)
 
 
 def adamax(
@@ -362,14 +328,9 @@ def adamax(
         {'w': tensor([-0.1000])}
     """
     _reject_extra("adamax", unsupported)
-    _check_lr(lr)
-    _check("epsilon value", eps, eps >= 0.0)
     _check_betas(betas)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    blocks = _head(maximize, weight_decay)
-    blocks.append(T.scale_by_adamax(betas[0], betas[1], eps))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = [A.scale_by_adamax(betas[0], betas[1], eps)]
+    return _optimizer("adamax", lr, core, maximize, weight_decay)
 
 
 def nadam(
@@ -404,18 +365,9 @@ def nadam(
         torch.Size([1])
     """
     _reject_extra("nadam", unsupported)
-    _check_lr(lr)
-    _check("epsilon value", eps, eps >= 0.0)
     _check_betas(betas)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    _check("momentum_decay value", momentum_decay, momentum_decay >= 0.0)
-    decoupled = decoupled_weight_decay and weight_decay != 0
-    blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
-    blocks.append(T.scale_by_nadam(betas[0], betas[1], eps, momentum_decay))
-    if decoupled:
-        blocks.append(T.add_decayed_weights(weight_decay))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = [A.scale_by_nadam(betas[0], betas[1], eps, momentum_decay)]
+    return _optimizer("nadam", lr, core, maximize, weight_decay, decoupled_weight_decay)
 
 
 def radam(
@@ -446,17 +398,9 @@ def radam(
         {'w': tensor([-0.2000])}
     """
     _reject_extra("radam", unsupported)
-    _check_lr(lr)
-    _check("epsilon value", eps, eps >= 0.0)
     _check_betas(betas)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    decoupled = decoupled_weight_decay and weight_decay != 0
-    blocks = _head(maximize, 0.0 if decoupled_weight_decay else weight_decay)
-    blocks.append(T.scale_by_radam(betas[0], betas[1], eps))
-    if decoupled:
-        blocks.append(T.add_decayed_weights(weight_decay))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = [A.scale_by_radam(betas[0], betas[1], eps)]
+    return _optimizer("radam", lr, core, maximize, weight_decay, decoupled_weight_decay)
 
 
 def adadelta(
@@ -485,11 +429,5 @@ def adadelta(
         True
     """
     _reject_extra("adadelta", unsupported)
-    _check_lr(lr)
-    _check("rho value", rho, 0.0 <= rho <= 1.0)
-    _check("epsilon value", eps, eps >= 0.0)
-    _check("weight_decay value", weight_decay, weight_decay >= 0.0)
-    blocks = _head(maximize, weight_decay)
-    blocks.append(T.scale_by_adadelta(rho, eps))
-    blocks.append(T.scale_by_learning_rate(lr))
-    return chain(*blocks)
+    core = [A.scale_by_adadelta(rho, eps)]
+    return _optimizer("adadelta", lr, core, maximize, weight_decay)

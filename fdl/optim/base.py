@@ -24,8 +24,8 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from fdl import tree
-from fdl.optim import _foreach
+from fdl import _eager, tree
+from fdl.optim import _foreach, _reuse, _validation
 
 __all__ = [
     "EmptyState",
@@ -37,7 +37,6 @@ __all__ = [
     "Updates",
     "apply_updates",
     "chain",
-    "identity",
 ]
 
 Params = Any
@@ -78,24 +77,13 @@ class EmptyState(NamedTuple):
     """The state of a stateless transformation."""
 
 
-def identity() -> GradientTransformation:
-    """The transformation that returns the updates unchanged."""
-
-    def init(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
-    def update(
-        updates: Updates, state: EmptyState, params: Params | None = None
-    ) -> tuple[Updates, EmptyState]:
-        del params
-        return updates, state
-
-    return GradientTransformation(init, update)
-
-
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Compose transformations left to right; the state is the tuple of their states.
+
+    The outermost ``update`` of a call checks its inputs once, eagerly: the
+    gradients against the params, and the state against the one ``init`` builds
+    for these params (its type and structure), naming every differing leaf by
+    its dotted path. Nested chains and blocks then skip their own checks.
 
     Example:
         >>> import torch, fdl
@@ -105,34 +93,78 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         >>> u["w"]
         tensor([-0.5000,  0.2500])
     """
+    return _chain(transforms, "chain")
+
+
+def _chain(transforms: tuple[GradientTransformation, ...], name: str) -> GradientTransformation:
+    """:func:`chain`, its messages naming the optimizer ``name`` (``"adam"``, ...)."""
     for i, t in enumerate(transforms):
         if not isinstance(t, GradientTransformation):
             raise TypeError(
-                f"chain expects GradientTransformation arguments; argument {i} is "
+                f"{name} expects GradientTransformation arguments; argument {i} is "
                 f"{type(t).__name__}"
             )
 
     def init(params: Params) -> tuple[State, ...]:
         return tuple(t.init(params) for t in transforms)
 
-    def update(
-        updates: Updates, state: tuple[State, ...], params: Params | None = None
-    ) -> tuple[Updates, tuple[State, ...]]:
-        if not isinstance(state, tuple) or len(state) != len(transforms):
-            got = len(state) if isinstance(state, tuple) else type(state).__name__
-            raise ValueError(
-                f"chain state must be a tuple of {len(transforms)} states (one per "
-                f"transformation); got {got}"
-            )
+    expected_state = _validation.ExpectedState(init)
+
+    def run(updates: Updates, state: tuple[State, ...], params: Params | None) -> tuple:
         new_state = []
-        with _foreach.fresh_scope():
+        with _reuse.scope():
             for t, s in zip(transforms, state, strict=True):
                 updates, s = t.update(updates, s, params)
-                _foreach.unmark(s)  # a buffer kept in a state is never overwritten
+                _reuse.unmark(s)  # a buffer kept in a state is never overwritten
                 new_state.append(s)
         return updates, tuple(new_state)
 
+    def update(
+        updates: Updates, state: tuple[State, ...], params: Params | None = None
+    ) -> tuple[Updates, tuple[State, ...]]:
+        if not _validation.needed():  # traced, or checked by an enclosing call
+            return run(updates, state, params)
+        _check_inputs(name, len(transforms), updates, state, params, expected_state)
+        with _validation.checked():
+            return run(updates, state, params)
+
     return GradientTransformation(init, update)
+
+
+def _check_inputs(
+    name: str,
+    n: int,
+    updates: Updates,
+    state: Any,
+    params: Params | None,
+    expected_state: _validation.ExpectedState,
+) -> None:
+    """The checks of a top-level chain update (eager): gradients, then the state."""
+    context = f"{name}.update"
+    if params is not None:
+        _validation.check_tree(
+            updates, params, got_name="the gradients", expected_name="the params", context=context
+        )
+    expected = expected_state(params if params is not None else updates)
+    if not isinstance(state, tuple) or len(state) != n:
+        got = len(state) if isinstance(state, tuple) else type(state).__name__
+        built = "" if expected is None else f" {_validation.describe(expected)}"
+        raise ValueError(
+            f"{context}: chain state must be a tuple of {n} states (one per "
+            f"transformation); got {got}: the state is a {_validation.describe(state)}, "
+            f"expected the state {name}.init(params) builds{built}"
+        )
+    if expected is None:
+        return
+    built = "params" if params is not None else "the updates (no params given)"
+    _validation.check_tree(
+        state,
+        expected,
+        got_name="the state",
+        expected_name="the expected state",
+        context=f"{context}: the state is a {_validation.describe(state)}, expected the "
+        f"{_validation.describe(expected)} that {name}.init builds for {built}",
+    )
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
@@ -141,8 +173,8 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     :math:`\theta' = \theta + u`, each result in its parameter's dtype.
 
     Raises:
-        ValueError: if the two trees differ in structure (the message names
-            the first differing path).
+        ValueError: if the two trees differ in structure or shapes (eagerly; the
+            message names the dotted path of every differing leaf).
 
     Example:
         >>> import torch
@@ -150,42 +182,12 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         {'w': tensor([1.5000, 0.0000])}
     """
     p_leaves, treedef = tree.flatten(params)
-    u_leaves, u_def = tree.flatten(updates)
-    if u_def != treedef:
-        tree.assert_same_structure(params, updates, names=("params", "updates"))
-    return tree.unflatten(treedef, _foreach.add_cast(p_leaves, u_leaves))
-
-
-# ---------------------------------------------------------------------------
-# helpers shared by the blocks
-# ---------------------------------------------------------------------------
-
-
-def _flatten_updates(
-    updates: Updates, params: Params | None, *, needs_params: bool = False, who: str = ""
-) -> tuple[list[torch.Tensor], Any, list[torch.Tensor] | None]:
-    """Flatten ``updates`` (and ``params``), checking that their structures agree."""
-    u_leaves, treedef = tree.flatten(updates)
-    if params is None:
-        if needs_params:
-            raise ValueError(f"{who} needs params: call update(updates, state, params)")
-        return u_leaves, treedef, None
-    p_leaves, p_def = tree.flatten(params)
-    if p_def != treedef:
-        tree.assert_same_structure(updates, params, names=("updates", "params"))
-    return u_leaves, treedef, p_leaves
-
-
-def _state_leaves(subtree: Any, treedef: Any, updates: Updates, name: str) -> list[torch.Tensor]:
-    """Leaves of a state tree, checking it has the structure of ``updates``."""
-    lv, d = tree.flatten(subtree)
-    if d != treedef:
-        tree.assert_same_structure(updates, subtree, names=("updates", name))
-    return lv
-
-
-def _zero_count(params: Params) -> torch.Tensor:
-    """A zero int64 step count on the device of the first parameter."""
-    lv = tree.leaves(params)
-    device = lv[0].device if lv and isinstance(lv[0], torch.Tensor) else None
-    return torch.zeros((), dtype=torch.int64, device=device)
+    if _eager.validating():
+        _validation.check_tree(
+            updates,
+            params,
+            got_name="the updates",
+            expected_name="the params",
+            context="apply_updates",
+        )
+    return tree.unflatten(treedef, _foreach.add_in_dtype(p_leaves, tree.leaves(updates)))

@@ -1,0 +1,229 @@
+"""What the building blocks share: leaves in and out, step counts, schedules, hyperparameter checks.
+
+A block's ``update`` starts with :func:`leaves_of` (the flat updates, params and
+state trees, validated once per top-level call by :mod:`fdl.optim._validation`)
+and ends by rebuilding trees with the same ``treedef``. Blocks without state
+are made by :func:`stateless` from a function of the leaf lists alone.
+
+Hyperparameters are checked once, by the block that uses them, with one
+message style (torch's ``Invalid <name> value: <value>``, plus the expected
+range).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fdl import tree
+from fdl.optim import _reuse, _validation
+from fdl.optim.base import EmptyState, GradientTransformation, Params, Updates
+
+Tensor = torch.Tensor
+Leaves = list[Tensor]
+
+__all__ = [
+    "check_lr",
+    "check_nonneg",
+    "check_unit_interval",
+    "leaves_of",
+    "scheduled",
+    "state_leaves",
+    "stateful",
+    "stateless",
+    "step_number",
+    "zero_count",
+]
+
+
+# ---------------------------------------------------------------------------
+# leaves in, trees out
+# ---------------------------------------------------------------------------
+
+
+def leaves_of(
+    updates: Updates,
+    params: Params | None,
+    *,
+    who: str,
+    state: Any = None,
+    state_type: type | None = None,
+    needs_params: bool = False,
+) -> tuple[Leaves, Any, Leaves | None]:
+    """``(update leaves, treedef, param leaves or None)``, validating a block called on its own.
+
+    Inside a validated call (a chain's update) the checks are skipped: the chain
+    has already compared the gradients with the params and the state with the one
+    its ``init`` builds.
+    """
+    u_leaves, treedef = tree.flatten(updates)
+    if params is None and needs_params:
+        raise ValueError(f"{who} needs params: call update(updates, state, params)")
+    check = _validation.needed()
+    if check and state_type is not None:
+        _validation.check_state_type(state, state_type, who)
+    if params is None:
+        return u_leaves, treedef, None
+    p_leaves = tree.leaves(params)
+    if check:
+        _validation.check_tree(
+            updates, params, got_name="the updates", expected_name="the params", context=who
+        )
+    return u_leaves, treedef, p_leaves
+
+
+def state_leaves(subtree: Any, treedef: Any, updates: Updates, name: str, who: str) -> Leaves:
+    """Leaves of a state tree (``mu``, ``nu``, ...), which has the structure of the updates."""
+    if _validation.needed():
+        _validation.check_tree(
+            subtree,
+            updates,
+            got_name=f"the state's {name}",
+            expected_name="the updates",
+            context=who,
+        )
+    return tree.leaves(subtree)
+
+
+def zero_count(params: Params) -> Tensor:
+    """A zero int64 step count on the device of the first parameter."""
+    lv = tree.leaves(params)
+    device = lv[0].device if lv and isinstance(lv[0], Tensor) else None
+    return torch.zeros((), dtype=torch.int64, device=device)
+
+
+def stateful(
+    who: str,
+    state_cls: type,
+    step: Callable[..., tuple[Leaves, dict[str, Any]]],
+    *,
+    trees: tuple[str, ...],
+    initial: Callable[[Params], dict[str, Any]] | None = None,
+    hands_on_fresh: bool = False,
+) -> GradientTransformation:
+    """A block whose state is ``state_cls(count, ...)``, made from its formula ``step``.
+
+    ``step(g, state, **lists)`` receives the update leaves, the state, and the
+    leaf lists of the per-leaf ``trees`` fields (``None`` stays ``None``); it
+    returns ``(u, new)``: the new update leaves and the new values of every field
+    but ``count`` (tree fields as leaf lists), which advances by itself.
+    ``init`` gives ``count = 0``, zeros for each tree field, and the fields that
+    ``initial(params)`` returns. With ``hands_on_fresh`` the block's updates are
+    buffers it allocated and keeps nowhere, marked for reuse (``fdl.optim._reuse``).
+    """
+
+    def init(params: Params) -> Any:
+        fields = {name: tree.zeros_like(params) for name in trees}
+        fields.update(initial(params) if initial is not None else {})
+        return state_cls(count=zero_count(params), **fields)
+
+    def update(updates: Updates, state: Any, params: Params | None = None) -> tuple[Updates, Any]:
+        g, treedef, _ = leaves_of(updates, params, who=who, state=state, state_type=state_cls)
+        lists = {
+            name: None
+            if getattr(state, name) is None
+            else state_leaves(getattr(state, name), treedef, updates, name, who)
+            for name in trees
+        }
+        out, new = step(g, state, **lists)
+        if hands_on_fresh:
+            _reuse.mark(out)
+        fields = {
+            k: tree.unflatten(treedef, v) if k in trees and v is not None else v
+            for k, v in new.items()
+        }
+        return tree.unflatten(treedef, out), state_cls(count=state.count + 1, **fields)
+
+    return GradientTransformation(init, update)
+
+
+def stateless(
+    who: str, fn: Callable[[Leaves, Leaves | None], Leaves], *, needs_params: bool = False
+) -> GradientTransformation:
+    """A block with :class:`~fdl.optim.EmptyState`: ``u = fn(g, θ)`` on the leaf lists."""
+
+    def init(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update(
+        updates: Updates, state: EmptyState, params: Params | None = None
+    ) -> tuple[Updates, EmptyState]:
+        g, treedef, p = leaves_of(
+            updates, params, who=who, state=state, state_type=EmptyState, needs_params=needs_params
+        )
+        return tree.unflatten(treedef, fn(g, p)), state
+
+    return GradientTransformation(init, update)
+
+
+# ---------------------------------------------------------------------------
+# step counts and schedules
+# ---------------------------------------------------------------------------
+
+
+def step_number(count: Tensor) -> Tensor:
+    """The 1-based step number ``t = count + 1`` as a float64 scalar tensor."""
+    return (count + 1).to(torch.float64)
+
+
+def scheduled(value: Any, count: Tensor) -> Any:
+    """A hyperparameter that may be a schedule: its value at ``count``.
+
+    A float passes through. A schedule's value is a float64 tensor; eagerly it is
+    read back as a Python float, so the eager ``foreach`` ops see exactly what
+    torch's optimizers see (a number), while traced code keeps the tensor (and
+    never recompiles as it changes).
+    """
+    if not callable(value):
+        return value
+    v = torch.as_tensor(value(count), dtype=torch.float64)
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(v):
+        return v
+    return float(v)
+
+
+# ---------------------------------------------------------------------------
+# hyperparameter checks: one message style
+# ---------------------------------------------------------------------------
+
+
+def _number(name: str, value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Invalid {name} value: {value!r} (expected {expected})")
+    return float(value)
+
+
+def check_nonneg(name: str, value: Any) -> None:
+    """``value >= 0``, else ``ValueError: Invalid <name> value: ...``."""
+    if not _number(name, value, "a number >= 0") >= 0.0:
+        raise ValueError(f"Invalid {name} value: {value} (expected >= 0)")
+
+
+def check_unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
+    """``0 <= value < 1`` (``<= 1`` when ``closed``)."""
+    bound = "[0, 1]" if closed else "[0, 1)"
+    v = _number(name, value, f"a number in {bound}")
+    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+        raise ValueError(f"Invalid {name} value: {value} (expected a number in {bound})")
+
+
+def check_lr(lr: Any) -> None:
+    """A learning rate: a schedule, or a number / 1-element tensor ``>= 0`` (torch's messages)."""
+    if callable(lr):
+        return
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        value = float(lr)
+    elif isinstance(lr, int | float) and not isinstance(lr, bool):
+        value = float(lr)
+    else:
+        raise TypeError(
+            f"lr must be a float, a 1-element tensor or a schedule; got {type(lr).__name__}"
+        )
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid learning rate: {lr} (expected >= 0)")
