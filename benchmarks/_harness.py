@@ -120,6 +120,18 @@ def format_table(results: list[Result], baseline_peer: str = "fdl") -> str:
     return "\n".join(out)
 
 
+def allocator_note() -> str:
+    """The C allocator setting every peer runs under, to state beside every report."""
+    import fdl.allocator
+
+    current = fdl.allocator.settings()
+    if current is None:
+        return "the C library's own (not glibc: fdl.allocator does nothing here)"
+    if fdl.allocator.is_keeping_freed_memory():
+        return f"freed CPU memory kept (fdl.allocator.keep_freed_memory(): {current.describe()})"
+    return f"glibc's default policy, freed memory returned to the system ({current.describe()})"
+
+
 def threads_note() -> str:
-    """The torch thread count, to state beside every table."""
-    return f"torch threads: {torch.get_num_threads()}"
+    """The torch thread count and the allocator setting, to state beside every table."""
+    return f"torch threads: {torch.get_num_threads()}; allocator: {allocator_note()}"

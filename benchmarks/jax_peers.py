@@ -134,6 +134,7 @@ def note() -> str:
 
 
 if __name__ == "__main__":
-    from benchmarks._harness import format_table
+    from benchmarks._harness import format_table, threads_note
 
     print(format_table(run()))
+    print(threads_note())

@@ -17,7 +17,8 @@ Times are process CPU seconds with one torch thread: on a machine shared with
 other jobs, wall-clock time mostly measures the other jobs. Peak memory is the
 growth of the process's peak resident set while running the peer, measured
 in a fresh subprocess per peer (``--mem``) under glibc's default allocator
-policy (``FDL_KEEP_FREED_MEMORY=0``), so that it shows the peer's own peak.
+policy (the child never calls ``fdl.allocator.keep_freed_memory()``), so that
+it shows the peer's own peak.
 
 Run::
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 import fdl
-from benchmarks._harness import Result, Timing, format_table, result
+from benchmarks._harness import Result, Timing, format_table, result, threads_note
 
 PEERS = [
     "batch gradient",
@@ -202,11 +202,10 @@ def _peak_mem_child(peer: str, batch: int) -> float:
 
 def _peak_mem(peer: str, batch: int) -> float | None:
     cmd = [sys.executable, "-m", "benchmarks.per_sample", "--mem", peer, str(batch)]
-    # glibc's default policy in the child: with fdl's kept freed memory (fdl/allocator.py)
-    # the first call's memory stays mapped and the peak would not grow on later calls
-    env = {**os.environ, "FDL_KEEP_FREED_MEMORY": "0"}
+    # glibc's default policy in the child (it does not keep freed memory): with freed memory
+    # kept (fdl/allocator.py) the first call's memory stays mapped and the peak would not grow
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True, env=env)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
         return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
     except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
         return None
@@ -281,4 +280,5 @@ if __name__ == "__main__":
     else:
         res = run(quick=args.quick, memory=not args.no_memory)
         print(format_table(res))
+        print(threads_note())
         print(_summary(res))

@@ -119,3 +119,4 @@ def _run(quick: bool) -> list[Result]:
 
 if __name__ == "__main__":
     print(format_table(run(quick="--quick" in sys.argv)))
+    print(threads_note())

@@ -91,3 +91,4 @@ def run(quick: bool = False) -> list[Result]:
 
 if __name__ == "__main__":
     print(format_table(run(quick="--quick" in sys.argv)))
+    print(threads_note())

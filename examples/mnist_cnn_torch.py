@@ -17,16 +17,18 @@ with cross_entropy).
 
 The data root is ``FDL_DATA_DIR`` when set, else ``data`` (downloaded).
 
-Run: ``python examples/mnist_cnn_torch.py``
+Run: ``python examples/mnist_cnn_torch.py`` (10 epochs, as written), or
+``python examples/mnist_cnn_torch.py --epochs 1 --limit 2000`` for a quick look.
 """
 
+import argparse
 import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 
@@ -49,12 +51,18 @@ class CNN(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N train images")
+    args = parser.parse_args(argv)
     root = os.environ.get("FDL_DATA_DIR", "data")
     transform = transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize(mean=(0.5,), std=(0.5,))]
     )
     train_dataset = datasets.MNIST(root=root, train=True, download=True, transform=transform)
+    if args.limit is not None:
+        train_dataset = Subset(train_dataset, range(args.limit))
     test_dataset = datasets.MNIST(root=root, train=False, download=True, transform=transform)
     train_loader = DataLoader(train_dataset, batch_size=64, shuffle=True)
     test_loader = DataLoader(test_dataset, batch_size=64, shuffle=False)
@@ -63,7 +71,7 @@ def main():
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.Adam(model.parameters(), lr=0.001)
 
-    for epoch in range(10):
+    for epoch in range(args.epochs):
         model.train()
         running_loss = 0.0
         for images, labels in train_loader:

@@ -42,10 +42,6 @@ _REEXPORTS = {
 __all__ = ["__version__", "allocator", "random", "tree", *sorted(_SUBMODULES), *sorted(_REEXPORTS)]
 
 
-# keep freed CPU memory for reuse (see fdl/allocator.py; FDL_KEEP_FREED_MEMORY=0 opts out)
-allocator._apply_default()
-
-
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"fdl.{name}")

@@ -1,4 +1,4 @@
-"""Keep freed CPU memory in the process, so pure steps do not re-fault fresh pages.
+"""Keep freed CPU memory in the process, so pure steps do not re-fault fresh pages (opt-in).
 
 A pure step allocates new tensors every time it runs (new params, new optimizer
 state, new activations) and frees the previous ones. On the CPU, PyTorch takes
@@ -17,17 +17,32 @@ return to it) and no trimming of the heap's top. Freed memory stays mapped and
 is reused by the next allocation of that size, so the process's resident size
 stays at its peak instead of shrinking between steps.
 
-``import fdl`` turns this on (glibc only; elsewhere it does nothing). Set the
-environment variable ``FDL_KEEP_FREED_MEMORY=0`` before importing fdl to leave
-the C library's defaults alone, or call ``keep_freed_memory(False)`` at any
-time to restore them and return unused memory to the system.
+``import fdl`` changes nothing: the setting is process-wide, so it is an
+explicit opt-in. :func:`keep_freed_memory` returns a handle; its
+:meth:`~KeptFreedMemory.restore` (or leaving it as a context manager) writes back
+the values that were in force before. On other C libraries and platforms it
+does nothing.
+
+glibc has no getter for these parameters. The values "in force before" are
+therefore the ones fdl last set, or, before fdl's first call, glibc's defaults
+as the environment adjusts them (``GLIBC_TUNABLES=glibc.malloc.mmap_max=...``,
+``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``). Two things no glibc call can
+restore: values another library set with its own ``mallopt`` call (fdl cannot
+see them), and glibc's adaptive mmap threshold, which raises the mmap and trim
+thresholds as large blocks are freed until the first ``mallopt`` call of any
+kind fixes them for good. fdl never writes the mmap threshold, so it keeps the
+value it had; after :meth:`~KeptFreedMemory.restore` the thresholds are fixed
+instead of adaptive.
 
 Example:
     >>> import fdl
-    >>> fdl.allocator.keep_freed_memory(False)  # glibc defaults, memory trimmed
+    >>> fdl.allocator.is_keeping_freed_memory()  # import fdl changed nothing
     False
-    >>> fdl.allocator.keep_freed_memory()  # fdl's default: keep freed blocks
+    >>> with fdl.allocator.keep_freed_memory() as kept:  # a training loop would run here
+    ...     kept.active == (fdl.allocator.settings() is not None)  # True on glibc
     True
+    >>> fdl.allocator.is_keeping_freed_memory()  # restored
+    False
 """
 
 from __future__ import annotations
@@ -36,23 +51,47 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from dataclasses import dataclass
+from types import TracebackType
 
-__all__ = ["is_keeping_freed_memory", "keep_freed_memory"]
+__all__ = [
+    "KeptFreedMemory",
+    "MallocSettings",
+    "is_keeping_freed_memory",
+    "keep_freed_memory",
+    "settings",
+]
 
 # mallopt parameters (glibc's <malloc.h>)
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
-# glibc's documented defaults, restored by keep_freed_memory(False)
+# glibc's documented defaults (mallopt(3))
 _DEFAULT_TRIM_THRESHOLD = 128 * 1024
-_DEFAULT_MMAP_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
 
 # "never trim": the largest value mallopt accepts (an int)
 _NO_TRIM = 2**31 - 1
 
-_keeping = False
+
+@dataclass(frozen=True)
+class MallocSettings:
+    """The glibc ``mallopt`` parameters fdl changes, as fdl knows them.
+
+    Attributes:
+        mmap_max: ``M_MMAP_MAX``, the most blocks served by ``mmap`` at once (0: none).
+        trim_threshold: ``M_TRIM_THRESHOLD``, free bytes at the heap's top before it shrinks.
+        source: where the values come from: ``"glibc defaults"``, ``"environment"``
+            or ``"fdl"`` (set by :func:`keep_freed_memory` or a restore).
+    """
+
+    mmap_max: int
+    trim_threshold: int
+    source: str
+
+    def describe(self) -> str:
+        """One line, e.g. for a benchmark report."""
+        return f"M_MMAP_MAX={self.mmap_max}, M_TRIM_THRESHOLD={self.trim_threshold} ({self.source})"
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -75,50 +114,144 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def keep_freed_memory(enable: bool = True) -> bool:
-    """Keep freed CPU memory mapped for reuse (``True``), or restore glibc's defaults.
+def _env_int(*values: str | None) -> int | None:
+    for value in values:
+        if value is not None:
+            try:
+                return int(value, 0)
+            except ValueError:
+                continue
+    return None
 
-    Enabling sets ``M_MMAP_MAX = 0`` (large blocks come from the heap instead of
-    fresh ``mmap`` calls) and ``M_TRIM_THRESHOLD`` to its maximum (the heap never
-    shrinks). Disabling restores glibc's default values and calls
-    ``malloc_trim(0)`` so memory the process no longer uses goes back to the
-    system. Process-wide and idempotent; it changes no tensor and no result,
-    only where freed memory goes.
 
-    Args:
-        enable: keep freed memory (fdl's default) or return it (glibc's).
+def _initial_settings(environ: dict[str, str] | os._Environ[str] = os.environ) -> MallocSettings:
+    """glibc's defaults as the environment (tunables, then the legacy variables) adjusts them."""
+    tunables = {}
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        tunables[name.strip()] = value.strip()
+    mmap_max = _env_int(tunables.get("glibc.malloc.mmap_max"), environ.get("MALLOC_MMAP_MAX_"))
+    trim = _env_int(
+        tunables.get("glibc.malloc.trim_threshold"), environ.get("MALLOC_TRIM_THRESHOLD_")
+    )
+    from_env = mmap_max is not None or trim is not None
+    return MallocSettings(
+        mmap_max=_DEFAULT_MMAP_MAX if mmap_max is None else mmap_max,
+        trim_threshold=_DEFAULT_TRIM_THRESHOLD if trim is None else trim,
+        source="environment" if from_env else "glibc defaults",
+    )
+
+
+# fdl's record of the values in force: None until fdl first calls mallopt
+_current: MallocSettings | None = None
+# handles not yet restored, innermost last
+_active: list[KeptFreedMemory] = []
+
+
+def _apply(values: MallocSettings) -> bool:
+    assert _LIBC is not None
+    ok = bool(_LIBC.mallopt(_M_MMAP_MAX, values.mmap_max))
+    ok = bool(_LIBC.mallopt(_M_TRIM_THRESHOLD, values.trim_threshold)) and ok
+    return ok
+
+
+class KeptFreedMemory:
+    """Handle returned by :func:`keep_freed_memory`; :meth:`restore` undoes it.
+
+    Usable as a context manager. Handles nest: restore them in reverse order
+    (innermost first); restoring one twice does nothing.
+
+    Attributes:
+        previous: the settings in force before, written back by :meth:`restore`
+            (``None`` where the C library is not glibc).
+        active: whether this handle's setting is in force (not yet restored, and glibc).
+    """
+
+    def __init__(self, previous: MallocSettings | None) -> None:
+        self.previous = previous
+        self.active = previous is not None
+
+    def restore(self) -> None:
+        """Write back the settings in force before, and return unused memory to the system."""
+        global _current
+        if not self.active:
+            return
+        if _active[-1] is not self:
+            raise RuntimeError(
+                "keep_freed_memory() handles must be restored innermost first; "
+                f"{len(_active) - 1 - _active.index(self)} later handle(s) are still active"
+            )
+        assert self.previous is not None and _LIBC is not None
+        _apply(self.previous)
+        _LIBC.malloc_trim(0)
+        _current = self.previous
+        _active.pop()
+        self.active = False
+
+    def __enter__(self) -> KeptFreedMemory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.restore()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "restored" if self.previous else "no-op (not glibc)"
+        return f"KeptFreedMemory({state}, previous={self.previous})"
+
+
+def keep_freed_memory() -> KeptFreedMemory:
+    """Keep freed CPU memory mapped for reuse, until the returned handle is restored.
+
+    Sets ``M_MMAP_MAX = 0`` (large blocks come from the heap instead of fresh
+    ``mmap`` calls) and ``M_TRIM_THRESHOLD`` to its maximum (the heap never
+    shrinks). Process-wide: every library in the process (PyTorch, JAX, Opacus)
+    allocates under it. It changes no tensor and no result, only where freed
+    memory goes.
 
     Returns:
-        Whether freed memory is now kept; always ``False`` where the C library
-        is not glibc (the call then does nothing).
+        A :class:`KeptFreedMemory` handle. Its ``restore()`` (or the end of a
+        ``with`` block) writes back the settings recorded as in force before and
+        calls ``malloc_trim(0)``. Where the C library is not glibc nothing is
+        changed and the handle's ``active`` is ``False``.
 
     Note:
-        glibc adapts its mmap threshold to the program until it is set
-        explicitly; after ``keep_freed_memory(False)`` it stays at the fixed
-        default of 128 KiB.
+        glibc has no getter for these parameters: the values restored are the
+        ones fdl last set or, before fdl's first call, glibc's defaults as the
+        environment adjusts them. glibc's adaptive mmap threshold is fixed at its
+        current value by the first ``mallopt`` call and stays fixed after
+        ``restore()`` (no glibc call turns it back on); see the module docstring.
     """
-    global _keeping
+    global _current
     if _LIBC is None:
-        _keeping = False
-        return False
-    if enable:
-        ok = _LIBC.mallopt(_M_MMAP_MAX, 0) and _LIBC.mallopt(_M_TRIM_THRESHOLD, _NO_TRIM)
-        _keeping = bool(ok)
-    else:
-        _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
-        _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-        _LIBC.malloc_trim(0)
-        _keeping = False
-    return _keeping
+        return KeptFreedMemory(None)
+    previous = _current if _current is not None else _initial_settings()
+    keep = MallocSettings(mmap_max=0, trim_threshold=_NO_TRIM, source="fdl")
+    handle = KeptFreedMemory(previous)
+    _current = keep  # recorded before the call: a partial failure is still undone by restore
+    _active.append(handle)
+    if not _apply(keep):
+        handle.restore()
+        return handle
+    return handle
 
 
 def is_keeping_freed_memory() -> bool:
-    """Whether :func:`keep_freed_memory` is in effect."""
-    return _keeping
+    """Whether a :func:`keep_freed_memory` handle is in force."""
+    return bool(_active)
 
 
-def _apply_default() -> None:
-    """Called by ``import fdl``: keep freed memory unless ``FDL_KEEP_FREED_MEMORY=0``."""
-    if os.environ.get("FDL_KEEP_FREED_MEMORY", "1").strip().lower() not in ("0", "false", "no"):
-        keep_freed_memory(True)
+def settings() -> MallocSettings | None:
+    """The settings fdl knows are in force (``None`` where the C library is not glibc).
+
+    Before fdl's first :func:`keep_freed_memory` call these are glibc's
+    defaults as the environment adjusts them; fdl cannot see values set by
+    another library's own ``mallopt`` call.
+    """
+    if _LIBC is None:
+        return None
+    return _current if _current is not None else _initial_settings()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import fdl
 from benchmarks import __main__ as harness
 from benchmarks._harness import Result
 
@@ -27,6 +28,10 @@ def test_quick_run_writes_report_and_plot(tmp_path: Path, only_tiny: None) -> No
     assert "GFLOP per step" in text and "floor" in text
     assert "≤ 100× torch.mm" in text and ("| met |" in text or "| **missed** |" in text)
     assert "Machine" in text and "torch" in text
+    assert "**Allocator** (the same for every peer" in text
+    if fdl.allocator.settings() is not None:  # glibc
+        assert "freed CPU memory kept (fdl.allocator.keep_freed_memory()" in text
+    assert not fdl.allocator.is_keeping_freed_memory()  # restored when the run ends
     assert (tmp_path / "benchmarks.png").stat().st_size > 1000
     assert (tmp_path / "r.json").exists()
 
@@ -36,6 +41,13 @@ def test_rerun_replaces_generated_section(tmp_path: Path, only_tiny: None) -> No
     harness.main(["--quick", "--out", str(out)])
     harness.main(["--quick", "--out", str(out)])
     assert out.read_text().count(harness.BEGIN) == 1
+
+
+def test_glibc_allocator_is_named_in_the_report(tmp_path: Path, only_tiny: None) -> None:
+    out = tmp_path / "b.md"
+    assert harness.main(["--quick", "--allocator", "glibc", "--out", str(out)]) == 0
+    if fdl.allocator.settings() is not None:
+        assert "glibc's default policy" in out.read_text()
 
 
 def test_failing_module_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
