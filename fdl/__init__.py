@@ -29,6 +29,7 @@ _SUBMODULES = {
     "optim",
     "per_sample",
     "privacy",
+    "reporting",
     "testing",
     "train",
 }

@@ -45,6 +45,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from fdl._leaf import describe as _kind_of
+
 __all__ = ["FORMAT", "load", "read_metadata", "save"]
 
 FORMAT = "fdl.checkpoint/1"
@@ -148,12 +150,6 @@ def _import_namedtuple(spec: str, fields: list[str], where: str) -> type:
     if list(obj._fields) != fields:
         raise _Bad(f"{spec} at '{where}' has fields {list(obj._fields)}, the file has {fields}")
     return obj
-
-
-def _kind_of(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor{tuple(x.shape)}"
-    return type(x).__name__
 
 
 def _decode(

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from fdl import random as _random
+from fdl._arrays import leading_size
 
 __all__ = [
     "Dataset",
@@ -375,19 +376,6 @@ def gaussian_noise(
 # --------------------------------------------------------------------------- batching and splits
 
 
-def _check_arrays(arrays: Sequence[torch.Tensor]) -> int:
-    if not arrays:
-        raise ValueError("batches: give at least one tensor")
-    n = arrays[0].shape[0]
-    for i, a in enumerate(arrays):
-        if a.shape[0] != n:
-            raise ValueError(
-                f"batches: all tensors need the same leading size; tensor 0 has {n}, "
-                f"tensor {i} has {a.shape[0]}"
-            )
-    return n
-
-
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """How many batches :func:`batches` yields for ``n`` samples.
 
@@ -434,7 +422,7 @@ def batches(
         >>> [w.tolist() for _, w in batches(x, batch_size=3, pad=True)]
         [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     """
-    n = _check_arrays(arrays)
+    n = leading_size(arrays)
     count = num_batches(n, batch_size, drop_last and not pad)
     device = arrays[0].device
     order = _random.permutation(key, n).to(device) if key is not None else None

@@ -38,11 +38,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.utils._pytree as _pytree
 
+from fdl import _compile
 from fdl import random as _random
 from fdl import tree as _tree
-from fdl.train import CompileArg, _maybe_compile
+from fdl._compile import CompileArg
+from fdl.nn.functional import softmax
+from fdl.train import make_train_step, predict
 
 __all__ = [
     "ensemble_apply",
@@ -154,8 +156,9 @@ def _raise_members(params: Any) -> None:
 
 
 def _dims(tree: Any, axis: int | None) -> Any:
-    # vmap flattens with torch's pytree, which keeps ``None`` as a leaf: give such leaves no axis.
-    return _pytree.tree_map(lambda x: axis if isinstance(x, torch.Tensor) else None, tree)
+    # vmap's in_dims for ``tree``: ``axis`` on tensor leaves, no axis on anything else
+    # (``None`` entries stay ``None``, which vmap reads as "not mapped")
+    return _tree.map(lambda x: axis if isinstance(x, torch.Tensor) else None, tree)
 
 
 def _check_leading(tree: Any, k: int, what: str) -> None:
@@ -241,8 +244,6 @@ def make_ensemble_train_step(
         >>> p["w"].flatten()
         tensor([-1.,  0.])
     """
-    from fdl.train import make_train_step
-
     member_step = make_train_step(loss_fn, optimizer, has_aux=has_aux, compile=False)
 
     def ensemble_step(
@@ -256,8 +257,8 @@ def make_ensemble_train_step(
             if a is None:
                 return out
             keep = lambda new, old: torch.where(a, new, old)  # noqa: E731
-            new_p = _pytree.tree_map(keep, out[0], p)
-            new_s = _pytree.tree_map(
+            new_p = _tree.map(keep, out[0], p)
+            new_s = _tree.map(
                 lambda n, o: keep(n, o) if isinstance(n, torch.Tensor) else n, out[1], s
             )
             return (new_p, new_s, *out[2:])
@@ -269,7 +270,7 @@ def make_ensemble_train_step(
             params, opt_state, active, *batch
         )
 
-    compiled = _maybe_compile(ensemble_step, compile)
+    compiled = _compile.maybe_compile(ensemble_step, compile)
 
     def step(
         params: Any, opt_state: Any, *batch: Any, active: torch.Tensor | None = None
@@ -421,12 +422,6 @@ def ensemble_apply(
     )
 
 
-def _softmax(z: torch.Tensor) -> torch.Tensor:
-    # exp(z - max z) / sum exp(z - max z) over the class axis; the same for logits and log-probs
-    e = torch.exp(z - z.amax(dim=-1, keepdim=True))
-    return e / e.sum(dim=-1, keepdim=True)
-
-
 _OUTPUTS = ("probs", "classes", "member_logits")
 
 
@@ -474,8 +469,6 @@ def ensemble_predict(
         >>> ensemble_predict(layer.apply, p, torch.ones(5, 3), 2).sum(1)
         tensor([1.0000, 1.0000, 1.0000, 1.0000, 1.0000])
     """
-    from fdl.train import predict
-
     if output not in _OUTPUTS:
         raise ValueError(f"ensemble_predict: output must be one of {_OUTPUTS}, got {output!r}")
 
@@ -483,7 +476,7 @@ def ensemble_predict(
         z = ensemble_apply(apply, p, x)  # (K, B, C)
         if output == "member_logits":
             return z.movedim(0, 1)  # (B, K, C): predict concatenates along the batch axis
-        probs = _softmax(z).mean(dim=0)  # (B, C)
+        probs = softmax(z, dim=-1).mean(dim=0)  # (B, C)
         return probs.argmax(dim=1) if output == "classes" else probs
 
     out = predict(forward, params, data, batch_size, output="logits", compile=compile)

@@ -21,9 +21,12 @@ scikit-learn's ``(y_true, y_pred)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+
+from fdl.nn.functional import log_softmax
 
 __all__ = [
     "accuracy",
@@ -358,17 +361,47 @@ _AVERAGE_DOC = """
 
     Zero division: a per-class value whose denominator is 0 is 0 (scikit-learn's
     ``zero_division=0``); a macro average over no present class is ``nan``.
+
+    Args:
+        input: scores ``(N, C)`` or predicted classes ``(N,)``.
+        target: class indices ``(N,)``.
+        num_classes: ``C``, as in :func:`confusion_matrix`.
+        average: ``"macro"``, ``"micro"`` or ``None``.
+        mask: optional boolean ``(N,)``; samples where it is false are ignored.
+
+    Returns:
+        A 0-dim tensor, or a ``(C,)`` tensor with ``average=None``.
 """
 
 
-def precision(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int | None = None,
-    *,
-    average: Average = "macro",
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def _rate_metric(
+    name: str,
+    ratio: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    doc: str,
+) -> Callable[..., torch.Tensor]:
+    """A per-class rate metric: ``num / den`` with ``(num, den) = ratio(tp, fp, fn)``."""
+
+    def metric(
+        input: torch.Tensor,
+        target: torch.Tensor,
+        num_classes: int | None = None,
+        *,
+        average: Average = "macro",
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        _check_average(average, name)
+        tp, fp, fn = _counts(input, target, num_classes, mask, name)
+        num, den = ratio(tp, fp, fn)
+        return _per_class(num, den, tp + fp + fn > 0, average, _rate_dtype(input))
+
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = doc.replace("{average}", _AVERAGE_DOC)
+    return metric
+
+
+precision = _rate_metric(
+    "precision",
+    lambda tp, fp, fn: (tp, tp + fp),
     r"""Precision: of the samples predicted as class :math:`c`, the fraction truly :math:`c`.
 
     .. math::
@@ -378,35 +411,17 @@ def precision(
     with :math:`tp_c = M_{cc}` and :math:`fp_c = \sum_{i \ne c} M_{ic}` from
     :func:`confusion_matrix`.
     {average}
-    Args:
-        input: scores ``(N, C)`` or predicted classes ``(N,)``.
-        target: class indices ``(N,)``.
-        num_classes: ``C``, as in :func:`confusion_matrix`.
-        average: ``"macro"``, ``"micro"`` or ``None``.
-        mask: optional boolean ``(N,)``; samples where it is false are ignored.
-
-    Returns:
-        A 0-dim tensor, or a ``(C,)`` tensor with ``average=None``.
 
     Example:
         >>> import torch
         >>> precision(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
         tensor([0.5000, 1.0000])
-    """
-    fn = "precision"
-    _check_average(average, fn)
-    tp, fp, fn_ = _counts(input, target, num_classes, mask, fn)
-    return _per_class(tp, tp + fp, tp + fp + fn_ > 0, average, _rate_dtype(input))
+    """,
+)
 
-
-def recall(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int | None = None,
-    *,
-    average: Average = "macro",
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+recall = _rate_metric(
+    "recall",
+    lambda tp, fp, fn: (tp, tp + fn),
     r"""Recall: of the samples truly of class :math:`c`, the fraction predicted as :math:`c`.
 
     .. math::
@@ -416,35 +431,17 @@ def recall(
     with :math:`tp_c = M_{cc}` and :math:`fn_c = \sum_{j \ne c} M_{cj}` from
     :func:`confusion_matrix`.
     {average}
-    Args:
-        input: scores ``(N, C)`` or predicted classes ``(N,)``.
-        target: class indices ``(N,)``.
-        num_classes: ``C``, as in :func:`confusion_matrix`.
-        average: ``"macro"``, ``"micro"`` or ``None``.
-        mask: optional boolean ``(N,)``; samples where it is false are ignored.
-
-    Returns:
-        A 0-dim tensor, or a ``(C,)`` tensor with ``average=None``.
 
     Example:
         >>> import torch
         >>> recall(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
         tensor([1.0000, 0.6667])
-    """
-    fn = "recall"
-    _check_average(average, fn)
-    tp, fp, fn_ = _counts(input, target, num_classes, mask, fn)
-    return _per_class(tp, tp + fn_, tp + fp + fn_ > 0, average, _rate_dtype(input))
+    """,
+)
 
-
-def f1(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int | None = None,
-    *,
-    average: Average = "macro",
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+f1 = _rate_metric(
+    "f1",
+    lambda tp, fp, fn: (2 * tp, 2 * tp + fp + fn),
     r"""F1 score: the harmonic mean of precision and recall.
 
     .. math::
@@ -455,36 +452,13 @@ def f1(
     Macro F1 is the mean of the per-class :math:`F_c`, not the harmonic mean of
     macro precision and macro recall.
     {average}
-    Args:
-        input: scores ``(N, C)`` or predicted classes ``(N,)``.
-        target: class indices ``(N,)``.
-        num_classes: ``C``, as in :func:`confusion_matrix`.
-        average: ``"macro"``, ``"micro"`` or ``None``.
-        mask: optional boolean ``(N,)``; samples where it is false are ignored.
-
-    Returns:
-        A 0-dim tensor, or a ``(C,)`` tensor with ``average=None``.
 
     Example:
         >>> import torch
         >>> f1(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
         tensor([0.6667, 0.8000])
-    """
-    fn = "f1"
-    _check_average(average, fn)
-    tp, fp, fn_ = _counts(input, target, num_classes, mask, fn)
-    return _per_class(2 * tp, 2 * tp + fp + fn_, tp + fp + fn_ > 0, average, _rate_dtype(input))
-
-
-for _f in (precision, recall, f1):
-    if _f.__doc__:  # None under python -OO
-        _f.__doc__ = _f.__doc__.replace("{average}", _AVERAGE_DOC)
-
-
-def _log_softmax(x: torch.Tensor) -> torch.Tensor:
-    m = x.amax(dim=-1, keepdim=True).detach()
-    shifted = x - m
-    return shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
+    """,
+)
 
 
 def log_loss(
@@ -551,7 +525,7 @@ def log_loss(
     mask = _check_mask(mask, n, fn)
     idx = target.long().unsqueeze(1)  # (N, 1)
     if from_logits:
-        logp = _log_softmax(input).gather(1, idx).squeeze(1)
+        logp = log_softmax(input, dim=-1).gather(1, idx).squeeze(1)
     else:
         e = torch.finfo(input.dtype).eps if eps is None else eps
         logp = input.gather(1, idx).squeeze(1).clamp(e, 1 - e).log()

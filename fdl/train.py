@@ -28,71 +28,69 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-import types
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
+from fdl import _compile, _step
 from fdl import data as _data
 from fdl import random as _random
+from fdl import reporting as _reporting
 from fdl import tree as _tree
+from fdl._arrays import leading_size
+from fdl._compile import CompileArg
+from fdl.nn.functional import softmax
 
 __all__ = [
+    "CompileArg",
     "FitResult",
     "evaluate",
     "fit",
+    "grads_and_loss",
     "make_eval_step",
     "make_train_step",
     "predict",
 ]
 
-CompileArg = bool | Mapping[str, Any]
-
-
-# --------------------------------------------------------------------------- compilation
-
-
-def _fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of ``fn`` with its own code object.
-
-    ``torch.compile`` keeps its compiled graphs on the code object, so steps
-    built by repeated calls of a factory would share one cache (and its
-    recompile limit). A copied code object gives every step its own.
-    """
-    code = fn.__code__.replace(co_name=fn.__code__.co_name)
-    out = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    out.__qualname__, out.__doc__ = fn.__qualname__, fn.__doc__
-    return out
-
-
-def _maybe_compile(fn: Callable[..., Any], compile: CompileArg) -> Callable[..., Any]:
-    if compile is False:
-        return fn
-    if compile is True:
-        options: dict[str, Any] = {}
-    elif isinstance(compile, Mapping):
-        options = dict(compile)
-    else:
-        raise TypeError(
-            "compile must be a bool or a dict of torch.compile options, "
-            f"got {type(compile).__name__}"
-        )
-    options.setdefault("fullgraph", True)
-    return torch.compile(_fresh_function(fn), **options)
-
-
-def _apply_updates(params: Any, updates: Any) -> Any:
-    # params + updates, kept in each parameter's dtype
-    return _tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
+GradTransform = Callable[..., Callable[..., tuple[Any, ...]]]
 
 
 # --------------------------------------------------------------------------- steps
+
+
+def grads_and_loss(
+    loss_fn: Callable[..., Any], *, has_aux: bool = False
+) -> Callable[..., tuple[Any, ...]]:
+    """Build ``fn(params, *batch) -> (grads, loss[, aux])``, the train step's gradient function.
+
+    ``grads = ∂ loss_fn(params, *batch) / ∂ params`` and ``loss`` its value at
+    ``params`` (``torch.func.grad_and_value`` with respect to ``params`` only).
+
+    Args:
+        loss_fn: ``loss_fn(params, *batch) -> loss`` (a scalar tensor), or
+            ``-> (loss, aux)`` with ``has_aux=True``.
+        has_aux: ``loss_fn`` returns ``(loss, aux)``; ``fn`` returns ``aux`` third.
+
+    Returns:
+        The gradient function (the default ``grad_fn`` of :func:`make_train_step`).
+
+    Example:
+        >>> import torch
+        >>> fn = grads_and_loss(lambda p, x: (p["w"] * x).sum())
+        >>> fn({"w": torch.ones(2)}, torch.tensor([2.0, 3.0]))
+        ({'w': tensor([2., 3.])}, tensor(5.))
+    """
+    grad_and_value = torch.func.grad_and_value(loss_fn, argnums=0, has_aux=has_aux)
+
+    def fn(params: Any, *batch: Any) -> tuple[Any, ...]:
+        grads, value = grad_and_value(params, *batch)
+        return (grads, *value) if has_aux else (grads, value)
+
+    return fn
 
 
 def make_train_step(
@@ -101,16 +99,23 @@ def make_train_step(
     *,
     has_aux: bool = False,
     compile: CompileArg = True,
+    grad_fn: GradTransform = grads_and_loss,
+    donate: bool = False,
 ) -> Callable[..., tuple[Any, ...]]:
     """Build ``step(params, opt_state, *batch) -> (params, opt_state, loss[, aux])``.
 
-    With ``grads, loss = grad_and_value(loss_fn)(params, *batch)``::
+    With ``grads, loss = grad_fn(loss_fn)(params, *batch)`` (by default
+    :func:`grads_and_loss`, i.e. ``torch.func.grad_and_value``)::
 
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = params + updates
+        params = fdl.optim.apply_updates(params, updates)
 
     ``loss`` is the loss at the incoming params (what a torch loop reads
-    before ``opt.step()``). The step is pure: its inputs are never modified.
+    before ``opt.step()``). The step is pure: its inputs are never modified
+    (unless ``donate=True``). Every fdl step builder is this one core with
+    another ``grad_fn`` (DP-SGD: :func:`fdl.privacy.make_dp_train_step`) or a
+    vmapped member axis (:func:`fdl.ensemble.make_ensemble_train_step`); see
+    ``docs/training.md`` for the convention.
 
     Args:
         loss_fn: ``loss_fn(params, *batch) -> loss`` (a scalar tensor), or
@@ -123,6 +128,12 @@ def make_train_step(
             ``False`` runs eagerly; a dict is passed to ``torch.compile`` as
             options (``fullgraph`` defaults to ``True``), e.g.
             ``{"backend": "aot_eager"}`` or ``{"mode": "max-autotune"}``.
+        grad_fn: the gradient transform: ``grad_fn(loss_fn, has_aux=has_aux)``
+            returns ``fn(params, *inputs, **options) -> (grads, loss[, aux])``;
+            the step then takes ``(params, opt_state, *inputs, **options)``.
+        donate: the caller gives up the ``params`` and ``opt_state`` it passes
+            in: the step writes the results into their buffers and returns
+            them (no fresh copy per step; see :func:`fdl.optim.make_update`).
 
     Returns:
         The step function. Each call of ``make_train_step`` compiles its own
@@ -141,23 +152,10 @@ def make_train_step(
     """
     if not callable(loss_fn):
         raise TypeError(f"make_train_step: loss_fn must be callable, got {type(loss_fn).__name__}")
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(
-            "make_train_step: optimizer must be a GradientTransformation with init and "
-            f"update, got {type(optimizer).__name__}"
-        )
-    grad_fn = torch.func.grad_and_value(loss_fn, argnums=0, has_aux=has_aux)
-
-    def step(params: Any, opt_state: Any, *batch: Any) -> tuple[Any, ...]:
-        grads, value = grad_fn(params, *batch)
-        updates, new_state = optimizer.update(grads, opt_state, params)
-        new_params = _apply_updates(params, updates)
-        if has_aux:
-            loss, aux = value
-            return new_params, new_state, loss, aux
-        return new_params, new_state, value
-
-    return _maybe_compile(step, compile)
+    _step.check_optimizer(optimizer, "make_train_step")
+    return _step.make_step(
+        grad_fn(loss_fn, has_aux=has_aux), optimizer, donate=donate, compile=compile
+    )
 
 
 def make_eval_step(fn: Callable[..., Any], *, compile: CompileArg = True) -> Callable[..., Any]:
@@ -180,16 +178,10 @@ def make_eval_step(fn: Callable[..., Any], *, compile: CompileArg = True) -> Cal
         with torch.no_grad():
             return fn(params, *batch)
 
-    return _maybe_compile(eval_step, compile)
+    return _compile.maybe_compile(eval_step, compile)
 
 
 # --------------------------------------------------------------------------- prediction
-
-
-def _softmax(z: torch.Tensor) -> torch.Tensor:
-    # softmax(z)_i = exp(z_i - max z) / sum_j exp(z_j - max z); also right for log-probabilities
-    e = torch.exp(z - z.amax(dim=1, keepdim=True))
-    return e / e.sum(dim=1, keepdim=True)
 
 
 _OUTPUTS = ("logits", "probs", "classes")
@@ -238,7 +230,7 @@ def predict(
     def forward(params: Any, x: torch.Tensor) -> torch.Tensor:
         z = apply(params, x)
         if output == "probs":
-            return _softmax(z)
+            return softmax(z, dim=1)
         if output == "classes":
             return z.argmax(dim=1)
         return z
@@ -298,15 +290,7 @@ def _run_eval(
     for xb, yb, wb in _data.batches(x, y, batch_size=batch_size, pad=True):
         _, s = step(params, xb, yb, wb)
         sums = s if not sums else _tree.add(sums, s)
-    return _summary(sums)
-
-
-def _summary(sums: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    count = float(sums["count"])
-    out = {"loss": float(sums["loss_sum"]) / count}
-    if "correct" in sums:
-        out["accuracy"] = float(sums["correct"]) / count
-    return out
+    return _reporting.summarize(sums)
 
 
 def evaluate(
@@ -338,11 +322,48 @@ def evaluate(
     return _run_eval(step, params, data, batch_size)
 
 
-def _write_json(path: Path, history: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(history, indent=2) + "\n")
-    os.replace(tmp, path)
+class _EpochKeys(NamedTuple):
+    """One epoch's keys, all from ``fold_in(key, epoch)``."""
+
+    order: _random.Key  # the batch order
+    model: _random.Key  # (steps, 2): one per step, for the model (dropout)
+    augment: _random.Key | None  # (steps, 2): one per batch for ``augment``, if given
+
+    @classmethod
+    def of(cls, key: _random.Key, epoch: int, steps: int, augment: bool) -> _EpochKeys:
+        k_order, k_model, k_aug = _random.split(_random.fold_in(key, epoch), 3)
+        aug = _random.split(k_aug, steps) if augment else None
+        return cls(k_order, _random.split(k_model, steps), aug)
+
+
+def _train_epoch(
+    step: Callable[..., Any],
+    params: Any,
+    opt_state: Any,
+    data: Sequence[torch.Tensor],
+    keys: _EpochKeys,
+    batch_size: int,
+    augment: Callable[[_random.Key, torch.Tensor], torch.Tensor] | None,
+    reporters: Sequence[Any],
+    info: dict[str, Any],
+) -> tuple[Any, Any, dict[str, torch.Tensor], float]:
+    """One pass over ``data`` in padded batches: ``(params, opt_state, sums, seconds)``."""
+    x, y = data
+    n = info["num_samples"]
+    sums: dict[str, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    batches = _data.batches(x, y, batch_size=batch_size, key=keys.order, pad=True)
+    for i, (xb, yb, wb) in enumerate(batches):
+        if augment is not None and keys.augment is not None:
+            xb = augment(keys.augment[i], xb)
+        params, opt_state, loss, s = step(params, opt_state, xb, yb, wb, keys.model[i])
+        sums = s if not sums else _tree.add(sums, s)
+        if reporters:
+            done = min((i + 1) * batch_size, n)
+            elapsed = time.perf_counter() - t0
+            step_info = {"step": i, "samples": done, "elapsed_s": elapsed, "loss": loss}
+            _reporting.notify(reporters, "on_step", {**info, **step_info, "sums": sums})
+    return params, opt_state, sums, time.perf_counter() - t0
 
 
 def fit(
@@ -365,6 +386,7 @@ def fit(
     callback: Callable[[dict[str, Any]], None] | None = None,
     start_epoch: int = 0,
     eval_batch_size: int = 1000,
+    reporters: Sequence[Any] = (),
 ) -> FitResult:
     """Train a model for ``epochs`` epochs with a compiled step; validate after each epoch.
 
@@ -375,6 +397,10 @@ def fit(
     training loss per step is the weighted mean
     ``sum(loss_i * w_i) / sum(w_i)`` over the batch, where the weight ``w`` is 0
     on the rows padding the final partial batch (one shape, no recompiles).
+
+    Everything reported goes through reporters (:mod:`fdl.reporting`):
+    ``progress``, ``history_path`` and ``callback`` build the default ones
+    (:func:`fdl.reporting.default_reporters`); ``reporters`` adds more.
 
     Args:
         apply: the model's forward pass, called as
@@ -393,11 +419,16 @@ def fit(
         augment: ``augment(key, x) -> x`` applied to each training batch.
         accuracy: also report ``argmax(outputs, 1) == y`` accuracy.
         compile: see :func:`make_train_step`.
-        progress: show a tqdm bar (loss, accuracy, samples/s).
-        history_path: write the history as JSON here after every epoch.
-        callback: called with each epoch's record.
+        progress: show a tqdm bar (loss, accuracy, samples/s):
+            :class:`fdl.reporting.ProgressBar`.
+        history_path: write the history as JSON here after every epoch:
+            :class:`fdl.reporting.HistoryFile`.
+        callback: called with each epoch's record: :class:`fdl.reporting.Callback`.
         start_epoch: index of the first epoch (for resuming).
         eval_batch_size: batch size for validation.
+        reporters: further reporters (objects with ``on_step``,
+            ``on_epoch_end``, ... hooks; see :mod:`fdl.reporting`), called
+            after the default ones.
 
     Returns:
         :class:`FitResult` ``(params, opt_state, history)``; ``history`` has one
@@ -415,10 +446,8 @@ def fit(
         >>> [sorted(r) for r in res.history][0]
         ['epoch', 'samples_per_s', 'time_s', 'train_accuracy', 'train_loss']
     """
-    from tqdm.auto import tqdm
-
     x, y = train_data
-    n = _data._check_arrays([x, y])
+    n = leading_size([x, y], "fit")
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
     if opt_state is None:
@@ -430,38 +459,33 @@ def fit(
     if val_data is not None:
         eval_step = make_eval_step(_masked_metrics(apply, loss, accuracy, False), compile=compile)
     steps = _data.num_batches(n, batch_size)
+    reps = [
+        *_reporting.default_reporters(
+            progress=progress, history_path=history_path, callback=callback
+        ),
+        *reporters,
+    ]
+    last = start_epoch + epochs
+    _reporting.notify(
+        reps,
+        "on_fit_start",
+        {
+            "epochs": epochs,
+            "start_epoch": start_epoch,
+            "num_samples": n,
+            "steps_per_epoch": steps,
+            "batch_size": batch_size,
+        },
+    )
     history: list[dict[str, Any]] = []
-    for epoch in range(start_epoch, start_epoch + epochs):
-        k_order, k_model, k_aug = _random.split(_random.fold_in(key, epoch), 3)
-        model_keys = _random.split(k_model, steps)
-        aug_keys = _random.split(k_aug, steps) if augment is not None else None
-        bar = tqdm(
-            total=n,
-            unit="samples",
-            desc=f"epoch {epoch + 1}/{start_epoch + epochs}",
-            disable=not progress,
-            leave=True,
+    for epoch in range(start_epoch, last):
+        info = {"epoch": epoch + 1, "last_epoch": last, "num_samples": n, "steps": steps}
+        _reporting.notify(reps, "on_epoch_start", info)
+        keys = _EpochKeys.of(key, epoch, steps, augment is not None)
+        params, opt_state, sums, elapsed = _train_epoch(
+            train_step, params, opt_state, (x, y), keys, batch_size, augment, reps, info
         )
-        sums: dict[str, torch.Tensor] = {}
-        t0 = time.perf_counter()
-        batches = _data.batches(x, y, batch_size=batch_size, key=k_order, pad=True)
-        for i, (xb, yb, wb) in enumerate(batches):
-            if aug_keys is not None:
-                assert augment is not None  # aug_keys is only made when augment is given
-                xb = augment(aug_keys[i], xb)
-            params, opt_state, _, s = train_step(params, opt_state, xb, yb, wb, model_keys[i])
-            sums = s if not sums else _tree.add(sums, s)
-            bar.update(min(batch_size, n - i * batch_size))
-            if progress and (i % 20 == 0 or i == steps - 1):
-                seen = _summary(sums)
-                post = {"loss": f"{seen['loss']:.4f}"}
-                if accuracy:
-                    post["acc"] = f"{seen['accuracy']:.4f}"
-                post["samples/s"] = f"{bar.n / max(time.perf_counter() - t0, 1e-9):.0f}"
-                bar.set_postfix(post)
-        bar.close()
-        elapsed = time.perf_counter() - t0
-        summary = _summary(sums) if sums else {"loss": math.nan}
+        summary = _reporting.summarize(sums) if sums else {"loss": math.nan}
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": summary["loss"]}
         if accuracy:
             record["train_accuracy"] = summary.get("accuracy", math.nan)
@@ -473,8 +497,8 @@ def fit(
         record["time_s"] = elapsed
         record["samples_per_s"] = n / elapsed
         history.append(record)
-        if history_path is not None:
-            _write_json(Path(history_path), history)
-        if callback is not None:
-            callback(record)
+        _reporting.notify(reps, "on_epoch_end", record)
+    _reporting.notify(
+        reps, "on_fit_end", {"history": history, "params": params, "opt_state": opt_state}
+    )
     return FitResult(params, opt_state, history)

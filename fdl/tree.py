@@ -37,6 +37,8 @@ from typing import Any
 import optree
 import torch
 
+from fdl._leaf import describe as _kind
+
 __all__ = [
     "PyTree",
     "TreeDef",
@@ -217,12 +219,6 @@ def _first_difference(a: Any, b: Any, prefix: tuple) -> tuple[str, str] | None:
         if d is not None:
             return d
     return None
-
-
-def _kind(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor{tuple(x.shape)}"
-    return type(x).__name__
 
 
 def differences(

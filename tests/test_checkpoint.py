@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import safetensors.torch
 import torch
+from _doc_examples import run_python_blocks
 
 import fdl
 from fdl import checkpoint as C
@@ -393,9 +392,4 @@ def test_resume_reproduces_uninterrupted_run(path):
 
 def test_docs_examples_run():
     """Every ```python block of docs/checkpoint.md runs, in order, in one namespace."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "checkpoint.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
-    namespace: dict[str, Any] = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/checkpoint.md block {i}", "exec"), namespace)
+    run_python_blocks("checkpoint.md")

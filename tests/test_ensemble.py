@@ -224,12 +224,17 @@ def test_has_aux_returns_stacked_aux():
     assert_trees_close(aux["logits"], fe.ensemble_apply(MODEL.apply, params, xs[0], x_axis=0))
 
 
-def test_inactive_member_is_frozen():
+def _eager_adam_setup():
+    """An eager adam ensemble step, its stacked params and state, and per-member batches."""
     opt = fdl.optim.adam(lr=0.1)
     params = fdl.tree.stack(_members())
-    state = fe.init_optimizer(opt, params)
     xs, ys = _per_member_batches()
     step = fe.make_ensemble_train_step(plain_loss, opt, compile=False)
+    return opt, params, fe.init_optimizer(opt, params), xs, ys, step
+
+
+def test_inactive_member_is_frozen():
+    opt, params, state, xs, ys, step = _eager_adam_setup()
     active = torch.tensor([True, False, True])
     new_p, new_s, _ = step(params, state, xs[0], ys[0], active=active)
     assert_trees_close(fdl.tree.unstack(new_p)[1], fdl.tree.unstack(params)[1], rtol=0, atol=0)
@@ -311,11 +316,7 @@ def test_kfold_bad_k_raises(k):
 
 
 def test_mismatched_ensemble_sizes_raise():
-    opt = fdl.optim.adam(lr=0.1)
-    params = fdl.tree.stack(_members())
-    state = fe.init_optimizer(opt, params)
-    xs, ys = _per_member_batches()
-    step = fe.make_ensemble_train_step(plain_loss, opt, compile=False)
+    opt, params, state, xs, ys, step = _eager_adam_setup()
     with pytest.raises(
         ValueError, match=r"batch argument 0 needs a leading ensemble axis of size K = 3.*size 2"
     ):

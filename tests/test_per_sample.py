@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fdl
-from fdl.per_sample import _core
+from fdl._per_sample import core as _core
 
 # ---------------------------------------------------------------------------
 # registry: (name, make_params(dtype), make_batch(dtype, n), loss_fn, expected method under auto)

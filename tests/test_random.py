@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from itertools import permutations
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from _doc_examples import run_python_blocks
 from scipy import stats
 
 from fdl import random as R
@@ -386,9 +384,4 @@ def test_bad_arguments_rejected(call, err, match):
 
 def test_docs_examples_run():
     """Every ```python block of docs/random.md runs, in order, in one namespace."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "random.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
-    namespace: dict[str, Any] = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/random.md block {i}", "exec"), namespace)
+    run_python_blocks("random.md")

@@ -10,7 +10,7 @@ import torch
 import torch._dynamo.testing as dynamo_testing
 
 import fdl
-from fdl import train
+from fdl import reporting, train
 from fdl.testing import assert_pure, assert_trees_close
 
 # --------------------------------------------------------------------------- registries
@@ -330,3 +330,92 @@ def test_predict_errors() -> None:
         train.predict(MODEL.apply, _params(), torch.ones(2, 4), output="labels")
     with pytest.raises(ValueError, match="empty"):
         train.predict(MODEL.apply, _params(), torch.ones(0, 4))
+
+
+# --------------------------------------------------------------------------- reporters
+
+
+class _Recorder(reporting.Reporter):
+    """Records every hook call (name and a copy of its dict's keys and step losses)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def on_fit_start(self, info):
+        self.calls.append(("on_fit_start", dict(info)))
+
+    def on_epoch_start(self, info):
+        self.calls.append(("on_epoch_start", dict(info)))
+
+    def on_step(self, info):
+        self.calls.append(("on_step", dict(info)))
+
+    def on_epoch_end(self, record):
+        self.calls.append(("on_epoch_end", dict(record)))
+
+    def on_fit_end(self, info):
+        self.calls.append(("on_fit_end", dict(info)))
+
+
+def test_fit_calls_reporter_hooks_in_order() -> None:
+    rec = _Recorder()
+    res = _fit(2, reporters=[rec])
+    names = [name for name, _ in rec.calls]
+    epoch = ["on_epoch_start", *["on_step"] * 4, "on_epoch_end"]  # 50 samples = 16+16+16+2
+    assert names == ["on_fit_start", *epoch, *epoch, "on_fit_end"]
+    steps = [info for name, info in rec.calls if name == "on_step"]
+    assert [s["samples"] for s in steps[:4]] == [16, 32, 48, 50]
+    assert [s["step"] for s in steps[:4]] == [0, 1, 2, 3]
+    # the running sums of the last step of an epoch give the epoch's train loss
+    assert reporting.summarize(steps[3]["sums"])["loss"] == pytest.approx(
+        res.history[0]["train_loss"]
+    )
+    assert [info for name, info in rec.calls if name == "on_epoch_end"] == res.history
+    end = rec.calls[-1][1]
+    assert end["history"] == res.history
+    assert_trees_close(end["params"], res.params, rtol=0, atol=0)
+
+
+def test_fit_default_reporters_come_first(tmp_path: Path) -> None:
+    order: list[str] = []
+
+    class Last(reporting.Reporter):
+        def on_epoch_end(self, record):
+            # the history file is already written when later reporters run
+            order.append("reporter")
+            assert json.loads((tmp_path / "h.json").read_text())[-1] == record
+
+    _fit(
+        1,
+        history_path=tmp_path / "h.json",
+        callback=lambda r: order.append("callback"),
+        reporters=[Last()],
+    )
+    assert order == ["callback", "reporter"]
+
+
+def test_duck_typed_reporter_with_one_hook() -> None:
+    seen = []
+
+    class OnlyEnd:
+        def on_fit_end(self, info):
+            seen.append(len(info["history"]))
+
+    _fit(2, reporters=[OnlyEnd()])
+    assert seen == [2]
+
+
+def test_progress_bar_reporter_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = _batch(50, seed=1)
+    opt = fdl.optim.sgd(lr=0.1)
+    train.fit(
+        MODEL.apply, fdl.losses.cross_entropy, opt, _params(), (x, y), key=fdl.random.key(3),
+        batch_size=16, compile=False, progress=True,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "50/50" in err and "loss=" in err
+
+
+def test_notify_rejects_unknown_hook() -> None:
+    with pytest.raises(ValueError, match="unknown hook"):
+        reporting.notify([], "on_batch", {})

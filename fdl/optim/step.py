@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import torch
-
-from fdl import tree
-from fdl.optim.base import GradientTransformation, Params, State, Updates, apply_updates
+from fdl import _step
+from fdl._compile import CompileArg
+from fdl.optim.base import GradientTransformation, Params, State, Updates
 
 __all__ = ["make_update"]
 
@@ -17,8 +15,8 @@ def make_update(
     optimizer: GradientTransformation,
     *,
     donate: bool = False,
-    compile: bool = True,
-    backend: str = "inductor",
+    compile: CompileArg = True,
+    backend: str | None = None,
     mode: str | None = None,
 ) -> Callable[[Updates, State, Params], tuple[Params, State]]:
     r"""Build ``step(grads, state, params) -> (new_params, new_state)``.
@@ -27,7 +25,9 @@ def make_update(
     ``params = apply_updates(params, updates)`` as one function, by default
     under ``torch.compile(fullgraph=True)`` so the whole optimizer step fuses
     into a few kernels. Nothing that changes per step is a Python number, so it
-    compiles once.
+    compiles once. It is the step core of :func:`fdl.train.make_train_step`
+    with the gradients given instead of computed; its argument order follows
+    ``GradientTransformation.update`` (``grads, state, params``).
 
     **Buffer donation** (``donate=True``, opt-in): the caller promises never to
     use the ``params`` and ``state`` it passes in again (as with JAX's
@@ -41,12 +41,13 @@ def make_update(
     Args:
         optimizer: the gradient transformation.
         donate: reuse the buffers of ``params`` and ``state`` for the results.
-        compile: wrap the step in ``torch.compile(fullgraph=True)``.
-        backend: ``torch.compile`` backend.
-        mode: ``torch.compile`` mode.
+        compile: ``True`` (``torch.compile(fullgraph=True)``), ``False``
+            (eager) or a dict of ``torch.compile`` options, as every step builder.
+        backend: shorthand for ``compile={"backend": backend}``.
+        mode: shorthand for ``compile={"mode": mode}``.
 
     Returns:
-        The step function.
+        The step function, with a compile cache of its own.
 
     Example:
         >>> import torch, fdl
@@ -65,20 +66,16 @@ def make_update(
         raise TypeError(
             f"make_update expects a GradientTransformation; got {type(optimizer).__name__}"
         )
+    # the step core with the gradients as its input: core(params, state, grads)
+    core = _step.make_step(
+        _given_grads, optimizer, donate=donate, compile=compile, backend=backend, mode=mode
+    )
 
     def step(grads: Updates, state: State, params: Params) -> tuple[Params, State]:
-        updates, new_state = optimizer.update(grads, state, params)
-        return apply_updates(params, updates), new_state
+        return core(params, state, grads)
 
-    def donating_step(grads: Updates, state: State, params: Params) -> tuple[Params, State]:
-        new_params, new_state = step(grads, state, params)
-        old = tree.leaves((params, state))
-        new = tree.leaves((new_params, new_state))
-        for dst, src in zip(old, new, strict=True):
-            dst.copy_(src)
-        return params, state
+    return step
 
-    fn: Any = donating_step if donate else step
-    if compile:
-        fn = torch.compile(fn, fullgraph=True, backend=backend, mode=mode)
-    return fn
+
+def _given_grads(params: Params, grads: Updates) -> tuple[Updates]:
+    return (grads,)

@@ -41,14 +41,15 @@ from typing import Any
 import torch
 
 from fdl import tree as _tree
-from fdl.per_sample import _core
+from fdl._per_sample import core as _core
 
 __all__ = ["per_sample_grad_norms", "per_sample_grads"]
 
 _METHODS = ("auto", "rules", "vmap")
 
 
-def _check_options(chunk_size: int | None, method: str) -> None:
+def _options(chunk_size: int | None, has_aux: bool, method: str) -> dict[str, Any]:
+    """The checked options every per-sample function passes to the core."""
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
             raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
@@ -56,6 +57,7 @@ def _check_options(chunk_size: int | None, method: str) -> None:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    return {"chunk_size": chunk_size, "has_aux": has_aux, "method": method}
 
 
 def per_sample_grads(
@@ -106,18 +108,10 @@ def per_sample_grads(
         reports the gradient of the batch loss split by example (scaled by
         ``1/B``); here each entry is the example's own gradient.
     """
-    _check_options(chunk_size, method)
+    opts = _options(chunk_size, has_aux, method)
 
     def fn(params: Any, *batch: Any) -> Any:
-        _, aux, rep, _ = _core.decompose(
-            loss_fn,
-            params,
-            batch,
-            has_aux=has_aux,
-            chunk_size=chunk_size,
-            method=method,
-            need_loss=False,
-        )
+        _, aux, rep, _ = _core.decompose(loss_fn, params, batch, **opts, need_loss=False)
         grads = _tree.unflatten(_tree.structure(params), rep.materialize())
         return (grads, aux) if has_aux else grads
 
@@ -160,25 +154,18 @@ def per_sample_grad_norms(
         >>> torch.allclose(norms, g.flatten(1).norm(dim=1), atol=1e-5)
         True
     """
-    _check_options(chunk_size, method)
+    opts = _options(chunk_size, has_aux, method)
 
     def fn(params: Any, *batch: Any) -> Any:
-        _core.batch_size(batch)  # validate before choosing a path
-        if method != "vmap":
-            out = _core.try_rules(
-                loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
-            )
-            if not isinstance(out, str):
-                _, aux, rep = out
-                norms = rep.sq_norms().sqrt()
-                return (norms, aux) if has_aux else norms
-            if method == "rules":
-                raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
-        norms = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32).sqrt()
-        if has_aux:
-            with torch.no_grad():
-                _, aux = _core._split_out(loss_fn(params, *batch), True)
-            return norms, aux
-        return norms
+        # on the vmap path, hold only chunk_size per-example gradients at a time (below)
+        _, aux, rep, _ = _core.decompose(
+            loss_fn, params, batch, **opts, need_loss=False, vmap_rep=False
+        )
+        if rep is not None:
+            sq = rep.sq_norms()
+        else:
+            sq = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32)
+        norms = sq.sqrt()
+        return (norms, aux) if has_aux else norms
 
     return fn

@@ -39,6 +39,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from fdl.privacy._checks import check_delta, check_number, check_rate
+
 __all__ = [
     "DEFAULT_ORDERS",
     "epsilon",
@@ -59,25 +61,8 @@ _STOP_LOG = -30.0  # fractional-order series: stop once both terms are below e^-
 # ---------------------------------------------------------------------------
 
 
-def _check_sample_rate(sample_rate: float) -> float:
-    q = float(sample_rate)
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    return q
-
-
 def _check_noise(noise_multiplier: float) -> float:
-    s = float(noise_multiplier)
-    if not s >= 0.0:
-        raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    return s
-
-
-def _check_delta(delta: float) -> float:
-    d = float(delta)
-    if not 0.0 < d < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
-    return d
+    return check_number("noise_multiplier", noise_multiplier, ">= 0", lambda s: s >= 0.0)
 
 
 def _check_steps(steps: int) -> int:
@@ -140,6 +125,14 @@ def _log_a_int(q: float, sigma: float, alpha: int) -> float:
     return acc
 
 
+def _log_term(
+    log_c: float, u: float, v: float, log_q: float, log_1mq: float, two_s2: float, e: float
+) -> float:
+    # log of one half-term of the fractional-order series:
+    # log|binom| + u log q + v log(1-q) + (u² - u)/(2σ²) + log(erfc(e)/2)
+    return log_c + u * log_q + v * log_1mq + (u * u - u) / two_s2 + math.log(0.5) + _log_erfc(e)
+
+
 def _log_a_frac(q: float, sigma: float, alpha: float) -> float:
     log_q, log_1mq = math.log(q), math.log1p(-q)
     z0 = sigma * sigma * math.log(1.0 / q - 1.0) + 0.5
@@ -154,22 +147,8 @@ def _log_a_frac(q: float, sigma: float, alpha: float) -> float:
             coef *= (alpha - i + 1) / i
         log_c = math.log(abs(coef))
         j = alpha - i
-        t0 = (
-            log_c
-            + i * log_q
-            + j * log_1mq
-            + (i * i - i) / two_s2
-            + math.log(0.5)
-            + _log_erfc((i - z0) / root2_sigma)
-        )
-        t1 = (
-            log_c
-            + j * log_q
-            + i * log_1mq
-            + (j * j - j) / two_s2
-            + math.log(0.5)
-            + _log_erfc((z0 - j) / root2_sigma)
-        )
+        t0 = _log_term(log_c, i, j, log_q, log_1mq, two_s2, (i - z0) / root2_sigma)
+        t1 = _log_term(log_c, j, i, log_q, log_1mq, two_s2, (z0 - j) / root2_sigma)
         both = _logaddexp(t0, t1)
         if coef > 0:
             pos = _logaddexp(pos, both)
@@ -214,7 +193,7 @@ def rdp_sampled_gaussian(
         >>> [round(r, 4) for r in rdp_sampled_gaussian(1.0, 1.0, orders=[2.0, 3.0])]
         [1.0, 1.5]
     """
-    q = _check_sample_rate(sample_rate)
+    q = check_rate(sample_rate)
     sigma = _check_noise(noise_multiplier)
     return [_rdp_one(q, sigma, a) for a in _check_orders(orders)]
 
@@ -241,7 +220,7 @@ def rdp_to_epsilon(
         4.0
     """
     alphas = _check_orders(orders)
-    d = _check_delta(delta)
+    d = check_delta(delta)
     rdp = [float(r) for r in rdp]
     if len(rdp) != len(alphas):
         raise ValueError(f"rdp has {len(rdp)} values but there are {len(alphas)} orders")
@@ -281,9 +260,9 @@ def epsilon(
         1.098
     """
     n = _check_steps(steps)
-    q = _check_sample_rate(sample_rate)
+    q = check_rate(sample_rate)
     sigma = _check_noise(noise_multiplier)
-    d = _check_delta(delta)
+    d = check_delta(delta)
     alphas = _check_orders(orders)
     if n == 0:
         return 0.0
@@ -334,8 +313,8 @@ def noise_multiplier_for(
     n = _check_steps(steps)
     if n == 0:
         raise ValueError("steps must be >= 1: zero steps spend no privacy budget at any noise")
-    q = _check_sample_rate(sample_rate)
-    d = _check_delta(delta)
+    q = check_rate(sample_rate)
+    d = check_delta(delta)
     alphas = _check_orders(orders)
 
     def eps_at(sigma: float) -> float:

@@ -23,16 +23,20 @@ per-example gradients are never materialised for linear layers.
 
 from __future__ import annotations
 
+import functools
 import math
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from fdl import _step
 from fdl import random as _random
+from fdl import train as _train
 from fdl import tree as _tree
-from fdl.per_sample import _core
+from fdl._compile import CompileArg
+from fdl._per_sample import core as _core
+from fdl.privacy._checks import check_clip, check_expected, check_number, check_rate
 
 __all__ = [
     "add_noise",
@@ -47,32 +51,10 @@ __all__ = [
 CLIP_EPS = 1e-6
 
 
-def _check_clip(max_grad_norm: float) -> float:
-    c = float(max_grad_norm)
-    if not c > 0.0 or math.isinf(c):
-        raise ValueError(f"max_grad_norm must be a positive finite number, got {max_grad_norm}")
-    return c
-
-
 def _check_noise(noise_multiplier: float) -> float:
-    s = float(noise_multiplier)
-    if not s >= 0.0 or math.isinf(s):
-        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier}")
-    return s
-
-
-def _check_expected(expected_batch_size: float) -> float:
-    b = float(expected_batch_size)
-    if not b > 0.0 or math.isinf(b):
-        raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
-    return b
-
-
-def _check_rate(sample_rate: float) -> float:
-    q = float(sample_rate)
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
-    return q
+    return check_number(
+        "noise_multiplier", noise_multiplier, "a finite number >= 0", lambda s: 0.0 <= s < math.inf
+    )
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
@@ -89,7 +71,7 @@ def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
         >>> clip_factors(torch.tensor([0.5, 4.0]), 1.0)
         tensor([1.0000, 0.2500])
     """
-    c = _check_clip(max_grad_norm)
+    c = check_clip(max_grad_norm)
     return torch.clamp(c / (norms + CLIP_EPS), max=1.0)
 
 
@@ -138,7 +120,7 @@ def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_no
         >>> round(float(g["w"].std()), 1)
         1.0
     """
-    std = _check_noise(noise_multiplier) * _check_clip(max_grad_norm)
+    std = _check_noise(noise_multiplier) * check_clip(max_grad_norm)
     flat, treedef = _tree.flatten(grads)
     if not flat:
         return grads
@@ -187,8 +169,8 @@ def dp_grads(
         tensor([[0.7071, 0.7071]])
     """
     sigma = _check_noise(noise_multiplier)
-    clip = _check_clip(max_grad_norm)
-    b_e = _check_expected(expected_batch_size)
+    clip = check_clip(max_grad_norm)
+    b_e = check_expected(expected_batch_size)
     if method not in ("auto", "rules", "vmap"):
         raise ValueError(f"method must be one of ('auto', 'rules', 'vmap'), got {method!r}")
 
@@ -213,14 +195,6 @@ def dp_grads(
     return fn
 
 
-def _fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # own code object, so each built step has its own compile cache
-    code = fn.__code__.replace(co_name=fn.__code__.co_name)
-    out = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    out.__qualname__, out.__doc__ = fn.__qualname__, fn.__doc__
-    return out
-
-
 def make_dp_train_step(
     loss_fn: Callable[..., Any],
     optimizer: Any,
@@ -230,12 +204,15 @@ def make_dp_train_step(
     expected_batch_size: float,
     has_aux: bool = False,
     method: str = "auto",
-    compile: bool | Mapping[str, Any] = False,
+    compile: CompileArg = False,
+    donate: bool = False,
 ) -> Callable[..., Any]:
     """Build ``step(params, opt_state, key, *batch, mask=None) -> (params, opt_state, loss)``.
 
-    ``grads`` from :func:`dp_grads`, then ``updates, opt_state =
-    optimizer.update(grads, opt_state, params)`` and ``params + updates``.
+    :func:`fdl.train.make_train_step` with :func:`dp_grads` as its gradient
+    function: ``grads, loss = dp_grads(loss_fn, ...)(params, key, *batch,
+    mask=mask)``, then ``updates, opt_state = optimizer.update(grads,
+    opt_state, params)`` and ``params = fdl.optim.apply_updates(params, updates)``.
 
     Args:
         loss_fn: the ordinary batched loss.
@@ -246,6 +223,8 @@ def make_dp_train_step(
             (per-example gradients then take the ``vmap`` path); a dict gives
             ``torch.compile`` options. ``False`` (default) runs eagerly, where
             the rules path applies — on a CPU usually the faster choice.
+        donate: write the results into the buffers of the params and state
+            passed in (see :func:`fdl.train.make_train_step`).
 
     Returns:
         The step function (pure); with ``has_aux`` it returns ``aux`` as a
@@ -263,38 +242,17 @@ def make_dp_train_step(
         >>> p["w"].shape
         torch.Size([1, 2])
     """
-    grad_fn = dp_grads(
-        loss_fn,
+    _step.check_optimizer(optimizer, "make_dp_train_step")
+    grad_fn = functools.partial(
+        dp_grads,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size,
-        has_aux=has_aux,
         method=method,
     )
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(
-            "make_dp_train_step: optimizer must be a GradientTransformation with init and "
-            f"update, got {type(optimizer).__name__}"
-        )
-
-    def step(
-        params: Any, opt_state: Any, key: _random.Key, *batch: Any, mask: torch.Tensor | None = None
-    ) -> tuple[Any, ...]:
-        out = grad_fn(params, key, *batch, mask=mask)
-        updates, new_state = optimizer.update(out[0], opt_state, params)
-        new_params = _tree.map(lambda p, u: (p + u).to(p.dtype), params, updates)
-        return (new_params, new_state, *out[1:])
-
-    if compile is False:
-        return step
-    if compile is True:
-        options: dict[str, Any] = {}
-    elif isinstance(compile, Mapping):
-        options = dict(compile)
-    else:
-        raise TypeError(f"compile must be a bool or a dict, got {type(compile).__name__}")
-    options.setdefault("fullgraph", True)
-    return torch.compile(_fresh_function(step), **options)
+    return _train.make_train_step(
+        loss_fn, optimizer, has_aux=has_aux, compile=compile, grad_fn=grad_fn, donate=donate
+    )
 
 
 def poisson_max_size(num_examples: int, sample_rate: float, *, tail: float = 1e-9) -> int:
@@ -307,7 +265,7 @@ def poisson_max_size(num_examples: int, sample_rate: float, *, tail: float = 1e-
         >>> poisson_max_size(60000, 256 / 60000)
         366
     """
-    n, q = int(num_examples), _check_rate(sample_rate)
+    n, q = int(num_examples), check_rate(sample_rate)
     if n <= 0:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
     if q == 1.0:
@@ -348,7 +306,7 @@ def poisson_sample(
         >>> idx.shape, mask.shape, 20 < int(mask.sum()) < 80
         (torch.Size([100]), torch.Size([100]), True)
     """
-    q = _check_rate(sample_rate)
+    q = check_rate(sample_rate)
     n = int(num_examples)
     if n <= 0:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fdl import tree as ft
+from fdl._leaf import describe as _kind
 
 __all__ = ["assert_trees_close", "default_tolerances"]
 
@@ -215,7 +216,7 @@ def _leaf_failure(
             a, e, rtol=rtol, atol=atol, equal_nan=equal_nan, check_dtype=check_dtype
         )
     if a_t or e_t:
-        return f"{ft._kind(a)} vs expected {ft._kind(e)}"
+        return f"{_kind(a)} vs expected {_kind(e)}"
     if isinstance(a, (int, float, complex)) and isinstance(e, (int, float, complex)):
         if (
             isinstance(a, bool)

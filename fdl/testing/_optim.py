@@ -9,6 +9,7 @@ import torch
 
 from fdl import random as fr
 from fdl import tree as ft
+from fdl._leaf import describe as _kind
 from fdl.testing._compare import _check_tolerance_args, _format_failures, _tree_failures
 from fdl.testing._pure import assert_pure
 
@@ -75,7 +76,7 @@ def optimizer_problem(params: Any = None, *, seed: int = 0) -> tuple[Any, Loss]:
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
             raise TypeError(
                 f"optimizer_problem: params must be a pytree of floating tensors, got a "
-                f"{ft._kind(x)} leaf"
+                f"{_kind(x)} leaf"
             )
     consts = []
     for i, x in enumerate(lvs):

@@ -1,5 +1,8 @@
 """Per-sample gradient representations and the two ways of computing them.
 
+Shared by :mod:`fdl.per_sample` (per-example gradients and norms) and
+:mod:`fdl.privacy` (clipped sums), which is why it lives outside both.
+
 A representation answers three questions about the per-example gradients
 ``grad_i`` of a batch without committing to how they are stored:
 ``materialize()`` (every leaf as ``(B, *shape)``), ``sq_norms()`` (``‖grad_i‖²``
@@ -7,7 +10,7 @@ over the whole pytree) and ``weighted_sum(w)`` (``Σ_i w[i] grad_i``).
 
 * :class:`Dense` holds materialised per-example gradients (the ``vmap`` path).
 * :class:`Factored` holds the factors of linear/conv layers recorded by
-  :class:`fdl.per_sample._rules.Recorder` (the ``rules`` path).
+  :class:`fdl._per_sample.rules.Recorder` (the ``rules`` path).
 * :class:`Chunked` concatenates representations of consecutive sub-batches.
 """
 
@@ -19,7 +22,7 @@ from typing import Any, cast
 import torch
 
 from fdl import tree as _tree
-from fdl.per_sample import _rules
+from fdl._per_sample import rules as _rules
 
 LossFn = Callable[..., Any]
 
@@ -358,11 +361,14 @@ def decompose(
     chunk_size: int | None,
     method: str,
     need_loss: bool,
+    vmap_rep: bool = True,
 ) -> tuple[torch.Tensor | None, Any, Any, str]:
     """Per-example gradients of ``loss_fn`` as a representation.
 
     Returns ``(loss, aux, rep, method_used)``; ``loss``/``aux`` are those of the
-    whole batch (``None`` when not needed and not free).
+    whole batch (``None`` when not needed and not free). With ``vmap_rep=False``
+    the ``vmap`` path returns ``rep=None`` instead of materialising gradients
+    (for callers that compute what they need by ``vmap`` themselves).
     """
     batch_size(batch)
     if method != "vmap":
@@ -373,7 +379,7 @@ def decompose(
             return (*out, "rules")
         if method == "rules":
             raise ValueError(f"method='rules' does not apply to this loss_fn: {out}")
-    rep = vmap_dense(loss_fn, params, batch, has_aux, chunk_size)
+    rep = vmap_dense(loss_fn, params, batch, has_aux, chunk_size) if vmap_rep else None
     loss, aux = _batch_loss(loss_fn, params, batch, has_aux, need_loss)
     return loss, aux, rep, "vmap"
 

@@ -60,7 +60,7 @@ class Record:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
-    # per-example output grad: None only until _core._record sets it, before any rule reads it
+    # per-example output grad: None only until core._record sets it, before any rule reads it
     g: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
     gw: torch.Tensor | None = field(default=None, repr=False)  # per-example weight grads, if formed
 
