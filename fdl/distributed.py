@@ -48,9 +48,9 @@ from typing import Any
 import torch
 import torch.distributed as _dist
 
-from fdl import _eager
 from fdl import random as _random
 from fdl import tree as _tree
+from fdl._compile import CompileArg, maybe_compile
 
 __all__ = [
     "DistributedError",
@@ -63,6 +63,7 @@ __all__ = [
     "is_initialized",
     "is_main",
     "local_rank",
+    "make_dp_train_step",
     "make_train_step",
     "rank",
     "shard",
@@ -448,14 +449,13 @@ def make_train_step(
     *,
     has_aux: bool = False,
     weighted: bool = False,
-    compile: bool = True,
+    compile: CompileArg = True,
     bucket_mb: float = DEFAULT_BUCKET_MB,
 ) -> Callable[..., tuple[Any, ...]]:
     r"""Build the data-parallel ``step(params, opt_state, *shard)``.
 
     It returns ``(params, opt_state, loss[, aux])`` like :func:`fdl.train.make_train_step`.
-
-    Each rank ``r`` computes ``g_r, l_r = grad_and_value(loss_fn)(params, *shard_r)``
+    Each rank ``r`` computes ``g_r, l_r = grads_and_loss(loss_fn)(params, *shard_r)``
     on its shard; one bucketed all-reduce gives every rank
 
     .. math:: g = \frac{1}{W}\sum_r g_r, \qquad l = \frac{1}{W}\sum_r l_r
@@ -468,9 +468,10 @@ def make_train_step(
     bit-identical on every rank. With equal shards of a global batch ``B`` the
     result equals one process's step on ``B`` up to rounding order.
 
-    The gradient and the update are each compiled with
-    ``torch.compile(fullgraph=True)`` (``compile=True``); the all-reduce runs
-    between them. In single-process mode the step is the ordinary train step.
+    The gradient function and the update (:func:`fdl.optim.make_update`) are
+    each compiled as ``compile`` says (``True``: ``torch.compile(fullgraph=True)``);
+    the all-reduce runs between them, eagerly. In single-process mode the step
+    is the ordinary train step.
 
     Args:
         loss_fn: ``loss_fn(params, *batch) -> loss`` (mean over the shard), or
@@ -480,7 +481,7 @@ def make_train_step(
             returned as a fourth value.
         weighted: weigh ranks by the sum of the last batch tensor (padded final
             batches).
-        compile: compile the gradient and the update.
+        compile: ``True``, ``False`` or a dict of ``torch.compile`` options.
         bucket_mb: the all-reduce bucket size in megabytes.
 
     Example:
@@ -494,39 +495,113 @@ def make_train_step(
         >>> p["w"], loss
         (tensor([0.5000]), tensor(1.))
     """
+    from fdl import train as _train
+
+    grads_fn = maybe_compile(_train.grads_and_loss(loss_fn, has_aux=has_aux), compile)
+
+    def reduce(params: Any, batch: tuple[Any, ...], options: dict[str, Any]) -> tuple[Any, ...]:
+        grads, loss, *aux = grads_fn(params, *batch)
+        if weighted:
+            if not batch:
+                raise ValueError("make_train_step(weighted=True) needs the weight vector")
+            wsum = batch[-1].sum().to(loss.dtype)
+            total = all_reduce_sum({"w": wsum}, bucket_mb=bucket_mb)["w"]
+            scaled = _tree.map(lambda g: g * (wsum / total).to(g.dtype), (grads, loss))
+            grads, loss = all_reduce_sum(scaled, bucket_mb=bucket_mb)
+        else:
+            grads, loss = all_reduce_mean((grads, loss), bucket_mb=bucket_mb)
+        return (grads, loss, *aux)
+
+    return _data_parallel(reduce, optimizer, compile, "make_train_step")
+
+
+def make_dp_train_step(
+    loss_fn: Callable[..., Any],
+    optimizer: Any,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    has_aux: bool = False,
+    method: str = "auto",
+    compile: CompileArg = False,
+    bucket_mb: float = DEFAULT_BUCKET_MB,
+) -> Callable[..., tuple[Any, ...]]:
+    r"""Build the data-parallel DP-SGD ``step(params, opt_state, key, *shard, mask=None)``.
+
+    Each rank clips its own examples' gradients and sums them,
+    :math:`S_r = \sum_{i \in r} f_i\, g_i` with
+    :math:`f_i = m_i \min(1, C / (\lVert g_i \rVert + 10^{-6}))` as in
+    :func:`fdl.privacy.dp_grads`; one all-reduce gives :math:`S = \sum_r S_r` on
+    every rank, and the noise is added **once**, after the sum, from the shared
+    ``key``: every rank draws the same :math:`z` and computes the same
+    :math:`(S + \sigma C z) / B_e`. Adding independent noise on each rank instead
+    would multiply the noise variance by ``W``. Given the same key, batch and
+    mask the step equals :func:`fdl.privacy.make_dp_train_step` on one process.
+
+    Accounting is unchanged: one step per global (logical) batch, with the
+    sampling rate of the global batch (``q = B_e / N``).
+
+    Args:
+        loss_fn, optimizer, noise_multiplier, max_grad_norm, expected_batch_size,
+            has_aux, method: as for :func:`fdl.privacy.make_dp_train_step`
+            (``expected_batch_size`` is the *global* one).
+        compile: compile the per-rank clipped sum and the update.
+        bucket_mb: the all-reduce bucket size in megabytes.
+
+    Returns:
+        ``step(params, opt_state, key, *shard, mask=None) -> (params, opt_state, loss[, aux])``;
+        ``loss`` is the mean over ranks of each shard's loss (monitoring only).
+    """
+    from fdl import privacy as _privacy
+
+    clipped_sum = maybe_compile(
+        _privacy.dp_grads(
+            loss_fn,
+            noise_multiplier=0.0,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=1.0,
+            has_aux=has_aux,
+            method=method,
+        ),
+        compile,
+    )
+    # validated by dp_grads' own checks above, reused for the noise
+    _privacy.dp_grads(
+        loss_fn,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+    )
+
+    def reduce(params: Any, batch: tuple[Any, ...], options: dict[str, Any]) -> tuple[Any, ...]:
+        key, *rest = batch
+        summed, loss, *aux = clipped_sum(params, key, *rest, **options)
+        summed, loss = all_reduce_sum((summed, loss), bucket_mb=bucket_mb)
+        noised = _privacy.add_noise(summed, key, noise_multiplier, max_grad_norm)
+        grads = _tree.map(lambda t: t / expected_batch_size, noised)
+        return (grads, loss / world_size(), *aux)
+
+    return _data_parallel(reduce, optimizer, compile, "make_dp_train_step")
+
+
+def _data_parallel(
+    reduce: Callable[..., tuple[Any, ...]], optimizer: Any, compile: CompileArg, who: str
+) -> Callable[..., tuple[Any, ...]]:
+    """The shared step: averaged gradients from ``reduce``, then one compiled update."""
     from fdl.optim import make_update
 
-    if not callable(loss_fn):
-        raise TypeError(f"make_train_step: loss_fn must be callable, got {type(loss_fn).__name__}")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
-            "make_train_step: optimizer must be a GradientTransformation with init and "
+            f"{who}: optimizer must be a GradientTransformation with init and "
             f"update, got {type(optimizer).__name__}"
         )
-    grad_and_value = torch.func.grad_and_value(loss_fn, argnums=0, has_aux=has_aux)
-
-    def local_grads(params: Any, *batch: Any) -> Any:
-        return grad_and_value(params, *batch)
-
-    grads_fn = torch.compile(local_grads, fullgraph=True) if compile else local_grads
     update_fn = make_update(optimizer, compile=compile)
 
-    def step(params: Any, opt_state: Any, *batch: Any) -> tuple[Any, ...]:
+    def step(params: Any, opt_state: Any, *batch: Any, **options: Any) -> tuple[Any, ...]:
         with guard():
-            grads, value = grads_fn(params, *batch)
-            loss, aux = value if has_aux else (value, None)
-            if weighted:
-                if _eager.validating() and not batch:
-                    raise ValueError("make_train_step(weighted=True) needs the weight vector")
-                wsum = batch[-1].sum().to(loss.dtype)
-                total = all_reduce_sum({"w": wsum}, bucket_mb=bucket_mb)["w"]
-                scaled = _tree.map(lambda g: g * (wsum / total).to(g.dtype), (grads, loss))
-                grads, loss = all_reduce_sum(scaled, bucket_mb=bucket_mb)
-            else:
-                grads, loss = all_reduce_mean((grads, loss), bucket_mb=bucket_mb)
+            grads, *outputs = reduce(params, batch, options)
             new_params, new_state = update_fn(grads, opt_state, params)
-        if has_aux:
-            return new_params, new_state, loss, aux
-        return new_params, new_state, loss
+        return (new_params, new_state, *outputs)
 
     return step

@@ -180,3 +180,22 @@ def test_torchrun_launches_the_example(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "ddp_mnist.safetensors").is_file()
     assert "test accuracy" in run.stdout
+
+
+def test_dp_sgd_on_ranks_equals_one_process_and_adds_the_noise_once(tmp_path):
+    model, params, x, y = W.problem()
+    opt = fdl.optim.sgd(lr=0.5, momentum=0.5)
+    single = fdl.privacy.make_dp_train_step(W.dp_loss_for(model), opt, **W.DP)
+    expected = W.dp_steps(single, params, opt.init(params), x, y)
+    assert launch(W.dp_equivalence, 2, str(tmp_path)) == [0, 0]
+    got = [fdl.checkpoint.load(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    assert bool(got[0]["identical"]) and bool(got[1]["identical"])
+    for s, p in enumerate(expected):
+        for k, v in fdl.tree.to_flat_dict(p).items():
+            torch.testing.assert_close(got[0][f"step{s}.{k}"], v, rtol=1e-12, atol=1e-12)
+    # noise once: params moved by sigma*C*z/B_e once; twice the noise would miss by ~|z|
+    no_noise = fdl.privacy.make_dp_train_step(
+        W.dp_loss_for(model), opt, **{**W.DP, "noise_multiplier": 0.0}
+    )
+    quiet = W.dp_steps(no_noise, params, opt.init(params), x, y)
+    assert not fdl.tree.allclose(quiet[0], expected[0], rtol=0, atol=1e-3)
