@@ -16,3 +16,4 @@ from fdl.nn.normalization import *  # noqa: F403
 from fdl.nn.pooling import *  # noqa: F403
 from fdl.nn.shape import *  # noqa: F403
 from fdl.nn.state_dict import *  # noqa: F403
+from fdl.nn.recurrent import *  # noqa: F403
