@@ -17,3 +17,4 @@ from fdl.nn.pooling import *  # noqa: F403
 from fdl.nn.shape import *  # noqa: F403
 from fdl.nn.state_dict import *  # noqa: F403
 from fdl.nn.recurrent import *  # noqa: F403
+from fdl.nn.attention import *  # noqa: F403

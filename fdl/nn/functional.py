@@ -2,3 +2,4 @@
 
 from fdl.nn._functional_activations import *  # noqa: F403
 from fdl.nn._functional_layers import *  # noqa: F403
+from fdl.nn._functional_attention import *  # noqa: F403
