@@ -18,3 +18,4 @@ from fdl.nn.shape import *  # noqa: F403
 from fdl.nn.state_dict import *  # noqa: F403
 from fdl.nn.recurrent import *  # noqa: F403
 from fdl.nn.attention import *  # noqa: F403
+from fdl.nn.transformer import *  # noqa: F403
