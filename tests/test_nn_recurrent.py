@@ -124,6 +124,47 @@ def test_sequence_layer_matches_torch(case: Any, dtype: torch.dtype) -> None:
     _check_parity(layer, module, _seq_inputs(case, dtype, gen))
 
 
+@pytest.fixture
+def scan_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the time loop through the ``fdl::recurrent_scan`` operator (what compiled code uses)."""
+    monkeypatch.setattr(fdl.nn.recurrent, "_SCAN_OP", "always")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SEQ_CASES[::2], ids=_id)
+def test_scan_operator_matches_torch(case: Any, dtype: torch.dtype, scan_op: None) -> None:
+    """The opaque time-loop operator: same values, states and gradients as torch."""
+    layer, module = _modules(case, dtype)
+    _check_parity(layer, module, _seq_inputs(case, dtype, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("case", [c for c in SEQ_CASES if not c[2] and not c[3]], ids=_id)
+def test_scan_operator_under_vmap_equals_python_loop(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-example gradients (vmap of grad) and ensembles (vmap over params) through the operator."""
+    layer, _ = _modules(case, torch.float64)
+    (x,) = _seq_inputs(case, torch.float64, torch.Generator().manual_seed(3))
+    batch_dim = 0 if case[1].get("batch_first") else 1
+
+    def loss(p: Any, x: torch.Tensor) -> torch.Tensor:
+        return sum((t**2).sum() for t in ft.leaves(layer.apply(p, x)))
+
+    def loss_one(p: Any, xi: torch.Tensor) -> torch.Tensor:
+        return loss(p, xi.unsqueeze(batch_dim))
+
+    params = layer.init(fdl.random.key(0))
+    members = ft.stack([layer.init(k) for k in fdl.random.split(fdl.random.key(4), 2)])
+
+    def run() -> Any:
+        per_example = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, batch_dim))
+        ensemble = torch.func.vmap(torch.func.grad(loss), in_dims=(0, None))
+        return per_example(params, x), ensemble(members, x)
+
+    monkeypatch.setattr(fdl.nn.recurrent, "_SCAN_OP", "never")
+    expected = run()
+    monkeypatch.setattr(fdl.nn.recurrent, "_SCAN_OP", "always")
+    assert_trees_close(run(), expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CELL_CASES, ids=_id)
 def test_cell_matches_torch(case: Any, dtype: torch.dtype) -> None:
@@ -244,3 +285,61 @@ def test_apply_is_pure() -> None:
     layer, params, x = _dropout_lstm()
     hx = (torch.randn(3, N, H, dtype=torch.float64), torch.randn(3, N, H, dtype=torch.float64))
     fdl.testing.assert_pure(lambda p, x, h: layer.apply(p, x, h, key=fdl.random.key(0), train=True), params, x, hx)
+
+
+# --------------------------------------------------------------------------- a language model: compile, per-sample
+
+VOCAB = 13
+
+
+def _lstm_lm(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    emb = fdl.nn.Embedding(VOCAB, 6, dtype=dtype)
+    lstm = fdl.nn.LSTM(6, 8, num_layers=2, dropout=0.2, batch_first=True, dtype=dtype)
+    head = fdl.nn.Linear(8, VOCAB, dtype=dtype)
+
+    def init(key: Any) -> Any:
+        k = fdl.random.split(key, 3)
+        return {"emb": emb.init(k[0]), "lstm": lstm.init(k[1]), "head": head.init(k[2])}
+
+    def loss_fn(params: Any, x: torch.Tensor, y: torch.Tensor, key: Any = None) -> torch.Tensor:
+        h, _ = lstm.apply(params["lstm"], emb.apply(params["emb"], x), key=key, train=key is not None)
+        logits = head.apply(params["head"], h)  # (N, L, VOCAB)
+        return fdl.losses.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+
+    return init, loss_fn
+
+
+def test_compiled_lstm_lm_step_never_recompiles() -> None:
+    init, loss_fn = _lstm_lm()
+    opt = fdl.optim.sgd(lr=0.1)  # (adam's first step is sign(grad): noise for zero grads)
+    params = init(fdl.random.key(0))
+    state = opt.init(params)
+    step = fdl.train.make_train_step(loss_fn, opt)
+    eager = fdl.train.make_train_step(loss_fn, opt, compile=False)
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, VOCAB, (3, 6), generator=g), torch.randint(0, VOCAB, (3, 6), generator=g))
+        for _ in range(3)
+    ]
+    keys = fdl.random.split(fdl.random.key(1), 3)
+    p_c, s_c, loss_c = step(params, state, *batches[0], keys[0])
+    p_e, _, loss_e = eager(params, state, *batches[0], keys[0])
+    assert_trees_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    assert_trees_close(p_c, p_e, rtol=1e-4, atol=1e-5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for (x, y), k in zip(batches[1:], keys[1:], strict=True):
+            p_c, s_c, loss_c = step(p_c, s_c, x, y, k)
+    assert torch.isfinite(loss_c)
+
+
+def test_per_sample_grads_of_lstm_lm_equal_loop() -> None:
+    init, loss_fn = _lstm_lm(torch.float64)
+    params = init(fdl.random.key(0))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, VOCAB, (3, 5), generator=g)
+    y = torch.randint(0, VOCAB, (3, 5), generator=g)
+    grads = fdl.per_sample_grads(loss_fn)(params, x, y)
+    norms = fdl.per_sample_grad_norms(loss_fn)(params, x, y)
+    loop = [torch.func.grad(loss_fn)(params, x[i : i + 1], y[i : i + 1]) for i in range(3)]
+    assert_trees_close(grads, ft.stack(loop))
+    assert_trees_close(norms, torch.stack([ft.global_norm(gr) for gr in loop]))

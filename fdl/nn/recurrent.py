@@ -38,6 +38,7 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_layers as _L
 from fdl.nn import _functional_recurrent as _R
+from fdl.nn import _recurrent_scan
 from fdl.nn import init as _init
 from fdl.nn._base import Layer, Params
 from fdl.nn._layer_utils import check_params_fast, split_key
@@ -46,6 +47,14 @@ __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 
 Tensor = torch.Tensor
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+# When the time loop runs as the opaque ``fdl::recurrent_scan`` operator: "compile" (only
+# while torch.compile traces, so compile time does not grow with the length), "always"
+# or "never" (the Python loop, unrolled by torch.compile). Private; tests switch it.
+_SCAN_OP = "compile"
+
+
+def _use_scan_op() -> bool:
+    return _SCAN_OP == "always" or (_SCAN_OP == "compile" and torch.compiler.is_compiling())
 
 
 def _uniform_params(
@@ -383,6 +392,22 @@ class _RNNBase(Layer):
             return [(parts[0][i], parts[1][i]) for i in range(nd)]
         return [parts[0][i] for i in range(nd)]
 
+    def _time_loop(
+        self, gi: Tensor, state: Any, p: dict[str, Tensor | None], reverse: bool
+    ) -> tuple[Tensor, Any]:
+        """Every step of one layer and direction: ``gi`` ``(L, N, G H)`` -> ``(L, N, H_out)``."""
+        lstm = self.mode == "LSTM"
+        if _use_scan_op():
+            h0, c0 = state if lstm else (state, state.new_empty(0))
+            w_hh, b_hh, w_hr = p["w_hh"], p["b_hh"], p["w_hr"]
+            assert w_hh is not None
+            out, h, c = _recurrent_scan.scan(gi, h0, c0, w_hh, b_hh, w_hr, self.mode, reverse)
+            return out, ((h, c) if lstm else h)
+        steps: list[Tensor] = [gi.new_empty(0)] * gi.shape[0]
+        for t in range(gi.shape[0] - 1, -1, -1) if reverse else range(gi.shape[0]):
+            steps[t], state = _step(self.mode, gi[t], state, p)
+        return torch.stack(steps), state
+
     def _forward(
         self, params: Params, input: Tensor, hx: Any, key: _random.Key | None, train: bool
     ) -> tuple[Tensor, Any]:
@@ -419,11 +444,8 @@ class _RNNBase(Layer):
                     "w_hr": params.get(f"weight_hr{sfx}"),
                 }
                 state = states[layer * self._directions + d]
-                steps: list[Tensor] = [x.new_empty(0)] * x.shape[0]
-                order = range(x.shape[0] - 1, -1, -1) if d == 1 else range(x.shape[0])
-                for t in order:
-                    steps[t], state = _step(self.mode, gi[t], state, p)
-                outs.append(torch.stack(steps))  # (L, N, H_out)
+                out, state = self._time_loop(gi, state, p, reverse=d == 1)
+                outs.append(out)  # (L, N, H_out)
                 finals.append(state)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (L, N, D H_out)
             if keys is not None and layer < self.num_layers - 1:
