@@ -86,6 +86,20 @@ def _(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse):  # type: ignore[no-untyped-d
     return out, h0.new_empty(h0.shape), c_n
 
 
+def _autograd_on() -> Any:
+    """Re-enable autograd recording inside an operator kernel.
+
+    The dispatcher runs a kernel below the autograd keys (and compiled code may call it
+    from inside a dispatch mode), so the recomputed loop would record nothing; the guard
+    takes the autograd keys out of the thread's exclude set for the recomputation.
+    """
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    exclude = exclude.remove(torch._C.DispatchKey.AutogradFunctionality)
+    exclude = exclude.remove(torch._C.DispatchKey.ADInplaceOrView)
+    return torch._C._ForceDispatchKeyGuard(include, exclude)
+
+
 def _scan_backward_impl(
     gi: Tensor,
     h0: Tensor,
@@ -104,7 +118,7 @@ def _scan_backward_impl(
     Missing inputs (``b_hh``, ``w_hr``, ``c0`` outside LSTM) get empty gradients.
     """
     inputs = [gi, h0, c0, w_hh, b_hh, w_hr]
-    with torch.enable_grad():
+    with _autograd_on(), torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
         lstm = mode == "LSTM"
         out, h, c = _loop(mode, *leaves[:3], leaves[3], leaves[4], leaves[5], reverse)  # type: ignore[arg-type]
