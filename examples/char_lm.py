@@ -47,7 +47,10 @@ __all__ = ["SPLITS", "build_model"]
 
 
 def build_model(kind: str, hidden: int, seq_len: int) -> tuple[dict[str, nn.Layer], Any]:
-    """``(layers, logits_fn)``; ``logits_fn(params, x, key=None, train=False)`` ``(N, L) -> (N, L, V)``."""
+    """The layers and ``logits_fn(params, x, key=None, train=False)``: ``(N, L) -> (N, L, V)``.
+
+    ``kind`` is ``"lstm"`` or ``"transformer"``.
+    """
     if kind == "lstm":
         layers: dict[str, nn.Layer] = {
             "embed": nn.Embedding(VOCAB, 64),
@@ -55,7 +58,9 @@ def build_model(kind: str, hidden: int, seq_len: int) -> tuple[dict[str, nn.Laye
             "head": nn.Linear(hidden, VOCAB),
         }
 
-        def logits(params: Any, x: torch.Tensor, key: Any = None, train: bool = False) -> torch.Tensor:
+        def logits(
+            params: Any, x: torch.Tensor, key: Any = None, train: bool = False
+        ) -> torch.Tensor:
             emb = layers["embed"].apply(params["embed"], x)  # (N, L, 64)
             h, _ = layers["lstm"].apply(params["lstm"], emb, key=key, train=train)
             return layers["head"].apply(params["head"], h)  # (N, L, V)
@@ -73,12 +78,16 @@ def build_model(kind: str, hidden: int, seq_len: int) -> tuple[dict[str, nn.Laye
         "head": nn.Linear(d, VOCAB),
     }
 
-    def logits_tf(params: Any, x: torch.Tensor, key: Any = None, train: bool = False) -> torch.Tensor:
+    def logits_tf(
+        params: Any, x: torch.Tensor, key: Any = None, train: bool = False
+    ) -> torch.Tensor:
         length = x.shape[1]
         mask = torch.ones(length, length, dtype=torch.bool).tril().logical_not()  # True = hidden
         h = layers["embed"].apply(params["embed"], x)
         h = h + layers["pos"].apply(params["pos"], torch.arange(length))  # (N, L, d)
-        h = layers["encoder"].apply(params["encoder"], h, mask, is_causal=True, key=key, train=train)
+        h = layers["encoder"].apply(
+            params["encoder"], h, mask, is_causal=True, key=key, train=train
+        )
         return layers["head"].apply(params["head"], layers["norm"].apply(params["norm"], h))
 
     return layers, logits_tf
@@ -119,7 +128,10 @@ def main() -> None:
     key = fdl.random.key(args.seed)
     k_init, k_train, k_sample = fdl.random.split(key, 3)
     params = {
-        name: layer.init(k) for k, (name, layer) in zip(fdl.random.split(k_init, len(layers)), layers.items(), strict=True)
+        name: layer.init(k)
+        for k, (name, layer) in zip(
+            fdl.random.split(k_init, len(layers)), layers.items(), strict=True
+        )
     }
     params = {k: v for k, v in params.items() if v}  # parameter-free layers have no entry
 
@@ -156,7 +168,10 @@ def main() -> None:
         )
     test_bpc = float(evaluate(params, held_out["test"])) / math.log(2)
     print(f"Test: {test_bpc:.4f} bits/char")
-    print("Sample:", repr(sample(logits_fn, params, "def ", args.sample_chars, args.seq_len, k_sample)))
+    print(
+        "Sample:",
+        repr(sample(logits_fn, params, "def ", args.sample_chars, args.seq_len, k_sample)),
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     fdl.checkpoint.save(
@@ -174,7 +189,9 @@ def main() -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([x / math.log(2) for x in history["train_loss"]], label="train (bits/char)")
-    ax.plot([args.steps * (i + 1) for i in range(args.epochs)], history["val_bpc"], "o-", label="val")
+    ax.plot(
+        [args.steps * (i + 1) for i in range(args.epochs)], history["val_bpc"], "o-", label="val"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("bits per character")
     ax.legend()

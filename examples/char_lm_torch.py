@@ -143,7 +143,9 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         t0, total = time.perf_counter(), 0.0
         for _ in range(args.steps):
-            starts = torch.randint(0, len(data["train"]) - args.seq_len - 1, (args.batch_size,), generator=gen)
+            starts = torch.randint(
+                0, len(data["train"]) - args.seq_len - 1, (args.batch_size,), generator=gen
+            )
             batch = data["train"][starts[:, None] + torch.arange(args.seq_len + 1)]
             logits = model(batch[:, :-1])
             loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))

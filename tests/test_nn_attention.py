@@ -36,7 +36,11 @@ MHA_CASES: list[tuple[dict[str, Any], dict[str, Any], str]] = [
     ({}, dict(key_padding_mask="bool", attn_mask="float2d"), "self"),
     ({}, dict(attn_mask="causal", is_causal=True, need_weights=False), "self"),
     ({}, dict(attn_mask="causal", is_causal=True), "cross"),
-    ({}, dict(attn_mask="causal", is_causal=True, key_padding_mask="bool", need_weights=False), "self"),
+    (
+        {},
+        dict(attn_mask="causal", is_causal=True, key_padding_mask="bool", need_weights=False),
+        "self",
+    ),
     ({}, dict(average_attn_weights=False), "cross"),
     ({}, dict(need_weights=False), "self"),
     (dict(batch_first=True), dict(key_padding_mask="bool"), "cross"),
@@ -46,14 +50,26 @@ MHA_CASES: list[tuple[dict[str, Any], dict[str, Any], str]] = [
     (dict(kdim=5, vdim=5), dict(key_padding_mask="bool"), "kv"),
     (dict(add_bias_kv=True), dict(attn_mask="bool2d", key_padding_mask="bool"), "cross"),
     (dict(add_zero_attn=True), dict(attn_mask="float3d", key_padding_mask="bool"), "cross"),
-    (dict(add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=5), dict(key_padding_mask="float", need_weights=False), "cross"),
-    (dict(add_bias_kv=True, add_zero_attn=True), dict(attn_mask="causal", is_causal=True, need_weights=False), "self"),
+    (
+        dict(add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=5),
+        dict(key_padding_mask="float", need_weights=False),
+        "cross",
+    ),
+    (
+        dict(add_bias_kv=True, add_zero_attn=True),
+        dict(attn_mask="causal", is_causal=True, need_weights=False),
+        "self",
+    ),
     (dict(bias=False), {}, "self"),
     (dict(bias=False, add_bias_kv=True), dict(average_attn_weights=False), "cross"),
     (dict(dropout=0.3), {}, "cross"),  # eval: no dropout
     ({}, {}, "unbatched"),
     ({}, dict(attn_mask="bool2d", key_padding_mask="bool"), "unbatched"),
-    (dict(kdim=3, vdim=5, add_bias_kv=True), dict(attn_mask="float3d", average_attn_weights=False), "unbatched"),
+    (
+        dict(kdim=3, vdim=5, add_bias_kv=True),
+        dict(attn_mask="float3d", average_attn_weights=False),
+        "unbatched",
+    ),
 ]
 
 
@@ -75,7 +91,9 @@ def _mask(
         masked = masked[0] if unbatched else masked
         if kind == "bool":
             return masked
-        return torch.randn(masked.shape, dtype=dtype, generator=g).masked_fill(masked, float("-inf"))
+        return torch.randn(masked.shape, dtype=dtype, generator=g).masked_fill(
+            masked, float("-inf")
+        )
     if kind == "causal":
         return torch.ones(length, S, dtype=torch.bool).tril().logical_not()
     shape = (length, S) if kind.endswith("2d") else (n * HEADS, length, S)
@@ -178,7 +196,7 @@ def test_attention_key_is_positional_and_key_keyword_is_the_rng_key() -> None:
         layer.apply(params, x, key=x, value=x)  # the attention keys cannot go by name
 
 
-# --------------------------------------------------------------------------- dropout and vmap
+# -------------------------------------------------------------------------------- dropout and vmap
 
 
 def _dropout_case() -> tuple[Any, Any, torch.Tensor]:
@@ -209,7 +227,8 @@ def test_dropout_zero_in_train_equals_eval() -> None:
     params = layer.init(fdl.random.key(0))
     x = torch.randn(L, N, E, dtype=torch.float64)
     assert_trees_close(
-        layer.apply(params, x, x, x, key=fdl.random.key(1), train=True), layer.apply(params, x, x, x)
+        layer.apply(params, x, x, x, key=fdl.random.key(1), train=True),
+        layer.apply(params, x, x, x),
     )
 
 
@@ -261,7 +280,7 @@ def test_fully_masked_rows_as_torch() -> None:
             assert_trees_close(got, module(x, x, x, attn_mask=mask, need_weights=need))
 
 
-# --------------------------------------------------------------------------- scaled_dot_product_attention
+# -------------------------------------------------------------------- scaled_dot_product_attention
 
 # (query (N, H, L, E) + key length S + value features, forward kwargs)
 SDPA_CASES: list[tuple[tuple[int, ...], dict[str, Any]]] = [
@@ -320,4 +339,6 @@ def test_sdpa_dropout_by_key() -> None:
     with pytest.raises(ValueError, match="key"):
         fF.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
     with pytest.raises(ValueError, match="not both"):
-        fF.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.bool), is_causal=True)
+        fF.scaled_dot_product_attention(
+            q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.bool), is_causal=True
+        )

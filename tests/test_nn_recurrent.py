@@ -100,7 +100,11 @@ def _cell_inputs(case: Any, dtype: torch.dtype, gen: torch.Generator) -> tuple[A
     if not with_hx:
         return (x,)
     h = torch.randn(*lead, H, dtype=dtype, generator=gen)
-    return (x, (h, torch.randn(*lead, H, dtype=dtype, generator=gen))) if name == "LSTMCell" else (x, h)
+    return (
+        (x, (h, torch.randn(*lead, H, dtype=dtype, generator=gen)))
+        if name == "LSTMCell"
+        else (x, h)
+    )
 
 
 def _check_parity(layer: Any, module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -139,8 +143,10 @@ def test_scan_operator_matches_torch(case: Any, dtype: torch.dtype, scan_op: Non
 
 
 @pytest.mark.parametrize("case", [c for c in SEQ_CASES if not c[2] and not c[3]], ids=_id)
-def test_scan_operator_under_vmap_equals_python_loop(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Per-example gradients (vmap of grad) and ensembles (vmap over params) through the operator."""
+def test_scan_operator_under_vmap_equals_python_loop(
+    case: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-example gradients (vmap of grad) and ensembles (vmap of params) via the operator."""
     layer, _ = _modules(case, torch.float64)
     (x,) = _seq_inputs(case, torch.float64, torch.Generator().manual_seed(3))
     batch_dim = 0 if case[1].get("batch_first") else 1
@@ -201,7 +207,7 @@ def test_load_torch_state_dict_same_outputs(name: str) -> None:
         assert_trees_close(layer.apply(params, x), module(x))
 
 
-# --------------------------------------------------------------------------- dropout and keys
+# -------------------------------------------------------------------------------- dropout and keys
 
 
 def _dropout_lstm() -> tuple[Any, Any, torch.Tensor]:
@@ -239,7 +245,9 @@ def test_dropout_only_between_layers() -> None:
         layer = fdl.nn.LSTM(H_IN, H, num_layers=1, dropout=0.5, dtype=torch.float64)
     params = layer.init(fdl.random.key(0))
     x = torch.randn(L, N, H_IN, dtype=torch.float64)
-    assert_trees_close(layer.apply(params, x, key=fdl.random.key(1), train=True), layer.apply(params, x))
+    assert_trees_close(
+        layer.apply(params, x, key=fdl.random.key(1), train=True), layer.apply(params, x)
+    )
 
 
 def test_vmap_over_keys_equals_loop() -> None:
@@ -250,7 +258,9 @@ def test_vmap_over_keys_equals_loop() -> None:
     assert_trees_close(batched, looped)
 
 
-@pytest.mark.parametrize("case", [c for c in SEQ_CASES + CELL_CASES if c[1].get("num_layers", 1) <= 2][::3], ids=_id)
+@pytest.mark.parametrize(
+    "case", [c for c in SEQ_CASES + CELL_CASES if c[1].get("num_layers", 1) <= 2][::3], ids=_id
+)
 def test_vmap_over_ensemble_params_equals_loop(case: Any) -> None:
     layer, _ = _modules(case, torch.float64)
     members = [layer.init(k) for k in fdl.random.split(fdl.random.key(11), 3)]
@@ -260,7 +270,7 @@ def test_vmap_over_ensemble_params_equals_loop(case: Any) -> None:
     assert_trees_close(batched, ft.stack([layer.apply(p, *inputs) for p in members]))
 
 
-# --------------------------------------------------------------------------- errors
+# ------------------------------------------------------------------------------------------ errors
 
 
 def test_errors_name_the_problem() -> None:
@@ -284,10 +294,12 @@ def test_errors_name_the_problem() -> None:
 def test_apply_is_pure() -> None:
     layer, params, x = _dropout_lstm()
     hx = (torch.randn(3, N, H, dtype=torch.float64), torch.randn(3, N, H, dtype=torch.float64))
-    fdl.testing.assert_pure(lambda p, x, h: layer.apply(p, x, h, key=fdl.random.key(0), train=True), params, x, hx)
+    fdl.testing.assert_pure(
+        lambda p, x, h: layer.apply(p, x, h, key=fdl.random.key(0), train=True), params, x, hx
+    )
 
 
-# --------------------------------------------------------------------------- a language model: compile, per-sample
+# ----------------------------------------------------------- a language model: compile, per-sample
 
 VOCAB = 13
 
@@ -302,7 +314,9 @@ def _lstm_lm(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
         return {"emb": emb.init(k[0]), "lstm": lstm.init(k[1]), "head": head.init(k[2])}
 
     def loss_fn(params: Any, x: torch.Tensor, y: torch.Tensor, key: Any = None) -> torch.Tensor:
-        h, _ = lstm.apply(params["lstm"], emb.apply(params["emb"], x), key=key, train=key is not None)
+        h, _ = lstm.apply(
+            params["lstm"], emb.apply(params["emb"], x), key=key, train=key is not None
+        )
         logits = head.apply(params["head"], h)  # (N, L, VOCAB)
         return fdl.losses.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
 

@@ -33,23 +33,68 @@ TR_CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("encoder_layer", {}, {}, False),
     ("encoder_layer", dict(norm_first=True), dict(src_mask="bool"), False),
     ("encoder_layer", dict(activation="gelu"), dict(src_mask="float"), False),
-    ("encoder_layer", dict(activation="silu_fn", layer_norm_eps=1e-3), dict(src_key_padding_mask="bool"), False),
-    ("encoder_layer", dict(batch_first=True, bias=False), dict(src_key_padding_mask="bool", src_mask="float"), False),
-    ("encoder_layer", dict(norm_first=True, batch_first=True), dict(src_mask="causal", is_causal=True), False),
+    (
+        "encoder_layer",
+        dict(activation="silu_fn", layer_norm_eps=1e-3),
+        dict(src_key_padding_mask="bool"),
+        False,
+    ),
+    (
+        "encoder_layer",
+        dict(batch_first=True, bias=False),
+        dict(src_key_padding_mask="bool", src_mask="float"),
+        False,
+    ),
+    (
+        "encoder_layer",
+        dict(norm_first=True, batch_first=True),
+        dict(src_mask="causal", is_causal=True),
+        False,
+    ),
     ("encoder_layer", {}, dict(src_mask="bool"), True),
     ("decoder_layer", {}, {}, False),
     ("decoder_layer", dict(norm_first=True), dict(tgt_mask="causal", tgt_is_causal=True), False),
-    ("decoder_layer", dict(activation="gelu_fn", batch_first=True), dict(memory_key_padding_mask="bool", tgt_key_padding_mask="bool"), False),
+    (
+        "decoder_layer",
+        dict(activation="gelu_fn", batch_first=True),
+        dict(memory_key_padding_mask="bool", tgt_key_padding_mask="bool"),
+        False,
+    ),
     ("decoder_layer", dict(bias=False), dict(memory_mask="float", tgt_mask="bool"), False),
     ("decoder_layer", dict(norm_first=True), dict(tgt_mask="causal", memory_mask="bool"), True),
     ("encoder", dict(num_layers=2, norm=True), dict(mask="bool"), False),
-    ("encoder", dict(num_layers=3, norm_first=True, batch_first=True), dict(src_key_padding_mask="bool"), False),
+    (
+        "encoder",
+        dict(num_layers=3, norm_first=True, batch_first=True),
+        dict(src_key_padding_mask="bool"),
+        False,
+    ),
     ("encoder", dict(num_layers=2, norm=True), dict(mask="causal", is_causal=True), True),
-    ("decoder", dict(num_layers=2, norm=True), dict(tgt_mask="causal", memory_key_padding_mask="bool"), False),
-    ("decoder", dict(num_layers=2, batch_first=True, activation="gelu"), dict(tgt_mask="causal", tgt_is_causal=True), False),
+    (
+        "decoder",
+        dict(num_layers=2, norm=True),
+        dict(tgt_mask="causal", memory_key_padding_mask="bool"),
+        False,
+    ),
+    (
+        "decoder",
+        dict(num_layers=2, batch_first=True, activation="gelu"),
+        dict(tgt_mask="causal", tgt_is_causal=True),
+        False,
+    ),
     ("transformer", {}, {}, False),
-    ("transformer", dict(batch_first=True, norm_first=True), dict(tgt_mask="causal", src_key_padding_mask="bool", memory_key_padding_mask="bool"), False),
-    ("transformer", dict(activation="gelu", bias=False), dict(src_mask="float", tgt_mask="causal", tgt_is_causal=True), False),
+    (
+        "transformer",
+        dict(batch_first=True, norm_first=True),
+        dict(tgt_mask="causal", src_key_padding_mask="bool", memory_key_padding_mask="bool"),
+        False,
+    ),
+    (
+        "transformer",
+        dict(activation="gelu", bias=False),
+        dict(src_mask="float", tgt_mask="causal", tgt_is_causal=True),
+        False,
+    ),
     ("transformer", {}, dict(memory_mask="bool"), True),
 ]
 
@@ -91,7 +136,9 @@ def _models(fam: str, ctor: dict[str, Any], dtype: torch.dtype) -> tuple[Any, to
             t_layer, n, t_norm, enable_nested_tensor=False
         )
         return fdl.nn.TransformerEncoder(f_layer, n, f_norm), module.eval()
-    return fdl.nn.TransformerDecoder(f_layer, n, f_norm), torch.nn.TransformerDecoder(t_layer, n, t_norm).eval()
+    return fdl.nn.TransformerDecoder(f_layer, n, f_norm), torch.nn.TransformerDecoder(
+        t_layer, n, t_norm
+    ).eval()
 
 
 def _inputs(case: Any, dtype: torch.dtype) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
@@ -99,7 +146,11 @@ def _inputs(case: Any, dtype: torch.dtype) -> tuple[tuple[torch.Tensor, ...], di
     g = torch.Generator().manual_seed(1)
 
     def seq(length: int) -> torch.Tensor:
-        shape = (length, E) if unbatched else ((N, length, E) if ctor.get("batch_first") else (length, N, E))
+        shape = (
+            (length, E)
+            if unbatched
+            else ((N, length, E) if ctor.get("batch_first") else (length, N, E))
+        )
         return torch.randn(shape, dtype=dtype, generator=g)
 
     if fam.startswith("encoder"):
@@ -129,7 +180,9 @@ def _inputs(case: Any, dtype: torch.dtype) -> tuple[tuple[torch.Tensor, ...], di
             kwargs[name] = (
                 masked
                 if kind == "bool"
-                else torch.randn(masked.shape, dtype=dtype, generator=g).masked_fill(masked, float("-inf"))
+                else torch.randn(masked.shape, dtype=dtype, generator=g).masked_fill(
+                    masked, float("-inf")
+                )
             )
     return tensors, kwargs
 
@@ -190,7 +243,7 @@ def test_load_torch_state_dict_same_outputs() -> None:
         )
 
 
-# --------------------------------------------------------------------------- dropout and vmap
+# -------------------------------------------------------------------------------- dropout and vmap
 
 
 def _dropout_encoder() -> tuple[Any, Any, torch.Tensor]:
@@ -227,7 +280,9 @@ def test_vmap_over_keys_equals_loop() -> None:
     layer, params, x = _dropout_encoder()
     keys = fdl.random.split(fdl.random.key(4), 3)
     batched = torch.func.vmap(lambda k: layer.apply(params, x, key=k, train=True))(keys)
-    assert_trees_close(batched, torch.stack([layer.apply(params, x, key=k, train=True) for k in keys]))
+    assert_trees_close(
+        batched, torch.stack([layer.apply(params, x, key=k, train=True) for k in keys])
+    )
 
 
 @pytest.mark.parametrize("case", TR_CASES[::2], ids=_id)
@@ -239,7 +294,7 @@ def test_vmap_over_ensemble_params_equals_loop(case: Any) -> None:
     assert_trees_close(batched, torch.stack([layer.apply(p, *tensors, **kwargs) for p in members]))
 
 
-# --------------------------------------------------------------------------- a classifier: compile, per-sample
+# --------------------------------------------------------------- a classifier: compile, per-sample
 
 
 VOCAB, CLASSES = 11, 3
@@ -256,7 +311,9 @@ def _classifier(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
         k = fdl.random.split(key, 3)
         return {"emb": emb.init(k[0]), "enc": enc.init(k[1]), "head": head.init(k[2])}
 
-    def logits(params: Any, tokens: torch.Tensor, key: Any = None, train: bool = False) -> torch.Tensor:
+    def logits(
+        params: Any, tokens: torch.Tensor, key: Any = None, train: bool = False
+    ) -> torch.Tensor:
         h = enc.apply(params["enc"], emb.apply(params["emb"], tokens), key=key, train=train)
         return head.apply(params["head"], h.mean(dim=1))  # (N, CLASSES)
 
@@ -302,6 +359,8 @@ def test_per_sample_grads_of_transformer_classifier_equal_loop() -> None:
 
     grads = fdl.per_sample_grads(loss_fn)(params, tokens, labels)
     norms = fdl.per_sample_grad_norms(loss_fn)(params, tokens, labels)
-    loop = [torch.func.grad(loss_fn)(params, tokens[i : i + 1], labels[i : i + 1]) for i in range(3)]
+    loop = [
+        torch.func.grad(loss_fn)(params, tokens[i : i + 1], labels[i : i + 1]) for i in range(3)
+    ]
     assert_trees_close(grads, ft.stack(loop))
     assert_trees_close(norms, torch.stack([ft.global_norm(gr) for gr in loop]))

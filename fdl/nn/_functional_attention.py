@@ -41,7 +41,9 @@ def causal_mask(length: int, source: int, *, device: torch.device | None = None)
     return torch.ones(length, source, dtype=torch.bool, device=device).tril()
 
 
-def mask_to_bias(mask: Tensor | None, dtype: torch.dtype, *, true_means_masked: bool) -> Tensor | None:
+def mask_to_bias(
+    mask: Tensor | None, dtype: torch.dtype, *, true_means_masked: bool
+) -> Tensor | None:
     """A bool or float mask as an additive float bias (``-inf`` where masked out)."""
     if mask is None:
         return None

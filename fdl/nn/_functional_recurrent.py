@@ -16,9 +16,7 @@ from fdl.nn import _functional_layers as _L
 Tensor = torch.Tensor
 
 
-def rnn_step(
-    gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, nonlinearity: str
-) -> Tensor:
+def rnn_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, nonlinearity: str) -> Tensor:
     """Elman step: ``h' = act(gi + h W_hh^T + b_hh)``, ``act`` = ``tanh`` or ``relu``."""
     pre = gi + _L.linear(h, w_hh, b_hh)
     return _A.tanh(pre) if nonlinearity == "tanh" else _A.relu(pre)

@@ -36,7 +36,7 @@ def _loop(
     w_hr: Tensor | None,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``gi`` ``(L, N, G H)`` -> ``(outputs (L, N, H_out), h_n, c_n)`` (``c_n`` empty unless LSTM)."""
+    """``gi`` ``(L, N, G H)`` -> ``(outputs (L, N, H_out), h_n, c_n)``; LSTM only has ``c_n``."""
     steps: list[Tensor] = [gi.new_empty(0)] * gi.shape[0]
     h, c = h0, c0
     for t in range(gi.shape[0] - 1, -1, -1) if reverse else range(gi.shape[0]):
@@ -207,7 +207,10 @@ def _move(t: Tensor | None, d: int | None, size: int) -> Tensor | None:
 def _per_entry(op: Any, info: Any, in_dims: tuple, args: tuple) -> tuple[Any, Any]:
     """vmap by running ``op`` once per batch entry and stacking (always correct)."""
     size = info.batch_size
-    moved = [_move(a, d, size) if isinstance(a, Tensor) else a for a, d in zip(args, in_dims, strict=True)]
+    moved = [
+        _move(a, d, size) if isinstance(a, Tensor) else a
+        for a, d in zip(args, in_dims, strict=True)
+    ]
     results = []
     for b in range(size):
         sliced = [m[b] if isinstance(m, Tensor) else m for m in moved]

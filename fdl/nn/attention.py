@@ -223,7 +223,9 @@ class MultiheadAttention(Layer):
         check_params_fast(self, params)
         for name, t in (("query", query), ("key", key_tensor), ("value", value)):
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"MultiheadAttention: {name} must be a tensor, got {type(t).__name__}")
+                raise TypeError(
+                    f"MultiheadAttention: {name} must be a tensor, got {type(t).__name__}"
+                )
         if query.dim() not in (2, 3) or query.shape[-1] != self.embed_dim:
             raise ValueError(
                 f"MultiheadAttention: expected query with {self.embed_dim} features and 2 or 3 "
@@ -241,7 +243,9 @@ class MultiheadAttention(Layer):
             )
         dropout_p = self.dropout if train else 0.0
         if dropout_p > 0 and key is None:
-            raise ValueError("MultiheadAttention: dropout with train=True needs key=... (an fdl.random key)")
+            raise ValueError(
+                "MultiheadAttention: dropout with train=True needs key=... (an fdl.random key)"
+            )
         self_attn, kv_same = query is key_tensor and key_tensor is value, key_tensor is value
         unbatched = query.dim() == 2
         if unbatched:
@@ -258,7 +262,9 @@ class MultiheadAttention(Layer):
 
         causal_hint = is_causal and key_padding_mask is None and not need_weights
         dtype = q.dtype
-        attn_bias = None if causal_hint else _FA.mask_to_bias(attn_mask, dtype, true_means_masked=True)
+        attn_bias = (
+            None if causal_hint else _FA.mask_to_bias(attn_mask, dtype, true_means_masked=True)
+        )
         kpm_bias = _FA.mask_to_bias(key_padding_mask, dtype, true_means_masked=True)
         if attn_bias is not None:
             source = k.shape[1]

@@ -69,9 +69,7 @@ def _uniform_params(
     }
 
 
-def _step(
-    mode: str, gi: Tensor, state: Any, p: dict[str, Tensor | None]
-) -> tuple[Tensor, Any]:
+def _step(mode: str, gi: Tensor, state: Any, p: dict[str, Tensor | None]) -> tuple[Tensor, Any]:
     """One time step of ``mode``; returns ``(output_t, new_state)``."""
     if mode == "LSTM":
         h, c = state
@@ -334,7 +332,9 @@ class _RNNBase(Layer):
         if not isinstance(self.num_layers, int) or self.num_layers <= 0:
             raise ValueError(f"{name}: num_layers must be a positive int, got {self.num_layers}")
         if self.proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+            raise ValueError(
+                "proj_size should be a positive integer or zero to disable projections"
+            )
         if self.proj_size >= self.hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
 
@@ -437,7 +437,9 @@ class _RNNBase(Layer):
             outs = []
             for d in range(self._directions):
                 sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
-                gi = _L.linear(x, params[f"weight_ih{sfx}"], params.get(f"bias_ih{sfx}"))  # (L, N, G H)
+                gi = _L.linear(
+                    x, params[f"weight_ih{sfx}"], params.get(f"bias_ih{sfx}")
+                )  # (L, N, G H)
                 p = {
                     "w_hh": params[f"weight_hh{sfx}"],
                     "b_hh": params.get(f"bias_hh{sfx}"),
@@ -523,7 +525,9 @@ class RNN(_RNNBase):
 
     def __post_init__(self) -> None:
         if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
         self._check_args()
 
     @property

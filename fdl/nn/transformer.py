@@ -132,7 +132,9 @@ class _BlockLayer(Layer):
 
     def _norm(self, params: Params, name: str, x: Tensor) -> Tensor:
         p = params.get(name, {})
-        return _A.layer_norm(x, (self.d_model,), p.get("weight"), p.get("bias"), self.layer_norm_eps)
+        return _A.layer_norm(
+            x, (self.d_model,), p.get("weight"), p.get("bias"), self.layer_norm_eps
+        )
 
     def _attn(
         self,
@@ -605,4 +607,3 @@ class Transformer(Layer):
             memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
             memory_is_causal=memory_is_causal, key=k_dec, train=train,
         )  # fmt: skip
-
