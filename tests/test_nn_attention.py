@@ -19,6 +19,15 @@ from fdl.nn import functional as fF
 from fdl.testing import assert_parity, assert_trees_close
 
 DTYPES = [torch.float64, torch.float32]
+# float32 gradients of attention are sums of O(1) terms over every key; where they cancel to
+# a small entry the rounding error is ~1e-7 * sum |terms| (more with a large score scale, as
+# softmax saturates), so gradients get an absolute tolerance of 1e-5 in float32
+
+
+def _grad_atol(dtype: torch.dtype) -> float | None:
+    return 1e-5 if dtype == torch.float32 else None
+
+
 E, HEADS, L, S, N = 8, 2, 4, 6, 3
 
 # (constructor kwargs, forward kwargs, inputs): inputs "cross" (three tensors), "self"
@@ -155,7 +164,7 @@ def test_multihead_attention_matches_torch(case: Any, dtype: torch.dtype) -> Non
     def torch_fn(sd: dict, *args: torch.Tensor) -> Any:
         return torch.func.functional_call(module, sd, _qkv(kind, args), kwargs)
 
-    assert_parity(fdl_fn, torch_fn, flat, *inputs)
+    assert_parity(fdl_fn, torch_fn, flat, *inputs, grad_atol=_grad_atol(dtype))
 
 
 @pytest.mark.parametrize("case", MHA_CASES[::4], ids=_id)
@@ -322,7 +331,7 @@ def test_scaled_dot_product_attention_matches_torch(case: Any, dtype: torch.dtyp
     assert_parity(
         lambda q, k, v: fF.scaled_dot_product_attention(q, k, v, **kw),
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kw),
-        q, k, v,
+        q, k, v, grad_atol=_grad_atol(dtype),
     )  # fmt: skip
 
 
