@@ -6,6 +6,7 @@ See :mod:`fdl.nn._base` for the layer protocol (params, state, keys).
 from fdl.nn import functional, init
 from fdl.nn._base import Layer, Params, State, eval_shape
 from fdl.nn.activation import *  # noqa: F403
+from fdl.nn.attention import *  # noqa: F403
 from fdl.nn.container import *  # noqa: F403
 from fdl.nn.conv import *  # noqa: F403
 from fdl.nn.dropout import *  # noqa: F403
@@ -14,5 +15,7 @@ from fdl.nn.functionalize import *  # noqa: F403
 from fdl.nn.linear import *  # noqa: F403
 from fdl.nn.normalization import *  # noqa: F403
 from fdl.nn.pooling import *  # noqa: F403
+from fdl.nn.recurrent import *  # noqa: F403
 from fdl.nn.shape import *  # noqa: F403
 from fdl.nn.state_dict import *  # noqa: F403
+from fdl.nn.transformer import *  # noqa: F403

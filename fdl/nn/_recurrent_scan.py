@@ -1,0 +1,247 @@
+"""The time loop of a recurrent layer as one opaque operator, so compile time does not grow
+with the sequence length.
+
+``torch.compile`` unrolls a Python loop over time steps: the graph, and the compile time,
+grow linearly with the sequence length. torch's ``scan`` higher-order op would keep one
+step, but it does not run under ``torch.func.grad`` (which ``fdl.train`` uses). So the loop
+over time is the custom operator ``fdl::recurrent_scan``: compiled graphs hold one node for
+it whatever the length, and its body is the eager loop of
+:mod:`fdl.nn._functional_recurrent` steps (the same gate equations).
+
+Gradients: ``fdl::recurrent_scan_backward`` recomputes the loop with autograd on and takes
+the vector-Jacobian product (backpropagation through time; the forward pass is run twice).
+``vmap``: the forward folds a batch of inputs into the layer's batch axis when the weights
+are shared; otherwise (batched weights, or the backward of per-example gradients) it runs
+the operator once per batch entry. Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fdl.nn import _functional_recurrent as _R
+
+Tensor = torch.Tensor
+
+
+def _loop(
+    mode: str,
+    gi: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``gi`` ``(L, N, G H)`` -> ``(outputs (L, N, H_out), h_n, c_n)``; LSTM only has ``c_n``."""
+    steps: list[Tensor] = [gi.new_empty(0)] * gi.shape[0]
+    h, c = h0, c0
+    for t in range(gi.shape[0] - 1, -1, -1) if reverse else range(gi.shape[0]):
+        if mode == "LSTM":
+            h, c = _R.lstm_step(gi[t], h, c, w_hh, b_hh, w_hr)
+        elif mode == "GRU":
+            h = _R.gru_step(gi[t], h, w_hh, b_hh)
+        else:
+            h = _R.rnn_step(gi[t], h, w_hh, b_hh, "tanh" if mode == "RNN_TANH" else "relu")
+        steps[t] = h
+    c_n = c if mode == "LSTM" else h0.new_empty(0)
+    return torch.stack(steps), h, c_n
+
+
+_LIB = torch.library.Library("fdl", "FRAGMENT")
+_LIB.define(
+    "recurrent_scan(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
+    "str mode, bool reverse) -> (Tensor, Tensor, Tensor)"
+)
+_LIB.define(
+    "recurrent_scan_backward(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, "
+    "Tensor? w_hr, str mode, bool reverse, Tensor g_out, Tensor g_h, Tensor g_c) -> Tensor[]"
+)
+
+
+def _scan_impl(
+    gi: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    mode: str,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the recurrence over every time step of ``gi``; see :func:`_loop`."""
+    with torch.no_grad():
+        out, h, c = _loop(mode, gi, h0, c0, w_hh, b_hh, w_hr, reverse)
+    return out.clone(), h.clone(), c.clone()
+
+
+@torch.library.register_fake("fdl::recurrent_scan")
+def _(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse):  # type: ignore[no-untyped-def]
+    h_out = w_hr.shape[0] if w_hr is not None else h0.shape[-1]
+    out = gi.new_empty(gi.shape[0], gi.shape[1], h_out)
+    c_n = c0.new_empty(c0.shape) if mode == "LSTM" else h0.new_empty(0)
+    return out, h0.new_empty(h0.shape), c_n
+
+
+def _autograd_on() -> Any:
+    """Re-enable autograd recording inside an operator kernel.
+
+    The dispatcher runs a kernel below the autograd keys (and compiled code may call it
+    from inside a dispatch mode), so the recomputed loop would record nothing; the guard
+    takes the autograd keys out of the thread's exclude set for the recomputation.
+    """
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    exclude = exclude.remove(torch._C.DispatchKey.AutogradFunctionality)
+    exclude = exclude.remove(torch._C.DispatchKey.ADInplaceOrView)
+    return torch._C._ForceDispatchKeyGuard(include, exclude)
+
+
+def _scan_backward_impl(
+    gi: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    mode: str,
+    reverse: bool,
+    g_out: Tensor,
+    g_h: Tensor,
+    g_c: Tensor,
+) -> list[Tensor]:
+    """Backpropagation through time: ``(d gi, d h0, d c0, d w_hh, d b_hh, d w_hr)``.
+
+    Missing inputs (``b_hh``, ``w_hr``, ``c0`` outside LSTM) get empty gradients.
+    """
+    inputs = [gi, h0, c0, w_hh, b_hh, w_hr]
+    with _autograd_on(), torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
+        lstm = mode == "LSTM"
+        out, h, c = _loop(mode, *leaves[:3], leaves[3], leaves[4], leaves[5], reverse)  # type: ignore[arg-type]
+        outs = [out, h] + ([c] if lstm else [])
+        cts = [g_out, g_h] + ([g_c] if lstm else [])
+        used = [t for t in leaves if t is not None and (lstm or t is not leaves[2])]
+        grads = torch.autograd.grad(outs, used, cts, allow_unused=True)
+    by_id = {id(t): g for t, g in zip(used, grads, strict=True)}
+    result = []
+    for t, leaf in zip(inputs, leaves, strict=True):
+        if t is None or leaf is None or id(leaf) not in by_id:
+            result.append(torch.zeros_like(t) if t is not None else gi.new_empty(0))
+        else:
+            g = by_id[id(leaf)]
+            result.append(torch.zeros_like(t) if g is None else g)
+    return result
+
+
+@torch.library.register_fake("fdl::recurrent_scan_backward")
+def _(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse, g_out, g_h, g_c):  # type: ignore[no-untyped-def]
+    return [
+        t.new_empty(t.shape) if t is not None else gi.new_empty(0)
+        for t in (gi, h0, c0, w_hh, b_hh, w_hr)
+    ]
+
+
+# CompositeExplicitAutograd: a kernel for every device and no autograd kernel (autograd and
+# torch.func go through _Scan below, which calls the operators with gradients off)
+_LIB.impl("recurrent_scan", _scan_impl, "CompositeExplicitAutograd")
+_LIB.impl("recurrent_scan_backward", _scan_backward_impl, "CompositeExplicitAutograd")
+recurrent_scan = torch.ops.fdl.recurrent_scan.default
+recurrent_scan_backward = torch.ops.fdl.recurrent_scan_backward.default
+
+
+class _Scan(torch.autograd.Function):
+    """Autograd (and, through the operators' vmap rules, ``torch.func``) for the scan."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse):  # type: ignore[no-untyped-def]
+        return recurrent_scan(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse = inputs
+        ctx.save_for_backward(gi, h0, c0, w_hh, b_hh, w_hr)
+        ctx.mode, ctx.reverse = mode, reverse
+        ctx.has = (b_hh is not None, w_hr is not None)
+
+    @staticmethod
+    def backward(ctx: Any, g_out: Tensor, g_h: Tensor, g_c: Tensor) -> tuple:  # type: ignore[override]
+        gi, h0, c0, w_hh, b_hh, w_hr = ctx.saved_tensors
+        d_gi, d_h0, d_c0, d_whh, d_bhh, d_whr = recurrent_scan_backward(
+            gi, h0, c0, w_hh, b_hh, w_hr, ctx.mode, ctx.reverse, g_out, g_h, g_c
+        )
+        return (
+            d_gi, d_h0, d_c0 if ctx.mode == "LSTM" else None, d_whh,
+            d_bhh if ctx.has[0] else None, d_whr if ctx.has[1] else None, None, None,
+        )  # fmt: skip
+
+
+def scan(
+    gi: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    mode: str,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Differentiable, vmappable :func:`recurrent_scan`."""
+    return _Scan.apply(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse)
+
+
+def _move(t: Tensor | None, d: int | None, size: int) -> Tensor | None:
+    """Batch axis first (expanded when the argument is not batched)."""
+    if t is None:
+        return None
+    if d is None:
+        return t.unsqueeze(0).expand(size, *t.shape)
+    return t.movedim(d, 0)
+
+
+def _per_entry(op: Any, info: Any, in_dims: tuple, args: tuple) -> tuple[Any, Any]:
+    """vmap by running ``op`` once per batch entry and stacking (always correct)."""
+    size = info.batch_size
+    moved = [
+        _move(a, d, size) if isinstance(a, Tensor) else a
+        for a, d in zip(args, in_dims, strict=True)
+    ]
+    results = []
+    for b in range(size):
+        sliced = [m[b] if isinstance(m, Tensor) else m for m in moved]
+        results.append(op(*sliced))
+    stacked = [torch.stack(parts) for parts in zip(*results, strict=True)]
+    return (tuple(stacked) if isinstance(results[0], tuple) else stacked), (
+        (0,) * len(stacked) if isinstance(results[0], tuple) else [0] * len(stacked)
+    )
+
+
+@torch.library.register_vmap("fdl::recurrent_scan")
+def _scan_vmap(info, in_dims, gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse):  # type: ignore[no-untyped-def]
+    args = (gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse)
+    shared_weights = all(d is None for d in in_dims[3:6])
+    size = info.batch_size
+    if shared_weights:
+        # fold the vmapped axis into the layer's batch axis: (B, L, N, G) -> (L, B N, G)
+        g = _move(gi, in_dims[0], size)
+        assert g is not None
+        length, n = g.shape[1], g.shape[2]
+        g = g.movedim(0, 1).reshape(length, size * n, -1)  # (L, B N, G H)
+        h = _move(h0, in_dims[1], size).reshape(size * n, -1)  # type: ignore[union-attr]
+        c = _move(c0, in_dims[2], size).reshape(size * n, -1) if mode == "LSTM" else c0  # type: ignore[union-attr]
+        out, h_n, c_n = recurrent_scan(g, h, c, w_hh, b_hh, w_hr, mode, reverse)
+        out = out.reshape(length, size, n, -1)  # (L, B, N, H_out)
+        h_n = h_n.reshape(size, n, -1)  # (B, N, H_out)
+        c_n = c_n.reshape(size, n, -1) if mode == "LSTM" else c_n.expand(size, 0)
+        return (out, h_n, c_n), (1, 0, 0)
+    return _per_entry(recurrent_scan, info, in_dims, args)
+
+
+@torch.library.register_vmap("fdl::recurrent_scan_backward")
+def _backward_vmap(info, in_dims, *args):  # type: ignore[no-untyped-def]
+    return _per_entry(recurrent_scan_backward, info, in_dims, args)
