@@ -16,3 +16,8 @@ from fdl.nn.normalization import *  # noqa: F403
 from fdl.nn.pooling import *  # noqa: F403
 from fdl.nn.shape import *  # noqa: F403
 from fdl.nn.state_dict import *  # noqa: F403
+
+# isort: split
+# the rest of torch.nn's layers, one module per topic
+from fdl.nn.piecewise_activations import *  # noqa: F403
+from fdl.nn.smooth_activations import *  # noqa: F403

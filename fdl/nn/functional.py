@@ -6,3 +6,5 @@ from fdl.nn._functional_layers import *  # noqa: F403
 # isort: split
 # the rest of torch.nn.functional's layers, one module per topic
 from fdl.nn._functional_distance import *  # noqa: F403
+from fdl.nn._functional_piecewise import *  # noqa: F403
+from fdl.nn._functional_smooth import *  # noqa: F403
