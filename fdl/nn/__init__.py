@@ -19,5 +19,6 @@ from fdl.nn.state_dict import *  # noqa: F403
 
 # isort: split
 # the rest of torch.nn's layers, one module per topic
+from fdl.nn.padding import *  # noqa: F403
 from fdl.nn.piecewise_activations import *  # noqa: F403
 from fdl.nn.smooth_activations import *  # noqa: F403
