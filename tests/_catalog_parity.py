@@ -49,6 +49,13 @@ def _detached(out: Any) -> list[torch.Tensor]:
     return [x.detach() for x in _leaves(out)]
 
 
+def _fresh(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A leaf copy of an input (``None`` passes through), differentiable if floating."""
+    if x is None:
+        return None
+    return x.detach().clone().requires_grad_(x.is_floating_point())
+
+
 def torch_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
@@ -70,9 +77,11 @@ def check_layer(
     assert set(base) == set(layer.init(fdl.random.key(0))), "parameter names differ from torch's"
 
     def run(fn, p):
-        xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+        xs = [_fresh(x) for x in inputs]
         out = fn(p, xs)
-        wrt = [x for x in xs if x.requires_grad] + [v for v in p.values() if v.requires_grad]
+        wrt = [x for x in xs if x is not None and x.requires_grad] + [
+            v for v in p.values() if v.requires_grad
+        ]
         return out, _vjp(out, wrt)
 
     t_out, t_grads = run(lambda p, xs: module(*xs), dict(module.named_parameters()))
@@ -102,9 +111,9 @@ def check_fn(
     """``fdl_fn(*inputs, **kwargs)`` equals ``torch_fn(...)`` in value and gradients."""
 
     def run(fn):
-        xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+        xs = [_fresh(x) for x in inputs]
         out = fn(*xs, **kwargs)
-        return out, _vjp(out, [x for x in xs if x.requires_grad])
+        return out, _vjp(out, [x for x in xs if x is not None and x.requires_grad])
 
     f_out, f_grads = run(fdl_fn)
     t_out, t_grads = run(torch_fn)

@@ -20,6 +20,7 @@ from fdl.nn.state_dict import *  # noqa: F403
 # isort: split
 # the rest of torch.nn's layers, one module per topic
 from fdl.nn.distance import *  # noqa: F403
+from fdl.nn.embedding_bag import *  # noqa: F403
 from fdl.nn.feature_dropout import *  # noqa: F403
 from fdl.nn.padding import *  # noqa: F403
 from fdl.nn.piecewise_activations import *  # noqa: F403
