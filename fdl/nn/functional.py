@@ -11,6 +11,7 @@ from fdl.nn._functional_feature_dropout import *  # noqa: F403
 from fdl.nn._functional_norms import *  # noqa: F403
 from fdl.nn._functional_padding import *  # noqa: F403
 from fdl.nn._functional_piecewise import *  # noqa: F403
+from fdl.nn._functional_pooling_nd import *  # noqa: F403
 from fdl.nn._functional_shuffle import *  # noqa: F403
 from fdl.nn._functional_smooth import *  # noqa: F403
 from fdl.nn._functional_upsampling import *  # noqa: F403
