@@ -21,6 +21,18 @@ LAYERS = [
     ("Conv3d-same-reflect", fdl.nn.Conv3d, torch.nn.Conv3d,
      {"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": "same",
       "padding_mode": "reflect", "bias": False}, (1, 2, 4, 4, 4), None),
+    ("ConvTranspose1d", fdl.nn.ConvTranspose1d, torch.nn.ConvTranspose1d,
+     {"in_channels": 2, "out_channels": 3, "kernel_size": 4, "stride": 2, "padding": 1},
+     (2, 2, 5), (2, 5)),
+    ("ConvTranspose1d-all", fdl.nn.ConvTranspose1d, torch.nn.ConvTranspose1d,
+     {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "stride": 3, "padding": 1,
+      "output_padding": 1, "groups": 2, "dilation": 2, "bias": False}, (2, 4, 5), None),
+    ("ConvTranspose3d", fdl.nn.ConvTranspose3d, torch.nn.ConvTranspose3d,
+     {"in_channels": 2, "out_channels": 3, "kernel_size": (2, 3, 2), "stride": 2},
+     (2, 2, 2, 3, 4), (2, 2, 3, 4)),
+    ("ConvTranspose3d-all", fdl.nn.ConvTranspose3d, torch.nn.ConvTranspose3d,
+     {"in_channels": 4, "out_channels": 2, "kernel_size": 3, "stride": (1, 2, 2), "padding": 1,
+      "output_padding": (0, 1, 1), "groups": 2}, (1, 4, 3, 3, 4), None),
     ("MaxPool3d", fdl.nn.MaxPool3d, torch.nn.MaxPool3d, {"kernel_size": 2}, (2, 3, 4, 4, 6),
      (3, 4, 4, 6)),
     ("MaxPool3d-all", fdl.nn.MaxPool3d, torch.nn.MaxPool3d,
@@ -76,6 +88,10 @@ def test_layer_matches_torch(name, fdl_layer, torch_layer, kwargs, shape, dtype)
     g = torch.Generator().manual_seed(0)
     module = torch_layer(**kwargs).to(dtype)
     layer = fdl_layer(**kwargs, **({"dtype": dtype} if "in_channels" in kwargs else {}))
+    if "in_channels" in kwargs:
+        assert {k: v.shape for k, v in layer.init(fdl.random.key(0)).items()} == {
+            k: v.shape for k, v in module.state_dict().items()
+        }
     assert state_dict_keys(layer) == set(module.state_dict())
     x = torch.randn(shape, generator=g, dtype=dtype)
     if name.startswith("LPPool"):
@@ -128,3 +144,18 @@ def test_max_unpool_matches_torch(n, kwargs, shape, output_size, dtype):
     (gw,) = torch.autograd.grad((want * cot).sum(), yg)
     (gg,) = torch.autograd.grad((got * cot).sum(), yf)
     close(gg, gw, dtype)
+
+
+@pytest.mark.parametrize(("cls", "shape", "size"), [
+    (fdl.nn.ConvTranspose1d, (1, 2, 5), (10,)),
+    (fdl.nn.ConvTranspose3d, (1, 2, 2, 3, 2), (1, 3, 4, 6, 4)),
+])  # fmt: skip
+def test_conv_transpose_output_size_matches_torch(cls, shape, size):
+    tcls = getattr(torch.nn, cls.__name__)
+    module = tcls(2, 3, 3, stride=2, padding=1).double()
+    layer = cls(2, 3, 3, stride=2, padding=1)
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    x = torch.randn(shape, dtype=torch.float64)
+    close(layer.apply(params, x, size), module(x, size), torch.float64)
+    with pytest.raises(ValueError, match="valid sizes"):
+        layer.apply(params, x, tuple(s + 5 for s in size))

@@ -21,6 +21,7 @@ from fdl.nn.state_dict import *  # noqa: F403
 # the rest of torch.nn's layers, one module per topic
 from fdl.nn.batch_norm3d import *  # noqa: F403
 from fdl.nn.conv3d import *  # noqa: F403
+from fdl.nn.conv_transpose_nd import *  # noqa: F403
 from fdl.nn.distance import *  # noqa: F403
 from fdl.nn.embedding_bag import *  # noqa: F403
 from fdl.nn.feature_dropout import *  # noqa: F403
