@@ -198,3 +198,35 @@ def test_keyed_dropout_needs_key_and_valid_p(cls):
     with pytest.raises(ValueError, match="between 0 and 1"):
         cls(1.5)
     assert torch.equal(cls(1.0).apply({}, x + 1, train=True), x)  # p = 1: all dropped
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    ("fdl_fn", "torch_fn", "shapes", "kwargs"),
+    [
+        (FF.pdist, F.pdist, [(5, 3)], {}),
+        (FF.pdist, F.pdist, [(4, 3)], {"p": 1.0}),
+        (FF.pdist, F.pdist, [(4, 3)], {"p": 3.0}),
+        (FF.normalize, F.normalize, [(4, 3)], {}),
+        (FF.normalize, F.normalize, [(4, 3, 2)], {"p": 1.0, "dim": -1, "eps": 0.5}),
+        (FF.conv3d, F.conv3d, [(1, 2, 3, 4, 4), (4, 2, 2, 2, 2)], {"stride": 2, "padding": 1}),
+        (FF.conv_transpose1d, F.conv_transpose1d, [(1, 2, 5), (2, 3, 3)], {"stride": 2}),
+        (FF.conv_transpose3d, F.conv_transpose3d, [(1, 2, 2, 3, 2), (2, 3, 2, 2, 2)], {}),
+    ],
+)
+def test_norm_and_conv_functions_match_torch(fdl_fn, torch_fn, shapes, kwargs, dtype):
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    check_fn(fdl_fn, torch_fn, xs, kwargs, dtype)
+
+
+def test_pdist_repeated_rows_zero_gradient_like_torch():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x = torch.cat([x, x[:1]])  # a zero distance
+    check_fn(FF.pdist, F.pdist, [x], {}, torch.float64)
+
+
+@pytest.mark.parametrize("num_classes", [-1, 7])
+def test_one_hot_matches_torch(num_classes):
+    t = torch.tensor([[0, 3], [5, 1]])
+    assert torch.equal(FF.one_hot(t, num_classes), F.one_hot(t, num_classes))

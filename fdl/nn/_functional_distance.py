@@ -1,4 +1,4 @@
-"""Distances between paired vectors: ``pairwise_distance`` and ``cosine_similarity``.
+"""Distances and norms: ``pairwise_distance``, ``cosine_similarity``, ``pdist``, ``normalize``.
 
 Both are written out from their formulas, with torch's ``eps`` conventions and torch's
 zero gradient where a norm is exactly zero.
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-__all__ = ["cosine_similarity", "pairwise_distance"]
+__all__ = ["cosine_similarity", "normalize", "pairwise_distance", "pdist"]
 
 Tensor = torch.Tensor
 
@@ -106,3 +106,41 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
     n1 = n1 + (n1.clamp_min(eps) - n1).detach()  # value clamped, gradient straight through
     n2 = n2 + (n2.clamp_min(eps) - n2).detach()
     return ((x1 / n1) * (x2 / n2)).sum(dim)
+
+
+def pdist(input: Tensor, p: float = 2.0) -> Tensor:
+    """Distances between every pair of rows: ``||x_i - x_j||_p`` for ``i < j``, row-major.
+
+    Args:
+        input: ``(N, M)``.
+        p: the norm degree.
+
+    Returns:
+        ``(N (N - 1) / 2,)``.
+
+    Example:
+        >>> import torch
+        >>> pdist(torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]]))
+        tensor([5.0000, 1.0000, 4.2426])
+    """
+    if not isinstance(input, torch.Tensor) or input.dim() != 2:
+        raise ValueError("pdist: input must be a 2-d tensor (N, M)")
+    i, j = torch.triu_indices(input.shape[0], input.shape[0], offset=1, device=input.device)
+    return vector_norm(input[i] - input[j], p, 1)  # (N (N - 1) / 2,)
+
+
+def normalize(
+    input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out: Tensor | None = None
+) -> Tensor:
+    """``y = input / max(||input||_p, eps)`` along ``dim`` (the clamp is a true clamp).
+
+    Example:
+        >>> import torch
+        >>> normalize(torch.tensor([[3.0, 4.0]]))
+        tensor([[0.6000, 0.8000]])
+    """
+    if out is not None:
+        raise ValueError("normalize: out= is not supported (fdl functions return new tensors)")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"normalize: input must be a torch.Tensor, got {type(input).__name__}")
+    return input / vector_norm(input, p, dim, keepdim=True).clamp_min(eps)

@@ -5,6 +5,7 @@ from fdl.nn._functional_layers import *  # noqa: F403
 
 # isort: split
 # the rest of torch.nn.functional's layers, one module per topic
+from fdl.nn._functional_conv_nd import *  # noqa: F403
 from fdl.nn._functional_distance import *  # noqa: F403
 from fdl.nn._functional_embedding_bag import *  # noqa: F403
 from fdl.nn._functional_feature_dropout import *  # noqa: F403
