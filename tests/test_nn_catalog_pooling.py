@@ -159,3 +159,39 @@ def test_conv_transpose_output_size_matches_torch(cls, shape, size):
     close(layer.apply(params, x, size), module(x, size), torch.float64)
     with pytest.raises(ValueError, match="valid sizes"):
         layer.apply(params, x, tuple(s + 5 for s in size))
+
+
+# --------------------------------------------------------------------------- fractional max pool
+
+FRACTIONAL = [
+    (2, {"kernel_size": 2, "output_size": (4, 5)}, (2, 3, 9, 11)),
+    (2, {"kernel_size": (3, 2), "output_ratio": (0.5, 0.6)}, (2, 3, 9, 11)),
+    (2, {"kernel_size": 2, "output_size": 3}, (3, 7, 8)),
+    (3, {"kernel_size": 2, "output_size": (3, 4, 5)}, (2, 3, 7, 8, 9)),
+    (3, {"kernel_size": (2, 3, 2), "output_ratio": (0.5, 0.5, 0.5)}, (3, 6, 8, 8)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("n", "kwargs", "shape"), FRACTIONAL)
+def test_fractional_max_pool_matches_torch_given_the_samples(n, kwargs, shape, dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    batch = (shape[0], shape[1]) if len(shape) == n + 2 else (1, shape[0])
+    key = fdl.random.key(7)
+    samples = fdl.random.uniform(key, (*batch, n), dtype=dtype)  # what the layer draws
+    module = getattr(torch.nn, f"FractionalMaxPool{n}d")(
+        **kwargs, return_indices=True, _random_samples=samples
+    )
+    layer = getattr(fdl.nn, f"FractionalMaxPool{n}d")(**kwargs, return_indices=True)
+    check_layer(layer, module, [x], dtype, apply_kwargs={"key": key})
+    assert torch.equal(layer.apply({}, x, key=key)[1], module(x)[1])
+    other = layer.apply({}, x, key=fdl.random.key(8))[1]
+    assert other.shape == module(x)[1].shape
+
+
+def test_fractional_max_pool_needs_key_and_one_size():
+    with pytest.raises(ValueError, match="key"):
+        fdl.nn.FractionalMaxPool2d(2, output_size=2).apply({}, torch.zeros(1, 1, 5, 5))
+    with pytest.raises(ValueError, match="exactly one"):
+        fdl.nn.FractionalMaxPool2d(2)

@@ -25,6 +25,7 @@ from fdl.nn.conv_transpose_nd import *  # noqa: F403
 from fdl.nn.distance import *  # noqa: F403
 from fdl.nn.embedding_bag import *  # noqa: F403
 from fdl.nn.feature_dropout import *  # noqa: F403
+from fdl.nn.fractional_pool import *  # noqa: F403
 from fdl.nn.instance_norm import *  # noqa: F403
 from fdl.nn.local_response_norm import *  # noqa: F403
 from fdl.nn.padding import *  # noqa: F403

@@ -9,6 +9,7 @@ from fdl.nn._functional_conv_nd import *  # noqa: F403
 from fdl.nn._functional_distance import *  # noqa: F403
 from fdl.nn._functional_embedding_bag import *  # noqa: F403
 from fdl.nn._functional_feature_dropout import *  # noqa: F403
+from fdl.nn._functional_fractional_pool import *  # noqa: F403
 from fdl.nn._functional_norms import *  # noqa: F403
 from fdl.nn._functional_padding import *  # noqa: F403
 from fdl.nn._functional_piecewise import *  # noqa: F403
