@@ -13,9 +13,14 @@ gradients are torch's. Written out here:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as _torch_F
+import torch.nn.functional as _torch_functional
+
+# torch's stubs overload these kernels on Literal flags and narrow size types; fdl passes
+# its arguments through unchanged, so the kernels are called untyped
+_torch_F: Any = _torch_functional
 
 __all__ = [
     "adaptive_avg_pool1d",
