@@ -431,3 +431,21 @@ def test_ctc_infinite_loss_without_zero_infinity():
 def test_bad_arguments(fn: Any, args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case", LOSSES, ids=[c.name for c in LOSSES])
+def test_traces_under_compile_fullgraph(case):
+    """Each loss (and its gradient) traces without a graph break; ctc_loss with padded targets."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(2)
+    args, kw, diff = case.build(g, torch.float32, True, dict(case.options[0]))
+    i = diff[0]
+
+    def value_and_grad(*xs):
+        def f(xi):
+            return case.fdl_fn(*xs[:i], xi, *xs[i + 1 :], reduction="mean", **kw)
+
+        return torch.func.grad_and_value(f)(xs[i])
+
+    compiled = torch.compile(value_and_grad, backend="eager", fullgraph=True)
+    assert_trees_close(compiled(*args), value_and_grad(*args), rtol=1e-5, atol=1e-5)
