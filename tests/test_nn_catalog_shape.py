@@ -230,3 +230,35 @@ def test_pdist_repeated_rows_zero_gradient_like_torch():
 def test_one_hot_matches_torch(num_classes):
     t = torch.tensor([[0, 3], [5, 1]])
     assert torch.equal(FF.one_hot(t, num_classes), F.one_hot(t, num_classes))
+
+
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid")  # torch's, unit sizes
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", [(2, 3, 4, 5), (2, 1, 3, 4, 2), (2, 3, 1, 1)])
+def test_affine_grid_matches_torch(size, align_corners, dtype):
+    k = len(size) - 2
+    theta = torch.randn(2, k, k + 1, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    check_fn(
+        lambda t: FF.affine_grid(t, size, align_corners),
+        lambda t: F.affine_grid(t, size, align_corners),
+        [theta],
+        {},
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"align_corners": False},
+        {"mode": "nearest", "padding_mode": "border", "align_corners": False},
+        {"mode": "bicubic", "padding_mode": "reflection", "align_corners": True},
+    ],
+)
+def test_grid_sample_matches_torch(kwargs, dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=dtype)
+    grid = torch.rand(2, 3, 6, 2, generator=g, dtype=dtype) * 2.2 - 1.1
+    check_fn(FF.grid_sample, F.grid_sample, [x, grid], kwargs, dtype)
