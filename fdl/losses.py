@@ -698,3 +698,12 @@ def kl_div(
         total = loss.sum()
         return total / input.shape[0] if input.dim() != 0 else total
     return _reduce(loss, reduction)
+
+
+# the rest of torch.nn.functional's losses, one module per family
+from fdl import _ctc, _likelihood_losses, _margin_losses  # noqa: E402
+from fdl._ctc import *  # noqa: E402, F403
+from fdl._likelihood_losses import *  # noqa: E402, F403
+from fdl._margin_losses import *  # noqa: E402, F403
+
+__all__ += [*_ctc.__all__, *_likelihood_losses.__all__, *_margin_losses.__all__]

@@ -19,3 +19,22 @@ from fdl.nn.recurrent import *  # noqa: F403
 from fdl.nn.shape import *  # noqa: F403
 from fdl.nn.state_dict import *  # noqa: F403
 from fdl.nn.transformer import *  # noqa: F403
+
+# isort: split
+# the rest of torch.nn's layers, one module per topic
+from fdl.nn.batch_norm3d import *  # noqa: F403
+from fdl.nn.conv3d import *  # noqa: F403
+from fdl.nn.conv_transpose_nd import *  # noqa: F403
+from fdl.nn.distance import *  # noqa: F403
+from fdl.nn.embedding_bag import *  # noqa: F403
+from fdl.nn.feature_dropout import *  # noqa: F403
+from fdl.nn.fractional_pool import *  # noqa: F403
+from fdl.nn.instance_norm import *  # noqa: F403
+from fdl.nn.local_response_norm import *  # noqa: F403
+from fdl.nn.padding import *  # noqa: F403
+from fdl.nn.piecewise_activations import *  # noqa: F403
+from fdl.nn.pooling_nd import *  # noqa: F403
+from fdl.nn.rms_norm import *  # noqa: F403
+from fdl.nn.shuffle import *  # noqa: F403
+from fdl.nn.smooth_activations import *  # noqa: F403
+from fdl.nn.upsampling import *  # noqa: F403

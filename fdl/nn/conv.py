@@ -64,7 +64,7 @@ class _ConvBase(Layer):
         return affine_init(key, self._weight_shape(), bias, dtype=self.dtype, device=self.device)
 
     def _check_input(self, x: Tensor) -> None:
-        c, spatial = self.in_channels, ("L" if self._n == 1 else "H, W")
+        c, spatial = self.in_channels, ("L", "H, W", "D, H, W")[self._n - 1]
         check_input(
             self, x, (self._n + 1, self._n + 2), f"(N, {c}, {spatial}) or ({c}, {spatial})",
             -self._n - 1, c,
@@ -171,7 +171,95 @@ class Conv2d(_Conv):
     _n: ClassVar[int] = 2
 
 
-class ConvTranspose2d(_ConvBase):
+class _ConvTranspose(_ConvBase):
+    """Fields, checks and ``apply`` of the transposed convolutions (``_n`` spatial dims)."""
+
+    _transposed: ClassVar[bool] = True
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...] = field(converter=int_tuple())
+    stride: tuple[int, ...] = field(default=1, converter=int_tuple())
+    padding: tuple[int, ...] = field(default=0, converter=int_tuple())
+    output_padding: tuple[int, ...] = field(default=0, converter=int_tuple())
+    groups: int = 1
+    bias: bool = True
+    dilation: tuple[int, ...] = field(default=1, converter=int_tuple())
+    padding_mode: str = field(default="zeros", converter=one_of("zeros"))
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
+
+    def _check_fields(self) -> None:
+        super()._check_fields()
+        op, stride, dilation = self.output_padding, self.stride, self.dilation
+        if any(op[d] >= max(stride[d], dilation[d]) for d in range(self._n)):
+            raise ValueError(
+                f"{type(self).__name__}: output_padding must be smaller than either stride or "
+                f"dilation, got output_padding={op}, stride={stride}, dilation={dilation}"
+            )
+
+    def _output_padding(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, ...]:
+        if output_size is None:
+            return self.output_padding
+        name, n = type(self).__name__, self._n
+        size = [int(s) for s in output_size]
+        if len(size) == x.dim():
+            size = size[-n:]
+        if len(size) != n:
+            raise ValueError(
+                f"{name}: output_size must have {n} or {x.dim()} elements, got {output_size}"
+            )
+        stride, padding, dilation, kernel = (
+            self.stride, self.padding, self.dilation, self.kernel_size
+        )  # fmt: skip
+        pads = []
+        for d in range(n):
+            smallest = (
+                (x.shape[d - n] - 1) * stride[d]
+                - 2 * padding[d]
+                + dilation[d] * (kernel[d] - 1)
+                + 1
+            )
+            largest = smallest + stride[d] - 1
+            if not smallest <= size[d] <= largest:
+                raise ValueError(
+                    f"{name}: requested output_size {tuple(size)}, but valid sizes for "
+                    f"dimension {d} range from {smallest} to {largest} (for an input of "
+                    f"{tuple(x.shape[-n:])})"
+                )
+            pads.append(size[d] - smallest)
+        return tuple(pads)
+
+    def _kernel(self) -> Any:
+        return _F.conv_transpose2d
+
+    def apply(
+        self,
+        params: Params,
+        x: Tensor,
+        output_size: Sequence[int] | None = None,
+        *,
+        key: OptKey = None,
+        train: bool = False,
+    ) -> Tensor:
+        """``(N, C_in, *spatial) -> (N, C_out, *spatial_out)``.
+
+        ``output_size`` (optional) picks ``output_padding`` as torch does.
+        """
+        self._check_input(x)
+        return self._kernel()(
+            x,
+            params["weight"],
+            params.get("bias"),
+            self.stride,
+            self.padding,
+            self._output_padding(x, output_size),
+            self.groups,
+            self.dilation,
+        )
+
+
+class ConvTranspose2d(_ConvTranspose):
     r"""Transposed 2-d convolution, as ``torch.nn.ConvTranspose2d``.
 
     Params: ``weight`` ``(in_channels, out_channels / groups, kH, kW)`` and
@@ -203,82 +291,4 @@ class ConvTranspose2d(_ConvBase):
         torch.Size([2, 4, 14, 14])
     """
 
-    _transposed: ClassVar[bool] = True
-
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int] = field(converter=int_tuple())
-    stride: tuple[int, int] = field(default=1, converter=int_tuple())
-    padding: tuple[int, int] = field(default=0, converter=int_tuple())
-    output_padding: tuple[int, int] = field(default=0, converter=int_tuple())
-    groups: int = 1
-    bias: bool = True
-    dilation: tuple[int, int] = field(default=1, converter=int_tuple())
-    padding_mode: str = field(default="zeros", converter=one_of("zeros"))
-    device: torch.device | str | None = None
-    dtype: torch.dtype | None = None
-
-    def _check_fields(self) -> None:
-        super()._check_fields()
-        op, stride, dilation = self.output_padding, self.stride, self.dilation
-        if any(op[d] >= max(stride[d], dilation[d]) for d in range(2)):
-            raise ValueError(
-                "ConvTranspose2d: output_padding must be smaller than either stride or "
-                f"dilation, got output_padding={op}, stride={stride}, dilation={dilation}"
-            )
-
-    def _output_padding(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, ...]:
-        if output_size is None:
-            return self.output_padding
-        size = [int(s) for s in output_size]
-        if len(size) == x.dim():
-            size = size[-2:]
-        if len(size) != 2:
-            raise ValueError(
-                f"ConvTranspose2d: output_size must have 2 or {x.dim()} elements, got {output_size}"
-            )
-        stride, padding, dilation, kernel = (
-            self.stride, self.padding, self.dilation, self.kernel_size
-        )  # fmt: skip
-        pads = []
-        for d in range(2):
-            smallest = (
-                (x.shape[d - 2] - 1) * stride[d]
-                - 2 * padding[d]
-                + dilation[d] * (kernel[d] - 1)
-                + 1
-            )
-            largest = smallest + stride[d] - 1
-            if not smallest <= size[d] <= largest:
-                raise ValueError(
-                    f"ConvTranspose2d: requested output_size {tuple(size)}, but valid sizes for "
-                    f"dimension {d} range from {smallest} to {largest} (for an input of "
-                    f"{tuple(x.shape[-2:])})"
-                )
-            pads.append(size[d] - smallest)
-        return tuple(pads)
-
-    def apply(
-        self,
-        params: Params,
-        x: Tensor,
-        output_size: Sequence[int] | None = None,
-        *,
-        key: OptKey = None,
-        train: bool = False,
-    ) -> Tensor:
-        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``.
-
-        ``output_size`` (optional) picks ``output_padding`` as torch does.
-        """
-        self._check_input(x)
-        return _F.conv_transpose2d(
-            x,
-            params["weight"],
-            params.get("bias"),
-            self.stride,
-            self.padding,
-            self._output_padding(x, output_size),
-            self.groups,
-            self.dilation,
-        )
+    _n: ClassVar[int] = 2

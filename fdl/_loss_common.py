@@ -1,0 +1,72 @@
+"""Reduction and argument checks shared by the loss modules (``fdl/_*_losses.py``, ``fdl/_ctc.py``).
+
+``fdl.losses`` re-exports the losses; this module only holds the plumbing they share:
+torch's ``reduction`` rules (including the deprecated ``size_average``/``reduce`` flags),
+tensor-type checks and eager-only value checks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def reduction_of(
+    name: str,
+    reduction: str,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+) -> str:
+    """The reduction to use, honouring torch's deprecated ``size_average``/``reduce``."""
+    if size_average is not None or reduce is not None:
+        size_average = True if size_average is None else size_average
+        reduce = True if reduce is None else reduce
+        if not reduce:
+            return "none"
+        return "mean" if size_average else "sum"
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{name}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}"
+        )
+    return reduction
+
+
+def reduce(loss: Tensor, reduction: str) -> Tensor:
+    """``loss`` unchanged (``'none'``), its sum, or its mean over all elements."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean()
+
+
+def check_tensors(name: str, **tensors: object) -> None:
+    """``TypeError`` naming the argument if a given value is not a tensor."""
+    for arg, value in tensors.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def check_same_shape(name: str, **tensors: Tensor) -> None:
+    """``ValueError`` listing every shape unless all the tensors have one shape."""
+    shapes = {arg: tuple(t.shape) for arg, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{arg} {shape}" for arg, shape in shapes.items())
+        raise ValueError(f"{name}: shapes must be equal, got {listed}")
+
+
+def any_true(cond: Tensor) -> bool:
+    """Whether any element of ``cond`` is true, where that is knowable without tracing.
+
+    ``False`` (the check is skipped) inside ``torch.compile``, ``vmap`` and on the meta
+    device, where values cannot be inspected.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        return bool(cond.any())
+    except (RuntimeError, NotImplementedError):
+        return False

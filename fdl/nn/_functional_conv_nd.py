@@ -1,0 +1,81 @@
+"""``conv3d``, ``conv_transpose1d``, ``conv_transpose3d`` and ``one_hot``.
+
+The convolutions are kernels: these call torch's, with torch's arguments, so the names live
+in :mod:`fdl.nn.functional` beside fdl's ``conv1d``/``conv2d``/``conv_transpose2d``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as _torch_F
+
+__all__ = ["conv3d", "conv_transpose1d", "conv_transpose3d", "one_hot"]
+
+Tensor = torch.Tensor
+_Size = int | Sequence[int]
+
+
+def conv3d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Size | str = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> Tensor:
+    """3-d cross-correlation ``(N, C_in, D, H, W) -> (N, C_out, ...)`` (torch's kernel)."""
+    return _torch_F.conv3d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_transpose1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Size = 0,
+    output_padding: _Size = 0,
+    groups: int = 1,
+    dilation: _Size = 1,
+) -> Tensor:
+    """Transposed 1-d convolution (torch's kernel)."""
+    return _torch_F.conv_transpose1d(
+        input, weight, bias, stride, padding, output_padding, groups, dilation
+    )
+
+
+def conv_transpose3d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Size = 0,
+    output_padding: _Size = 0,
+    groups: int = 1,
+    dilation: _Size = 1,
+) -> Tensor:
+    """Transposed 3-d convolution (torch's kernel)."""
+    return _torch_F.conv_transpose3d(
+        input, weight, bias, stride, padding, output_padding, groups, dilation
+    )
+
+
+def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+    """``y[..., c] = (tensor[...] == c)`` as int64; ``num_classes=-1``: ``max(tensor) + 1``.
+
+    Example:
+        >>> import torch
+        >>> one_hot(torch.tensor([0, 2]))
+        tensor([[1, 0, 0],
+                [0, 0, 1]])
+    """
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int64:
+        raise TypeError("one_hot: tensor must be an int64 tensor of class indices")
+    if num_classes == -1:
+        num_classes = int(tensor.max()) + 1 if tensor.numel() else 0
+    if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= num_classes):
+        raise ValueError(f"one_hot: class values must be in [0, {num_classes - 1}]")
+    classes = torch.arange(num_classes, device=tensor.device)
+    return (tensor[..., None] == classes).to(torch.int64)  # (*, num_classes)
