@@ -30,10 +30,10 @@ Example:
 """
 
 from fdl.explain.gradient import input_x_gradient, saliency
-from fdl.explain.gradient_shap import gradient_shap
-from fdl.explain.integrated_gradients import METHODS, integrated_gradients, quadrature
-from fdl.explain.noise_tunnel import NT_TYPES, noise_tunnel, smooth_grad, smooth_grad_sq, vargrad
-from fdl.explain.occlusion import occlusion, occlusion_windows
+from fdl.explain.integrated import METHODS, integrated_gradients, quadrature
+from fdl.explain.perturbation import occlusion, occlusion_windows
+from fdl.explain.shap import gradient_shap
+from fdl.explain.smoothing import NT_TYPES, noise_tunnel, smooth_grad, smooth_grad_sq, vargrad
 
 __all__ = [
     "METHODS",
