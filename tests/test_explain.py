@@ -591,3 +591,36 @@ def test_bad_arguments_raise():
         explain.occlusion(model.forward, x, 0, sliding_window_shapes=(1, 9, 1))
     with pytest.raises(ValueError, match="stride"):
         explain.occlusion(model.forward, x, 0, sliding_window_shapes=(1, 2, 2), strides=3)
+
+
+# ---------------------------------------------------------------------------
+# examples/explain_mnist.py, quick mode
+# ---------------------------------------------------------------------------
+
+
+def _load_example(name):
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    root = os.environ.get("FDL_DATA_DIR")
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.skip("FDL_DATA_DIR is unset or holds no MNIST/raw")
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_explain_mnist_example_quick(tmp_path):
+    example = _load_example("explain_mnist")
+    out = example.main(
+        ["--epochs", "1", "--limit", "256", "--digits", "2", "--ig-steps", "8",
+         "--nt-samples", "2", "--no-compile", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert (tmp_path / "attributions.png").stat().st_size > 0
+    assert (tmp_path / "filters.png").stat().st_size > 0
+    assert out["pred"].shape == (2,)

@@ -455,3 +455,38 @@ def test_inputs_are_not_mutated(stacked):
     for _, fn in ALL_ATTACKS:
         fn(forward, x, y, torch.tensor(0.1))
     assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+# ---------------------------------------------------------------------------
+# examples/adversarial_mnist.py, quick mode
+# ---------------------------------------------------------------------------
+
+
+def test_adversarial_mnist_example_quick(tmp_path):
+    import importlib.util
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    root = os.environ.get("FDL_DATA_DIR")
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.skip("FDL_DATA_DIR is unset or holds no MNIST/raw")
+    path = Path(__file__).resolve().parents[1] / "examples" / "adversarial_mnist.py"
+    spec = importlib.util.spec_from_file_location("_example_adversarial_mnist", path)
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example
+    spec.loader.exec_module(example)
+    example.main(
+        ["--epochs", "1", "--limit", "128", "--test-limit", "64", "--adv-steps", "2",
+         "--eval-steps", "2", "--eval-batch-size", "32", "--no-compile", "--out", str(tmp_path)]
+    )  # fmt: skip
+    acc = json.loads((tmp_path / "results.json").read_text())["accuracy"]
+    assert set(acc) == {"standard", "PGD adversarial"}
+    for row in acc.values():
+        assert set(row) == {"clean"} | {
+            f"{a} {e}" for a in ("FGSM", "PGD") for e in (0.1, 0.2, 0.3)
+        }
+        assert all(0 <= v <= 100 for v in row.values())
+    assert "| standard |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "adversarial_grid.png").stat().st_size > 0
