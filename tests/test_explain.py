@@ -624,3 +624,16 @@ def test_explain_mnist_example_quick(tmp_path):
     assert (tmp_path / "attributions.png").stat().st_size > 0
     assert (tmp_path / "filters.png").stat().st_size > 0
     assert out["pred"].shape == (2,)
+
+
+def test_docs_examples_run():
+    """Every ```python block of docs/explain.md runs, in order, in one namespace."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "explain.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/explain.md block {i}", "exec"), namespace)

@@ -490,3 +490,16 @@ def test_adversarial_mnist_example_quick(tmp_path):
         assert all(0 <= v <= 100 for v in row.values())
     assert "| standard |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "adversarial_grid.png").stat().st_size > 0
+
+
+def test_docs_examples_run():
+    """Every ```python block of docs/robust.md runs, in order, in one namespace."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "robust.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/robust.md block {i}", "exec"), namespace)
