@@ -193,7 +193,7 @@ def save_grid(forward: Any, models: dict[str, Any], data: Any, attacks: Any, pat
     for r, (label, images, pred) in enumerate(rows):
         for c in range(10):
             ax = axes[r, c]
-            ax.imshow(images[c, 0].detach(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(images[c, 0].detach().numpy(), cmap="gray", vmin=0, vmax=1)
             ok = int(pred[c]) == int(y[c])
             ax.set_title(f"pred {int(pred[c])}", fontsize=8, color="green" if ok else "red")
             ax.set_xticks([])

@@ -86,17 +86,17 @@ def save_overlays(x: torch.Tensor, pred: torch.Tensor, maps: dict[str, Any], pat
     n = x.shape[0]
     fig, axes = plt.subplots(n, 1 + len(names), figsize=(2.0 * (1 + len(names)), 2.0 * n))
     for i in range(n):
-        axes[i, 0].imshow(x[i, 0], cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         axes[i, 0].set_title(f"pred {int(pred[i])}", fontsize=9)
         for j, name in enumerate(names, start=1):
             a = maps[name][i, 0].detach()
             if name == "integrated gradients":  # signed: red adds evidence, blue removes it
                 lim = float(a.abs().max()) or 1.0
-                overlay, cmap, vmin = a, "bwr", -lim
+                overlay, cmap, vmin = a.numpy(), "bwr", -lim
             else:
                 lim = float(a.max()) or 1.0
-                overlay, cmap, vmin = a, "inferno", 0.0
-            axes[i, j].imshow(x[i, 0], cmap="gray", vmin=0, vmax=1)
+                overlay, cmap, vmin = a.numpy(), "inferno", 0.0
+            axes[i, j].imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i, j].imshow(overlay, cmap=cmap, vmin=vmin, vmax=lim, alpha=0.7)
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)
@@ -119,7 +119,7 @@ def save_filters(weight: torch.Tensor, path: Path) -> None:
     lim = float(w.abs().max())
     fig, axes = plt.subplots(4, 8, figsize=(8, 4.4))
     for k, ax in enumerate(axes.flat):
-        ax.imshow(w[k], cmap="bwr", vmin=-lim, vmax=lim)
+        ax.imshow(w[k].numpy(), cmap="bwr", vmin=-lim, vmax=lim)
         ax.set_title(str(k), fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -26,6 +26,9 @@ import captum.attr._core.gradient_shap as captum_gradient_shap  # noqa: E402
 import captum.attr._core.integrated_gradients as captum_ig  # noqa: E402
 import captum.attr._core.noise_tunnel as captum_noise_tunnel  # noqa: E402
 
+# Captum warns that it sets requires_grad on the inputs it is given
+pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require")
+
 N = 3  # examples per batch
 SHAPE = (1, 8, 8)  # one example
 TOL = {torch.float32: 1e-6, torch.float64: 1e-10}

@@ -389,20 +389,20 @@ def test_random_start_needs_a_key():
 KEY = fdl.random.key(11)
 ALL_ATTACKS = [
     ("fgsm", lambda f, x, y, eps: robust.fgsm(f, x, y, eps=eps)),
-    ("pgd_inf", lambda f, x, y, eps: robust.pgd(f, x, y, eps=eps, alpha=eps / 4, steps=4, key=KEY)),
+    ("pgd_inf", lambda f, x, y, eps: robust.pgd(f, x, y, eps=eps, alpha=eps / 2, steps=2, key=KEY)),
     (
         "pgd_l2",
         lambda f, x, y, eps: robust.pgd(
-            f, x, y, eps=4 * eps, alpha=eps, steps=4, key=KEY, norm="2"
+            f, x, y, eps=4 * eps, alpha=2 * eps, steps=2, key=KEY, norm="2"
         ),
     ),
     (
         "pgd_targeted",
         lambda f, x, y, eps: robust.pgd(
-            f, x, (y + 1) % 10, eps=eps, alpha=eps / 4, steps=4, key=KEY, targeted=True
+            f, x, (y + 1) % 10, eps=eps, alpha=eps / 2, steps=2, key=KEY, targeted=True
         ),
     ),
-    ("cw", lambda f, x, y, eps: robust.cw(f, x, y, c=10 * eps, steps=6, lr=0.1)),
+    ("cw", lambda f, x, y, eps: robust.cw(f, x, y, c=10 * eps, steps=3, lr=0.1)),
 ]
 
 
