@@ -23,6 +23,7 @@ _SUBMODULES = {
     "data",
     "distributed",
     "ensemble",
+    "explain",
     "losses",
     "metrics",
     "nn",
@@ -30,6 +31,7 @@ _SUBMODULES = {
     "per_sample",
     "privacy",
     "reporting",
+    "robust",
     "testing",
     "train",
 }
