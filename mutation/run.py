@@ -155,6 +155,8 @@ class Workspace:
         self.cache = Path(tempfile.mkdtemp(prefix="inductor-", dir=base))
         self.fresh_cache = fresh_cache
         self.proc: subprocess.Popen[str] | None = None
+        self.fork = False  # set by the driver when it runs one mutant at a time
+        self.child: int | None = None
         self.digests = {p: _digest(self.root / p) for p in source_files(self.root)}
 
     def env(self) -> dict[str, str]:
@@ -175,6 +177,8 @@ class Workspace:
 
     def pytest(self, args: list[str], timeout: float) -> tuple[str, str, float]:
         """Run pytest in the copy: ('passed' | 'failed' | 'timeout', output, seconds)."""
+        if self.fork:
+            return self._pytest_forked(args, timeout)
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -199,8 +203,64 @@ class Workspace:
         verdict = "passed" if code in (0, 5) else "failed"
         return verdict, out, time.perf_counter() - t0
 
+    def _pytest_forked(self, args: list[str], timeout: float) -> tuple[str, str, float]:
+        """pytest in a forked child of this process, which has imported torch and the test
+        dependencies once (see :func:`_preimport`) but never fdl: each child imports the
+        mutated fdl from the copy. Saves the interpreter start and the heavy imports."""
+        env = self.env()
+        log = self.root.parent / f"{self.root.name}.log"
+        t0 = time.perf_counter()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 3
+            try:
+                os.setsid()
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.environ.clear()
+                os.environ.update(env)
+                os.chdir(self.root)
+                sys.path.insert(0, str(self.root))
+                import pytest
+
+                code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *args]))
+            except BaseException:  # noqa: B036 - report anything, then leave
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.child = pid
+        status = None
+        try:
+            while time.perf_counter() - t0 < timeout:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.2)
+            else:
+                self.kill()
+                os.waitpid(pid, 0)
+                return "timeout", log.read_text(errors="replace"), time.perf_counter() - t0
+        finally:
+            self.child = None
+        code = os.waitstatus_to_exitcode(status) if status is not None else 3
+        out = log.read_text(errors="replace")
+        verdict = "passed" if code in (0, 5) else "failed"
+        return verdict, out, time.perf_counter() - t0
+
     def kill(self) -> None:
         """End the running pytest, if any, with its whole process group."""
+        if self.child is not None:
+            try:
+                os.killpg(self.child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc = self.proc
         if proc is not None and proc.poll() is None:
             try:
@@ -252,6 +312,37 @@ class Workspace:
 # ---------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------
+
+
+_PREIMPORT = (
+    "torch",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.func",
+    "numpy",
+    "optree",
+    "safetensors.torch",
+    "torchvision",
+    "pytest",
+    "hypothesis",
+    "scipy",
+    "scipy.stats",
+    "jax",
+    "jax.numpy",
+    "opacus",
+)
+
+
+def _preimport() -> None:
+    """Import fdl's dependencies (never fdl itself) so forked pytest runs start warm."""
+    import importlib
+
+    for name in _PREIMPORT:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional dependency: the tests that need it will say so
+            pass
+    assert not any(m == "fdl" or m.startswith("fdl.") for m in sys.modules), "fdl imported"
 
 
 def select(args: argparse.Namespace) -> list[Mutant]:
@@ -321,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-timeout", type=float, default=2400.0, help="full pass limit, seconds")
     p.add_argument("--min-score", type=float, default=0.95, help="exit 1 below this score")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    p.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="start every pytest as a new interpreter (default with --jobs 1: forked, warm)",
+    )
     p.add_argument("--fresh-cache", action="store_true", help="a new compile cache per mutant")
     p.add_argument(
         "--tests",
@@ -356,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             ws = Workspace(REPO, base, args.fresh_cache)
             pool_ws.append(ws)
             free.append(ws)
+        fork = len(pool_ws) == 1 and not args.no_fork and hasattr(os, "fork")
+        if fork:
+            _preimport()
+            pool_ws[0].fork = True
         runnable = [m for m in mutants if located[m.id].status == "ok"]
         if not args.no_baseline and runnable:
             tests = sorted({t for m in runnable for t in m.tests})
@@ -385,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
 
         results: list[Result] = []
         ex = concurrent.futures.ThreadPoolExecutor(max_workers=len(pool_ws))
+        # forking is safe only from a single-threaded process: then run in this thread
+        run_all = map(work, mutants) if fork else ex.map(work, mutants)
         try:
-            for r in ex.map(work, mutants):
+            for r in run_all:
                 results.append(r)
                 extra = f" by {r.killer}" if r.killer else ""
                 extra += f" [{r.detail}]" if r.detail else ""
