@@ -1,8 +1,9 @@
 """The per-sample rules give each example's own gradient (and its norm) for the layer
 options where a rule's bookkeeping differs from the plain case: 'same' padding with dilation
-(the padding the rule replays depends on the dilation), and short sequences through wide
-linear layers (where the norms come from Gram matrices). Reference: a loop of
-single-example ``torch.func.grad`` calls. One registry; every property runs on every entry."""
+(the padding the rule replays depends on the dilation), short sequences through wide linear
+layers (where the norms come from Gram matrices), and a linear layer without a sequence
+axis (where the norm factorises). Reference: a loop of single-example ``torch.func.grad``
+calls. One registry; every property runs on every entry."""
 
 from __future__ import annotations
 
@@ -52,7 +53,19 @@ def _wide_short_sequence(dtype):
     return params, batch, loss
 
 
+def _linear_no_sequence(dtype):
+    # no sequence axis: the norm factorises, ||g a^T||^2 = ||g||^2 ||a||^2
+    params = {"w": _randn(5, 7, dtype=dtype, seed=1), "b": _randn(5, dtype=dtype, seed=2)}
+    batch = (_randn(4, 7, dtype=dtype, seed=3), _randn(4, 5, dtype=dtype, seed=4))
+
+    def loss(p, x, y):
+        return F.mse_loss(torch.tanh(F.linear(x, p["w"], p["b"])), y)
+
+    return params, batch, loss
+
+
 CASES = {
+    "linear_no_sequence": _linear_no_sequence,
     "conv1d_same_dilated": _conv1d_same,
     "conv2d_same_dilated": _conv2d_same,
     "linear_wide_short_sequence": _wide_short_sequence,
