@@ -2,7 +2,8 @@
 
 An entry is a :class:`Mutant`: an id, the package it belongs to, the bug in
 words, the EXACT original text (one or a few lines, occurring once in
-``fdl/**/*.py``), its replacement, and the test files most likely to catch it.
+``fdl/**/*.py``), its replacement, the test files most likely to catch it, and
+optionally a pytest ``-k`` expression naming the tests within them that should.
 The runner finds the snippet wherever it lives now, so prefer formula lines
 (they move between modules but keep their text). ``file`` is only a tie-break
 when the same text occurs in several modules.
@@ -10,9 +11,8 @@ when the same text occurs in several modules.
 Adding one is five lines::
 
     Mutant("losses.mse.abs", "losses", "MSE takes |d| instead of d**2",
-           "    loss = diff * diff\\n",
-           "    loss = diff.abs()\\n",
-           tests=("tests/test_losses.py",)),
+           "    loss = diff * diff\n", "    loss = diff.abs()\n",
+           ("tests/test_losses.py",), select="parity_values_and_grads"),
 """
 
 from __future__ import annotations
