@@ -934,9 +934,9 @@ CATALOGUE: list[Mutant] = [
     Mutant(
         "checkpoint.int_key_as_str",
         "checkpoint",
-        "integer dict keys come back as strings",
-        'return value if kind == "s" else int(value)',
-        "return value",
+        "save writes integer dict keys as strings (they come back as str)",
+        'return ["i", k]',
+        'return ["s", str(k)]',
         CKPT,
         select="round_trip",
     ),
