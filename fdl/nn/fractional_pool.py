@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -29,12 +29,13 @@ __all__ = ["FractionalMaxPool2d", "FractionalMaxPool3d"]
 
 
 class _FractionalMaxPool(Layer):
-    n: int
-    kernel_size: Any
-    output_size: Any
-    output_ratio: Any
-    return_indices: bool
-    _random_samples: torch.Tensor | None
+    n: ClassVar[int] = 0
+    if TYPE_CHECKING:  # declared by each concrete class
+        kernel_size: Any
+        output_size: Any
+        output_ratio: Any
+        return_indices: bool
+        _random_samples: torch.Tensor | None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -85,7 +86,7 @@ class FractionalMaxPool2d(_FractionalMaxPool):
     output_ratio: float | Sequence[float] | None = None
     return_indices: bool = False
     _random_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
-    n = 2
+    n: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -97,4 +98,4 @@ class FractionalMaxPool3d(_FractionalMaxPool):
     output_ratio: float | Sequence[float] | None = None
     return_indices: bool = False
     _random_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
-    n = 3
+    n: ClassVar[int] = 3

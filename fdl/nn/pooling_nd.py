@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -213,10 +213,11 @@ class LPPool3d(_Pointwise):
 
 
 class _MaxUnpool(Layer):
-    n: int
-    kernel_size: Any
-    stride: Any
-    padding: Any
+    n: ClassVar[int] = 0
+    if TYPE_CHECKING:  # declared by each concrete class
+        kernel_size: Any
+        stride: Any
+        padding: Any
 
     def param_shapes(self) -> Params:
         """``{}``: no parameters."""
@@ -245,7 +246,7 @@ class MaxUnpool1d(_MaxUnpool):
     kernel_size: _Size
     stride: _Size | None = None
     padding: _Size = 0
-    n = 1
+    n: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ class MaxUnpool2d(_MaxUnpool):
     kernel_size: _Size
     stride: _Size | None = None
     padding: _Size = 0
-    n = 2
+    n: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ class MaxUnpool3d(_MaxUnpool):
     kernel_size: _Size
     stride: _Size | None = None
     padding: _Size = 0
-    n = 3
+    n: ClassVar[int] = 3
 
 
 @dataclass(frozen=True)
