@@ -209,3 +209,29 @@ def test_zero_dim_input_is_a_value_error(layer: Layer, inputs: tuple[torch.Tenso
     params = layer.init(fdl.random.key(0))
     with pytest.raises(ValueError, match=rf"{type(layer).__name__}: expected input\d? of shape"):
         layer.apply(params, *inputs)
+
+
+def test_a_hand_written_init_assigns_attributes_then_the_layer_is_sealed():
+    class MLP(fdl.nn.Layer):
+        def __init__(self, width: int) -> None:
+            self.fc1 = fdl.nn.Linear(3, width)
+            self.fc2 = fdl.nn.Linear(width, 1)
+
+        def init(self, key):
+            k1, k2 = fdl.random.split(key)
+            return {"fc1": self.fc1.init(k1), "fc2": self.fc2.init(k2)}
+
+        def apply(self, params, x, *, key=None, train=False):
+            return self.fc2.apply(params["fc2"], self.fc1.apply(params["fc1"], x).tanh())
+
+    class Wider(MLP):
+        def __init__(self) -> None:
+            super().__init__(8)
+            self.extra = 1  # still inside the outermost __init__
+
+    for model in (MLP(4), Wider()):
+        y = model.apply(model.init(fdl.random.key(0)), torch.ones(2, 3))
+        assert y.shape == (2, 1)
+        with pytest.raises(dataclasses.FrozenInstanceError, match="immutable"):
+            model.fc1 = fdl.nn.Linear(3, 3)
+    assert Wider().extra == 1

@@ -130,6 +130,28 @@ def _checked(apply: Callable[..., Any]) -> Callable[..., Any]:
     return checked_apply
 
 
+_INITIALISING = "_fdl_initialising"
+
+
+def _initialising(init: Callable[..., None]) -> Callable[..., None]:
+    """Let a hand-written ``__init__`` assign attributes (``self.fc1 = ...``), then seal."""
+    if getattr(init, "__fdl_initialising__", False):
+        return init
+
+    @functools.wraps(init)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        outer = _INITIALISING not in self.__dict__
+        self.__dict__[_INITIALISING] = True
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            if outer:
+                del self.__dict__[_INITIALISING]
+
+    wrapped.__fdl_initialising__ = True  # type: ignore[attr-defined]
+    return wrapped
+
+
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, field))
 class Layer:
     """Base class of fdl layers: hyperparameters in, pure ``init``/``apply`` out.
@@ -159,12 +181,17 @@ class Layer:
             for name in ("__setattr__", "__delattr__"):
                 if name in cls.__dict__:
                     delattr(cls, name)
+        else:
+            cls.__init__ = _initialising(cls.__dict__["__init__"])  # type: ignore[method-assign]
         apply = cls.__dict__.get("apply")
         if apply is not None and not getattr(apply, "__fdl_checked__", False):
             cls._apply_unchecked = apply  # type: ignore[method-assign]
             cls.apply = _checked(apply)  # type: ignore[method-assign]
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if _INITIALISING in self.__dict__:  # inside a hand-written __init__: set once
+            self.__dict__[name] = value
+            return
         raise dataclasses.FrozenInstanceError(
             f"{type(self).__name__} is immutable: cannot assign to {name!r} (build a new layer)"
         )
