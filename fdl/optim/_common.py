@@ -229,7 +229,9 @@ def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        value = float(lr)
+        if torch._C._functorch.is_functorch_wrapped_tensor(lr):
+            return  # a traced value inside torch.func transforms (a learned lr): unchecked
+        value = float(lr.detach())
     elif isinstance(lr, int | float) and not isinstance(lr, bool):
         value = float(lr)
     else:
