@@ -155,6 +155,11 @@ def _in_graph(xs: Leaves) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
+def _transformed(a: Any) -> bool:
+    """True for a leaf list inside a ``torch.func`` transform (foreach ops have no rule)."""
+    return isinstance(a, list) and bool(a) and torch._C._functorch.is_functorch_wrapped_tensor(a[0])
+
+
 def _differentiable_scalar(args: tuple, kw: dict) -> bool:
     """True when a tensor scalar argument carries a gradient (a learned hyperparameter)."""
     values = (*args, *kw.values())
@@ -178,7 +183,11 @@ def _leafwise(fn: Callable[..., _Lv] | None = None, *, overwrites_marked: bool =
         def run(xs: Leaves, *args: Any, **kw: Any) -> Leaves:
             # a hyperparameter that carries a gradient takes the per-leaf path, where it
             # enters every op as a tensor (foreach ops would read some scalars as numbers)
-            foreach = use_foreach(xs) and not _differentiable_scalar(args, kw)
+            foreach = (
+                use_foreach(xs)
+                and not _differentiable_scalar(args, kw)
+                and not any(_transformed(a) for a in args)  # e.g. vmapped updates, plain params
+            )
             if not foreach:
                 args, kw = _materialized(args, kw)
             owned = overwrites_marked and foreach and _reuse.is_marked(xs)
