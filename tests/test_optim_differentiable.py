@@ -40,6 +40,7 @@ from typing import Any
 
 import pytest
 import torch
+from _doc_examples import run_python_blocks
 
 import fdl
 from fdl.optim import _foreach
@@ -528,3 +529,12 @@ def test_maml_example_quick(tmp_path: pathlib.Path) -> None:
     # adaptation helps the meta-learned initialisation even after a short meta-training
     assert results["maml"][-1] < results["maml"][0]
     assert (tmp_path / "maml_sinusoid.json").exists()
+
+
+def test_docs_meta_blocks_run() -> None:
+    """The python blocks of docs/meta.md run, and the hypergradient loop raises the lr."""
+    ns = run_python_blocks("meta.md")
+    assert torch.isfinite(ns["lr_grad"]) and all(
+        torch.isfinite(t).all() for t in ns["meta_grad"].values()
+    )
+    assert float(ns["lr"]) > 1e-3
