@@ -174,14 +174,18 @@ def scheduled(value: Any, count: Tensor) -> Any:
     """A hyperparameter that may be a schedule: its value at ``count``.
 
     A float passes through. A schedule's value is a float64 tensor; eagerly it is
-    read back as a Python float, so the eager ``foreach`` ops see exactly what
-    torch's optimizers see (a number), while traced code keeps the tensor (and
-    never recompiles as it changes).
+    read back as a Python float (unless it requires grad), so the eager
+    ``foreach`` ops see exactly what torch's optimizers see (a number), while
+    traced code and learned values keep the tensor (and never recompile).
     """
     if not callable(value):
         return value
     v = torch.as_tensor(value(count), dtype=torch.float64)
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(v):
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._functorch.is_functorch_wrapped_tensor(v)
+        or v.requires_grad  # a learned hyperparameter keeps its gradient
+    ):
         return v
     return float(v)
 
@@ -191,7 +195,13 @@ def scheduled(value: Any, count: Tensor) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _number(name: str, value: Any, expected: str) -> float:
+def _number(name: str, value: Any, expected: str) -> float | None:
+    if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+        # a tensor hyperparameter (one that may be learned): its value is checked when it
+        # can be read; inside torch.func transforms it is a traced value (None: unchecked)
+        if torch._C._functorch.is_functorch_wrapped_tensor(value):
+            return None
+        return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Invalid {name} value: {value!r} (expected {expected})")
     return float(value)
@@ -199,7 +209,8 @@ def _number(name: str, value: Any, expected: str) -> float:
 
 def check_nonneg(name: str, value: Any) -> None:
     """``value >= 0``, else ``ValueError: Invalid <name> value: ...``."""
-    if not _number(name, value, "a number >= 0") >= 0.0:
+    v = _number(name, value, "a number >= 0")
+    if v is not None and not v >= 0.0:
         raise ValueError(f"Invalid {name} value: {value} (expected >= 0)")
 
 
@@ -207,7 +218,7 @@ def check_unit_interval(name: str, value: Any, *, closed: bool = False) -> None:
     """``0 <= value < 1`` (``<= 1`` when ``closed``)."""
     bound = "[0, 1]" if closed else "[0, 1)"
     v = _number(name, value, f"a number in {bound}")
-    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+    if v is not None and not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
         raise ValueError(f"Invalid {name} value: {value} (expected a number in {bound})")
 
 
@@ -218,7 +229,9 @@ def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        value = float(lr)
+        if torch._C._functorch.is_functorch_wrapped_tensor(lr):
+            return  # a traced value inside torch.func transforms (a learned lr): unchecked
+        value = float(lr.detach())
     elif isinstance(lr, int | float) and not isinstance(lr, bool):
         value = float(lr)
     else:

@@ -9,7 +9,9 @@ bits:
 
 * eager (not tracing): ``torch._foreach_*`` ops over the whole list, one call
   per step instead of one per leaf (less Python and dispatcher overhead); a
-  step whose input is a buffer this op allocated itself runs in place;
+  step whose input is a buffer this op allocated itself runs in place, unless
+  autograd records ops on it (writing there would overwrite a value saved for
+  the backward pass, so differentiating through an update stays exact);
 * tracing (``torch.compile``) or inside ``torch.func`` transforms (foreach ops
   have no batching rule): plain per-leaf ops, which the compiler fuses.
 
@@ -102,7 +104,7 @@ class _Lv:
         """``torch._foreach_<name>[_]`` on the foreach path, ``per_leaf`` leaf by leaf otherwise."""
         args = tuple(a.xs if isinstance(a, _Lv) else a for a in args)
         if self.foreach:
-            if self.owned:
+            if self.owned and not _in_graph(self.xs):
                 getattr(torch, f"_foreach_{name}_")(self.xs, *args, **kw)
                 return self
             return _Lv(list(getattr(torch, f"_foreach_{name}")(self.xs, *args, **kw)), True, True)
@@ -148,6 +150,26 @@ class _Lv:
         return self._step("reciprocal", torch.reciprocal)
 
 
+def _in_graph(xs: Leaves) -> bool:
+    """True when autograd records ops on ``xs``: writing into them could overwrite a saved value."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+def _transformed(a: Any) -> bool:
+    """True for a leaf list inside a ``torch.func`` transform (foreach ops have no rule)."""
+    return isinstance(a, list) and bool(a) and torch._C._functorch.is_functorch_wrapped_tensor(a[0])
+
+
+def _differentiable_scalar(args: tuple, kw: dict) -> bool:
+    """True when a tensor scalar argument carries a gradient (a learned hyperparameter)."""
+    values = (*args, *kw.values())
+    return any(
+        isinstance(a, Tensor)
+        and (a.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(a))
+        for a in values
+    )
+
+
 def _leafwise(fn: Callable[..., _Lv] | None = None, *, overwrites_marked: bool = False) -> Any:
     """Turn an op written once on :class:`_Lv` into a function of leaf lists.
 
@@ -159,7 +181,13 @@ def _leafwise(fn: Callable[..., _Lv] | None = None, *, overwrites_marked: bool =
     def wrap(op: Callable[..., _Lv]) -> Callable[..., Leaves]:
         @functools.wraps(op)
         def run(xs: Leaves, *args: Any, **kw: Any) -> Leaves:
-            foreach = use_foreach(xs)
+            # a hyperparameter that carries a gradient takes the per-leaf path, where it
+            # enters every op as a tensor (foreach ops would read some scalars as numbers)
+            foreach = (
+                use_foreach(xs)
+                and not _differentiable_scalar(args, kw)
+                and not any(_transformed(a) for a in args)  # e.g. vmapped updates, plain params
+            )
             if not foreach:
                 args, kw = _materialized(args, kw)
             owned = overwrites_marked and foreach and _reuse.is_marked(xs)
@@ -249,8 +277,10 @@ def ema(m: _Lv, g: _Lv, decay: Scalar) -> _Lv:
 
 
 @_leafwise
-def ema_of_squares(v: _Lv, g: _Lv, decay: float) -> _Lv:
+def ema_of_squares(v: _Lv, g: _Lv, decay: Scalar) -> _Lv:
     """The moving average of squares ``decay * v + (1 - decay) * g * g``."""
+    if isinstance(decay, Tensor):  # addcmul's value is a number: a tensor decay is multiplied
+        return v.mul(decay).add(g.mul(g).mul(1.0 - decay))
     return v.mul(decay).addcmul(g, g, value=1.0 - decay)
 
 
@@ -258,6 +288,12 @@ def ema_of_squares(v: _Lv, g: _Lv, decay: float) -> _Lv:
 def add_squares(s: _Lv, g: _Lv) -> _Lv:
     """The running sum of squares ``s + g * g``."""
     return s.addcmul(g, g, value=1.0)
+
+
+@_leafwise
+def shift(x: _Lv, c: Scalar) -> _Lv:
+    """``x + c`` (``c`` a scalar)."""
+    return x.add(c)
 
 
 @_leafwise

@@ -66,6 +66,7 @@ def scale_by_adam(
     eps: float = 1e-8,
     *,
     amsgrad: bool = False,
+    eps_root: float = 0.0,
 ) -> GradientTransformation:
     r"""Adam's scaling (Kingma & Ba, 2015), with eps placed as ``torch.optim.Adam`` does.
 
@@ -75,7 +76,8 @@ def scale_by_adam(
         \hat v_t = \max(\hat v_{t-1}, v_t)\ \text{(amsgrad, else } \hat v_t = v_t)
 
     .. math::
-        u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t} / \sqrt{1-\beta_2^t} + \epsilon}
+        u_t = \frac{m_t / (1-\beta_1^t)}
+            {\sqrt{\hat v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}
 
     Args:
         b1: ``β1``, decay of the first moment: a float, or a schedule of the step
@@ -86,6 +88,11 @@ def scale_by_adam(
         eps: ``ε``, added to the bias-corrected root second moment (as torch;
             Optax adds it likewise, outside the root).
         amsgrad: keep the running maximum of ``v`` and divide by it.
+        eps_root: ``ε_root``, added inside the root (Optax's ``eps_root``; torch has
+            none). The derivative of ``sqrt`` at 0 is infinite, so differentiating
+            *through* an update (meta-learning) where a gradient entry is 0 gives
+            NaN with ``eps_root = 0``; a small ``eps_root > 0`` (e.g. ``1e-16``)
+            keeps it finite. With the default 0 the update is torch's, bit for bit.
 
     Returns:
         A transformation with :class:`ScaleByAdamState`.
@@ -101,6 +108,7 @@ def scale_by_adam(
         C.check_unit_interval("beta1", b1)
     C.check_unit_interval("beta2", b2)
     C.check_nonneg("epsilon", eps)
+    C.check_nonneg("eps_root", eps_root)
 
     def step(g: Leaves, state: ScaleByAdamState, mu: Leaves, nu: Leaves, nu_max: Any) -> Any:
         t = C.step_number(state.count)
@@ -108,9 +116,13 @@ def scale_by_adam(
         m = _update_moment(g, mu, beta1, order=1)
         v = _update_moment(g, nu, b2, order=2)
         v_max = F.maximum(nu_max, v) if amsgrad else None
-        bc1, bc2_sqrt = _bias_correction(beta1, t), torch.sqrt(_bias_correction(b2, t))
+        bc1, bc2 = _bias_correction(beta1, t), _bias_correction(b2, t)
+        bc2_sqrt = torch.sqrt(bc2)
+        v_hat = v_max if amsgrad else v
+        if eps_root:  # sqrt(v / bc2 + eps_root) = sqrt(v + eps_root * bc2) / sqrt(bc2)
+            v_hat = F.shift(v_hat, eps_root * bc2)
         # m̂ / (sqrt(v̂) + eps), the denominator scaled by bc1 so that it takes one division
-        u = F.div(m, F.root_affine(v_max if amsgrad else v, bc1 / bc2_sqrt, eps * bc1))
+        u = F.div(m, F.root_affine(v_hat, bc1 / bc2_sqrt, eps * bc1))
         return u, {"mu": m, "nu": v, "nu_max": v_max}
 
     return C.stateful(

@@ -51,6 +51,11 @@ def _check_betas(betas: tuple[Any, float], *, schedule_ok: bool = False) -> None
         raise ValueError("beta1 may be a schedule only for adam and adamw")
 
 
+def _nonzero(value: Any) -> bool:
+    """A block is needed for ``value``: a tensor (it may be learned) or a non-zero number."""
+    return isinstance(value, torch.Tensor) or value != 0
+
+
 def _optimizer(
     name: str,
     lr: ScalarOrSchedule,
@@ -66,7 +71,7 @@ def _optimizer(
     checks its own hyperparameters, so a block is built for every non-zero value
     (a negative one then raises) and the optimizers check only what no block sees.
     """
-    decay = [add_decayed_weights(weight_decay)] if weight_decay != 0 else []
+    decay = [add_decayed_weights(weight_decay)] if _nonzero(weight_decay) else []
     blocks = [scale(-1.0)] if maximize else []
     blocks += [*([] if decoupled else decay), *core, *(decay if decoupled else [])]
     return _chain((*blocks, scale_by_learning_rate(lr)), name)
@@ -114,7 +119,8 @@ def sgd(
         {'w': tensor([0.9000, 0.9000])}
     """
     _reject_extra("sgd", unsupported)
-    fixed = None if callable(momentum) else momentum  # None: a schedule
+    # None: a schedule or a tensor (a momentum that may be learned; never 0 here)
+    fixed = None if callable(momentum) or isinstance(momentum, torch.Tensor) else momentum
     if nesterov and ((fixed is not None and fixed <= 0) or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     core = [] if fixed == 0 else [trace(momentum, nesterov=nesterov, dampening=dampening)]
@@ -252,7 +258,10 @@ def rmsprop(
         {'w': tensor([-0.0100])}
     """
     _reject_extra("rmsprop", unsupported)
-    core = [A.scale_by_rms(alpha, eps, centered), *([trace(momentum)] if momentum != 0 else [])]
+    core = [
+        A.scale_by_rms(alpha, eps, centered),
+        *([trace(momentum)] if _nonzero(momentum) else []),
+    ]
     return _optimizer("rmsprop", lr, core, maximize, weight_decay)
 
 

@@ -136,7 +136,7 @@ def scale_by_learning_rate(
 
 
 def add_decayed_weights(
-    weight_decay: float = 0.0, mask: Any | Callable[[Params], Any] | None = None
+    weight_decay: float | Tensor = 0.0, mask: Any | Callable[[Params], Any] | None = None
 ) -> GradientTransformation:
     r"""Add the scaled parameters: :math:`u = g + \lambda\,\theta` with ``λ = weight_decay``.
 
@@ -160,9 +160,11 @@ def add_decayed_weights(
         {'w': tensor([2.])}
     """
     C.check_nonneg("weight_decay", weight_decay)
-    tx = C.stateless(
-        "add_decayed_weights", lambda g, p: F.add(g, p, alpha=weight_decay), needs_params=True
-    )
+    if isinstance(weight_decay, Tensor):  # a learned decay: alpha would read it as a number
+        fn = lambda g, p: F.linear_combination(g, 1.0, p, weight_decay)  # noqa: E731
+    else:
+        fn = lambda g, p: F.add(g, p, alpha=weight_decay)  # noqa: E731
+    tx = C.stateless("add_decayed_weights", fn, needs_params=True)
     return masked(tx, mask) if mask is not None else tx
 
 

@@ -1,0 +1,540 @@
+"""Differentiating through fdl's optimizer updates (meta-learning, hypergradients).
+
+The quantity is ``L(θ_k)``, the loss after ``k = 3`` steps of ``opt.update`` and
+``apply_updates`` from ``θ_0``; its gradient with respect to ``θ_0`` (through
+every step's gradient: second order) and to hyperparameters passed as tensors.
+Each path is compared with an independent reference:
+
+* **finite differences** in float64, the fourth-order central formula
+  ``f'(x) ≈ (-f(x+2h) + 8f(x+h) - 8f(x-h) + f(x-2h)) / 12h``, evaluated with the
+  hyperparameter as a plain float (so the float path is the reference for the
+  tensor path). Error model: truncation ``h⁴ |f⁽⁵⁾| / 30`` plus rounding about
+  ``3 ε |f| / 2h`` (``ε = 2.2e-16``); with ``h = 1e-3 · min(1, |x|)`` (a step
+  small against the value: a learning rate of 0.01 gets ``h = 1e-5``) and
+  ``|f|, |f⁽⁵⁾| = O(1-10)`` on this smooth problem both stay below ``1e-10``, so
+  ``rtol = 1e-8`` (atol ``1e-9`` for entries near zero) leaves a margin;
+* for SGD and Adam, a **hand-written unrolled loop** of the textbook formula,
+  differentiated by plain autograd with ``create_graph=True`` (to ``1e-12``:
+  both are exact derivatives, they differ by rounding only).
+
+Paths: ``torch.func.grad`` (the per-leaf path: foreach ops have no functorch
+rule), eager autograd (the ``torch._foreach_*`` path, with its in-place steps on
+fresh buffers, which must stop where autograd saved them), the per-leaf path
+forced eagerly, and ``torch.compile`` of the unrolled loss.
+
+A test here fails when a path detaches: ``test_detaching_path_is_caught`` shows
+the comparison rejects an update whose gradient was cut. Writing into a buffer
+autograd saved raises autograd's version-counter error in the eager tests
+(before the fix in ``_foreach._Lv._step`` Adam, RMSprop, Adagrad, NAdam and
+RAdam did exactly that).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from _doc_examples import run_python_blocks
+
+import fdl
+from fdl.optim import _foreach
+
+Tensor = torch.Tensor
+K = 3  # unrolled steps
+H = 1e-3  # finite-difference step
+RTOL, ATOL = 1e-8, 1e-9
+
+# name -> (factory(**hyperparameters) -> optimizer, hyperparameters, the tensor-able names)
+OPTIMIZERS: dict[str, tuple[Callable[..., Any], dict[str, float], tuple[str, ...]]] = {
+    "sgd": (fdl.optim.sgd, {"lr": 0.1}, ("lr",)),
+    "sgd-momentum-dampening-wd": (
+        lambda **h: fdl.optim.sgd(**h, dampening=0.3),
+        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
+        ("lr", "momentum", "weight_decay"),
+    ),
+    "sgd-nesterov": (
+        lambda **h: fdl.optim.sgd(**h, nesterov=True),
+        {"lr": 0.1, "momentum": 0.8},
+        ("lr", "momentum"),
+    ),
+    "adam": (
+        lambda lr, b1, b2, weight_decay: fdl.optim.adam(lr, (b1, b2), weight_decay=weight_decay),
+        {"lr": 0.1, "b1": 0.9, "b2": 0.99, "weight_decay": 0.05},
+        ("lr", "b1", "b2", "weight_decay"),
+    ),
+    "adamw-amsgrad": (
+        lambda lr, b1, b2, weight_decay: fdl.optim.adamw(
+            lr, (b1, b2), weight_decay=weight_decay, amsgrad=True
+        ),
+        {"lr": 0.1, "b1": 0.8, "b2": 0.9, "weight_decay": 0.1},
+        ("lr", "b1", "b2", "weight_decay"),
+    ),
+    "rmsprop": (fdl.optim.rmsprop, {"lr": 0.01, "weight_decay": 0.1}, ("lr", "weight_decay")),
+    "rmsprop-centered-momentum": (
+        lambda **h: fdl.optim.rmsprop(**h, centered=True),
+        {"lr": 0.01, "momentum": 0.5},
+        ("lr", "momentum"),
+    ),
+    "adagrad": (lambda **h: fdl.optim.adagrad(**h, lr_decay=0.1), {"lr": 0.1}, ("lr",)),
+    "adamax": (fdl.optim.adamax, {"lr": 0.1}, ("lr",)),
+    "nadam": (fdl.optim.nadam, {"lr": 0.1}, ("lr",)),
+    "radam": (fdl.optim.radam, {"lr": 0.1}, ("lr",)),  # rho_t <= 5 for t <= 5: m-hat branch
+    "adadelta": (fdl.optim.adadelta, {"lr": 1.0}, ("lr",)),
+}
+NAMES = list(OPTIMIZERS)
+HYPER = [(n, h) for n in NAMES for h in OPTIMIZERS[n][2]]
+COMPILED = ["sgd-nesterov", "adam"]  # compiles are slow: one momentum and one adaptive rule
+
+
+def test_registry_covers_every_optimizer() -> None:
+    covered = {n.split("-")[0] for n in NAMES} | {"adamw"}
+    assert set(fdl.optim.alias.__all__) <= covered
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64_one_thread() -> Iterator[None]:
+    old_threads, old_dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old_dtype)
+    torch.set_num_threads(old_threads)
+
+
+def _data() -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(8, generator=g, dtype=torch.float64)
+    p0 = {
+        "w": torch.randn(3, generator=g, dtype=torch.float64),
+        "b": torch.randn((), generator=g, dtype=torch.float64),
+    }
+    return p0, x, y
+
+
+def _loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    return torch.tanh(x @ p["w"] + p["b"] - y).pow(2).mean()
+
+
+def _grad_eager(p: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Plain autograd gradient that stays in the graph (``create_graph=True``)."""
+    gs = torch.autograd.grad(_loss(p, x, y), list(p.values()), create_graph=True)
+    return dict(zip(p, gs, strict=True))
+
+
+def _unrolled(
+    opt: Any, p: dict[str, Tensor], grad_fn: Callable[..., Any], data: Any = None
+) -> Tensor:
+    _, x, y = _data() if data is None else (None, *data)
+    state = opt.init(p)
+    for _ in range(K):
+        updates, state = opt.update(grad_fn(p, x, y), state, p)
+        p = fdl.optim.apply_updates(p, updates)
+    return _loss(p, x, y)
+
+
+def _func_grad(p, x, y):  # noqa: ANN001, ANN202
+    return torch.func.grad(_loss)(p, x, y)
+
+
+def _value(name: str, hp: dict[str, Any], p: dict[str, Tensor]) -> Tensor:
+    """``L(θ_K)`` with float hyperparameters (the finite-difference reference's function)."""
+    factory = OPTIMIZERS[name][0]
+    with torch.no_grad():
+        return _unrolled(factory(**hp), p, _func_grad)
+
+
+def _fd(f: Callable[[float], Tensor], x: float) -> float:
+    """Fourth-order central difference of ``f`` at ``x``, step ``H`` scaled to ``|x|`` below 1."""
+    h = H * min(1.0, abs(x)) if x != 0 else H
+    fp2, fp1, fm1, fm2 = (float(f(x + k * h)) for k in (2, 1, -1, -2))
+    return (-fp2 + 8 * fp1 - 8 * fm1 + fm2) / (12 * h)
+
+
+def _fd_params(name: str) -> dict[str, Tensor]:
+    p0, _, _ = _data()
+    hp = OPTIMIZERS[name][1]
+    out = {}
+    for key, leaf in p0.items():
+        flat = torch.empty(leaf.numel(), dtype=torch.float64)
+        for i in range(leaf.numel()):
+
+            def f(v: float, key: str = key, i: int = i) -> Tensor:
+                q = {k: t.clone() for k, t in p0.items()}
+                q[key].view(-1)[i] = v
+                return _value(name, hp, q)
+
+            flat[i] = _fd(f, float(leaf.reshape(-1)[i]))
+        out[key] = flat.reshape(leaf.shape)
+    return out
+
+
+_FD_CACHE: dict[str, dict[str, Tensor]] = {}
+
+
+def _reference(name: str) -> dict[str, Tensor]:
+    if name not in _FD_CACHE:
+        _FD_CACHE[name] = _fd_params(name)
+    return _FD_CACHE[name]
+
+
+def _assert_close(got: Any, expected: Any, rtol: float = RTOL, atol: float = ATOL) -> None:
+    fdl.tree.check_match(got, expected, got_name="got", expected_name="expected")
+    for a, b in zip(fdl.tree.leaves(got), fdl.tree.leaves(expected), strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------
+# with respect to the initial params, on every path
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_func_grad_wrt_params(name: str) -> None:
+    """``torch.func.grad`` through K updates: the per-leaf path."""
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, _, _ = _data()
+    got = torch.func.grad(lambda p: _unrolled(factory(**hp), p, _func_grad))(p0)
+    _assert_close(got, _reference(name))
+
+
+@pytest.mark.parametrize("per_leaf", [False, True], ids=["foreach", "per-leaf"])
+@pytest.mark.parametrize("name", NAMES)
+def test_autograd_wrt_params(name: str, per_leaf: bool) -> None:
+    """Plain autograd through K eager updates: the foreach path, and the per-leaf one forced."""
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, _, _ = _data()
+    p = {k: v.clone().requires_grad_() for k, v in p0.items()}
+    assert _foreach.use_foreach(list(p.values())) is True  # plain tensors take the foreach path
+    with _foreach._per_leaf() if per_leaf else _nullcontext():
+        loss = _unrolled(factory(**hp), p, _grad_eager)
+    got = dict(zip(p, torch.autograd.grad(loss, list(p.values())), strict=True))
+    _assert_close(got, _reference(name))
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_unrolled_wrt_params(name: str) -> None:
+    """``torch.compile`` of the meta-gradient: ``torch.func.grad`` of the unrolled loss.
+
+    The compiled update code path (``is_compiling()``: per-leaf ops, materialized
+    scalars) runs inside the transform. Compiling the unrolled loss alone and
+    differentiating it with autograd needs a double backward through the compiled
+    graph, which AOTAutograd does not support (a RuntimeError, not a wrong value).
+    """
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, x, y = _data()
+    opt = factory(**hp)
+    meta_grad = torch.func.grad(lambda q, x, y: _unrolled(opt, q, _func_grad, (x, y)))
+    fn = torch.compile(meta_grad, fullgraph=True)
+    _assert_close(fn(p0, x, y), _reference(name))
+
+
+@pytest.mark.parametrize("name", ["sgd-nesterov", "adam"])
+def test_make_update_eager_and_donation(name: str) -> None:
+    """``make_update`` steps are differentiable; donating buffers autograd needs is refused."""
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, x, y = _data()
+    p = {k: v.clone().requires_grad_() for k, v in p0.items()}
+    opt = factory(**hp)
+    step = fdl.optim.make_update(opt, compile=False)
+    q, state = p, opt.init(p)
+    for _ in range(K):
+        q, state = step(_grad_eager(q, x, y), state, q)
+    got = dict(zip(p, torch.autograd.grad(_loss(q, x, y), list(p.values())), strict=True))
+    _assert_close(got, _reference(name))
+    # donation writes the results into the params passed in: under autograd that is an
+    # in-place write to a leaf that requires grad (or to a saved value), which torch rejects
+    donated = fdl.optim.make_update(opt, compile=False, donate=True)
+    with pytest.raises(RuntimeError):
+        q, state = donated(_grad_eager(p, x, y), opt.init(p), p)
+        torch.autograd.grad(_loss(q, x, y), list(p.values()))
+
+
+def test_jacrev_and_vjp_wrt_params() -> None:
+    """``jacrev`` of the final params (a vector output) and a ``vjp``, vs finite differences."""
+    name = "adam"
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, x, y = _data()
+
+    def final_w(w: Tensor) -> Tensor:
+        p = {"w": w, "b": p0["b"]}
+        opt, state = factory(**hp), None
+        state = opt.init(p)
+        for _ in range(K):
+            updates, state = opt.update(torch.func.grad(_loss)(p, x, y), state, p)
+            p = fdl.optim.apply_updates(p, updates)
+        return p["w"]
+
+    jac = torch.func.jacrev(final_w)(p0["w"])  # (3, 3)
+    expected = torch.empty(3, 3)
+    for j in range(3):
+
+        def f(v: float, j: int = j) -> Tensor:
+            w = p0["w"].clone()
+            w[j] = v
+            with torch.no_grad():
+                return final_w(w)
+
+        for i in range(3):
+            expected[i, j] = _fd(lambda v, i=i, f=f: f(v)[i], float(p0["w"][j]))
+    torch.testing.assert_close(jac, expected, rtol=RTOL, atol=ATOL)
+    out, vjp_fn = torch.func.vjp(final_w, p0["w"])
+    cot = torch.tensor([1.0, -2.0, 0.5])
+    torch.testing.assert_close(vjp_fn(cot)[0], cot @ expected, rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------
+# with respect to hyperparameters passed as tensors
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "hyper"), HYPER)
+def test_grad_wrt_tensor_hyperparameter(name: str, hyper: str) -> None:
+    """d L(θ_K) / d hyperparameter, by ``torch.func.grad`` and by eager autograd."""
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, _, _ = _data()
+    value = hp[hyper]
+    expected = _fd(lambda v: _value(name, {**hp, hyper: v}, p0), value)
+
+    def loss_of(h: Tensor) -> Tensor:
+        return _unrolled(factory(**{**hp, hyper: h}), p0, _func_grad)
+
+    got = torch.func.grad(loss_of)(torch.tensor(value))
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=RTOL, atol=ATOL)
+
+    h = torch.tensor(value, requires_grad=True)
+    p = {k: v.clone().requires_grad_() for k, v in p0.items()}
+    (got_eager,) = torch.autograd.grad(_unrolled(factory(**{**hp, hyper: h}), p, _grad_eager), h)
+    torch.testing.assert_close(got_eager, torch.tensor(expected), rtol=RTOL, atol=ATOL)
+
+
+def test_tensor_hyperparameter_is_validated() -> None:
+    with pytest.raises(ValueError, match="beta1"):
+        fdl.optim.adam(betas=(torch.tensor(1.5), 0.999))
+    with pytest.raises(ValueError, match="momentum"):
+        fdl.optim.sgd(momentum=torch.tensor(-0.1))
+    with pytest.raises(ValueError, match="weight_decay"):
+        fdl.optim.adamw(weight_decay=torch.tensor(-1.0))
+
+
+# ---------------------------------------------------------------------------
+# independent hand-written references (textbook formulas, plain autograd)
+# ---------------------------------------------------------------------------
+
+
+def _textbook_sgd_nesterov(p: dict[str, Tensor], lr: float, mu: float) -> Tensor:
+    _, x, y = _data()
+    buf: dict[str, Tensor] = {}
+    for t in range(K):
+        g = _grad_eager(p, x, y)
+        buf = {k: g[k] if t == 0 else mu * buf[k] + g[k] for k in p}
+        p = {k: p[k] - lr * (g[k] + mu * buf[k]) for k in p}
+    return _loss(p, x, y)
+
+
+def _textbook_adam(p: dict[str, Tensor], lr: float, b1: float, b2: float, wd: float) -> Tensor:
+    _, x, y = _data()
+    m = {k: torch.zeros_like(v) for k, v in p.items()}
+    v2 = {k: torch.zeros_like(v) for k, v in p.items()}
+    for t in range(1, K + 1):
+        g = _grad_eager(p, x, y)
+        g = {k: g[k] + wd * p[k] for k in p}
+        m = {k: b1 * m[k] + (1 - b1) * g[k] for k in p}
+        v2 = {k: b2 * v2[k] + (1 - b2) * g[k] ** 2 for k in p}
+        p = {
+            k: p[k] - lr * (m[k] / (1 - b1**t)) / (torch.sqrt(v2[k] / (1 - b2**t)) + 1e-8)
+            for k in p
+        }
+    return _loss(p, x, y)
+
+
+@pytest.mark.parametrize(
+    ("name", "textbook"),
+    [
+        ("sgd-nesterov", lambda p, hp: _textbook_sgd_nesterov(p, hp["lr"], hp["momentum"])),
+        ("adam", lambda p, hp: _textbook_adam(p, hp["lr"], hp["b1"], hp["b2"], hp["weight_decay"])),
+    ],
+)
+def test_matches_textbook_unrolled_autograd(name: str, textbook: Callable[..., Tensor]) -> None:
+    factory, hp, _ = OPTIMIZERS[name]
+    p0, _, _ = _data()
+    p = {k: v.clone().requires_grad_() for k, v in p0.items()}
+    expected = torch.autograd.grad(textbook(p, hp), list(p.values()))
+    got = torch.func.grad(lambda q: _unrolled(factory(**hp), q, _func_grad))(p0)
+    _assert_close(got, dict(zip(p, expected, strict=True)), rtol=1e-12, atol=1e-14)
+    _assert_close(_reference(name), got)  # and the two references agree
+
+
+def test_detaching_path_is_caught() -> None:
+    """The comparison can fail: an update that cuts its gradient graph is rejected."""
+    factory, hp, _ = OPTIMIZERS["adam"]
+    p0, _, _ = _data()
+    inner = factory(**hp)
+
+    def detached_update(g: Any, state: Any, params: Any = None) -> Any:
+        u, s = inner.update(g, state, params)
+        return fdl.tree.map(lambda t: t.detach(), u), s
+
+    cut = fdl.optim.GradientTransformation(inner.init, detached_update)
+    got = torch.func.grad(lambda q: _unrolled(cut, q, _func_grad))(p0)
+    with pytest.raises(AssertionError):
+        _assert_close(got, _reference("adam"))
+
+
+# ---------------------------------------------------------------------------
+# Adam's sqrt at zero: eps_root
+# ---------------------------------------------------------------------------
+
+
+def _adam_eps_root(eps_root: float) -> Any:
+    return fdl.optim.chain(
+        fdl.optim.scale_by_adam(0.9, 0.999, 1e-8, eps_root=eps_root),
+        fdl.optim.scale_by_learning_rate(0.1),
+    )
+
+
+def _meta_grad_with_dead_param(opt: Any) -> dict[str, Tensor]:
+    """Second-order gradient where the parameter 'dead' sits at 0, where its gradient is 0.
+
+    Its gradient ``g = dead`` is 0 at every step but depends on it, so ``v = 0``
+    and the chain rule meets ``sqrt'(0) · dv/d(dead) = inf · 0``.
+    """
+    _, x, y = _data()
+
+    def loss(p: dict[str, Tensor]) -> Tensor:
+        return _loss({"w": p["w"], "b": p["b"]}, x, y) + 0.5 * p["dead"].pow(2).sum()
+
+    def unrolled(p: dict[str, Tensor]) -> Tensor:
+        state = opt.init(p)
+        for _ in range(K):
+            updates, state = opt.update(torch.func.grad(loss)(p), state, p)
+            p = fdl.optim.apply_updates(p, updates)
+        return loss(p) + p["dead"].sum()
+
+    p0, _, _ = _data()
+    return torch.func.grad(unrolled)({**p0, "dead": torch.zeros(2)})
+
+
+def test_eps_root_zero_gives_nan_at_zero_gradient() -> None:
+    """sqrt'(0) = inf: with eps_root = 0 the meta-gradient of a zero-gradient entry is NaN."""
+    got = _meta_grad_with_dead_param(_adam_eps_root(0.0))
+    assert torch.isnan(got["dead"]).all()
+
+
+def test_eps_root_keeps_meta_gradient_finite() -> None:
+    got = _meta_grad_with_dead_param(_adam_eps_root(1e-16))
+    assert all(torch.isfinite(t).all() for t in got.values())
+    # the live entries are unaffected by 1e-16 at this tolerance: compare with eps_root = 0
+    live = _meta_grad_with_dead_param(_adam_eps_root(0.0))
+    _assert_close({k: got[k] for k in "wb"}, {k: live[k] for k in "wb"}, rtol=1e-12, atol=0)
+
+
+def test_eps_root_zero_is_torch_adam() -> None:
+    """eps_root = 0 is the unchanged update: bit for bit fdl.optim.adam, and torch's Adam."""
+    p0, x, y = _data()
+    tparams = [p0["w"].clone().requires_grad_(), p0["b"].clone().requires_grad_()]
+    topt = torch.optim.Adam(tparams, lr=0.1, foreach=False)
+    a, b = _adam_eps_root(0.0), fdl.optim.adam(0.1)
+    pa, pb, sa, sb = p0, p0, a.init(p0), b.init(p0)
+    for _ in range(5):
+        ua, sa = a.update(_func_grad(pa, x, y), sa, pa)
+        ub, sb = b.update(_func_grad(pb, x, y), sb, pb)
+        pa, pb = fdl.optim.apply_updates(pa, ua), fdl.optim.apply_updates(pb, ub)
+        topt.zero_grad()
+        _loss(dict(zip("wb", tparams, strict=True)), x, y).backward()
+        topt.step()
+    for k in "wb":
+        assert torch.equal(pa[k], pb[k])
+    _assert_close(pa, dict(zip("wb", (t.detach() for t in tparams), strict=True)), 1e-12, 1e-14)
+
+
+def test_eps_root_formula() -> None:
+    """eps_root > 0 is sqrt(v_hat + eps_root) in the denominator (Optax's placement)."""
+    g = torch.tensor([0.5, -2.0, 0.0])
+    tx = fdl.optim.scale_by_adam(0.9, 0.99, 1e-3, eps_root=0.25)
+    u, _ = tx.update({"w": g}, tx.init({"w": torch.zeros(3)}))
+    m_hat, v_hat = g, g * g  # one step: the bias corrections undo the (1 - β) factors
+    torch.testing.assert_close(u["w"], m_hat / (torch.sqrt(v_hat + 0.25) + 1e-3))
+
+
+# ---------------------------------------------------------------------------
+# hypergradient descent (Baydin et al., 2018) and the MAML example
+# ---------------------------------------------------------------------------
+
+
+def test_hypergradient_descent_learns_lr() -> None:
+    """The lr learned online by differentiating the loss through one SGD update.
+
+    ``h_t = dL(θ_t(η)) / dη`` with ``θ_t = θ_{t-1} - η g_{t-1}``, which is
+    ``-g_t · g_{t-1}`` for SGD (Baydin et al., eq. 5): the autograd value is
+    checked against that closed form, and a too-small lr grows.
+    """
+    _, x, y = _data()
+    params = {"w": torch.zeros(3), "b": torch.zeros(())}
+    lr, beta = torch.tensor(1e-3), 1e-2
+    losses = []
+    for _ in range(30):
+        g_prev = _func_grad(params, x, y)
+
+        def after_one_step(eta: Tensor, params=params, g_prev=g_prev) -> Tensor:  # noqa: ANN001
+            opt = fdl.optim.sgd(lr=eta)
+            updates, _ = opt.update(g_prev, opt.init(params), params)
+            return _loss(fdl.optim.apply_updates(params, updates), x, y)
+
+        hyper = torch.func.grad(after_one_step)(lr)
+        opt = fdl.optim.sgd(lr=lr)
+        updates, _ = opt.update(g_prev, opt.init(params), params)
+        new_params = fdl.optim.apply_updates(params, updates)
+        g_now = _func_grad(new_params, x, y)
+        closed_form = -fdl.tree.vdot(g_now, g_prev)
+        torch.testing.assert_close(hyper, closed_form, rtol=1e-12, atol=1e-15)
+        lr = lr - beta * hyper  # hypergradient step on the lr
+        params = new_params
+        losses.append(float(_loss(params, x, y)))
+    assert float(lr) > 10 * 1e-3
+    assert losses[-1] < losses[0]
+
+
+def _load_example() -> Any:
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "maml_sinusoid.py"
+    spec = importlib.util.spec_from_file_location("maml_sinusoid", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["maml_sinusoid"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_maml_example_quick(tmp_path: pathlib.Path) -> None:
+    mod = _load_example()
+    results = mod.main(["--quick", "--out", str(tmp_path)])
+    for variant in ("maml", "fomaml", "pretrain"):
+        curve = results[variant]
+        assert len(curve) == results["inner_steps_eval"] + 1
+        assert all(math.isfinite(v) for v in curve)
+    # adaptation helps the meta-learned initialisation even after a short meta-training
+    assert results["maml"][-1] < results["maml"][0]
+    assert (tmp_path / "maml_sinusoid.json").exists()
+
+
+def test_docs_meta_blocks_run() -> None:
+    """The python blocks of docs/meta.md run, and the hypergradient loop raises the lr."""
+    ns = run_python_blocks("meta.md")
+    assert torch.isfinite(ns["lr_grad"]) and all(
+        torch.isfinite(t).all() for t in ns["meta_grad"].values()
+    )
+    assert float(ns["lr"]) > 1e-3
