@@ -24,6 +24,7 @@ _SUBMODULES = {
     "ensemble",
     "losses",
     "metrics",
+    "monitor",
     "nn",
     "optim",
     "per_sample",
