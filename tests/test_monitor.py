@@ -199,7 +199,7 @@ def _nf_params() -> dict:
 
 
 def _nf_apply(params, x, key=None, train=False):
-    """Logits, plus a last column ``t * sqrt(-flag)``: nan (and a nan grad of t) on a flagged row."""
+    """Logits and a last column ``t * sqrt(-flag)``: nan (and a nan grad of t) on a flagged row."""
     logits = fdl.nn.Linear(3, 2).apply(params["lin"], x[:, :3])  # (B, 2)
     extra = params["probe"]["t"] * torch.sqrt(-x[:, 3])  # (B,)
     return torch.cat([logits, extra[:, None]], dim=1)  # (B, 3)
@@ -310,3 +310,13 @@ def test_non_finite_finite_run_untouched() -> None:
 def test_non_finite_bad_option() -> None:
     with pytest.raises(ValueError, match="'stop' or 'skip'"):
         monitor.NonFinite("ignore")
+
+
+def test_docs_page_runs(tmp_path, monkeypatch) -> None:
+    from _doc_examples import run_python_blocks
+
+    monkeypatch.chdir(tmp_path)
+    ns = run_python_blocks("monitoring.md")
+    assert (tmp_path / "last_finite.safetensors").exists()
+    assert any((tmp_path / "runs" / "demo").iterdir())
+    assert len(ns["skip"].skipped) == 2
