@@ -338,7 +338,7 @@ class _EpochKeys(NamedTuple):
 
 
 def _train_epoch(
-    step: Callable[..., Any],
+    step: _TrainStep,
     params: Any,
     opt_state: Any,
     data: Sequence[torch.Tensor],
