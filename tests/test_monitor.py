@@ -320,3 +320,32 @@ def test_docs_page_runs(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "last_finite.safetensors").exists()
     assert any((tmp_path / "runs" / "demo").iterdir())
     assert len(ns["skip"].skipped) == 2
+
+
+def test_non_finite_gradient_with_finite_loss() -> None:
+    """sqrt(t * f) at f = 0: the loss term is 0, its gradient in t is inf * 0 = nan."""
+
+    def apply(params, x, key=None, train=False):
+        logits = fdl.nn.Linear(3, 2).apply(params["lin"], x[:, :3])  # (B, 2)
+        extra = torch.sqrt(params["probe"]["t"] * (1.0 - x[:, 3]))  # (B,): 0 on the flagged row
+        return torch.cat([logits, extra[:, None]], dim=1)  # (B, 3)
+
+    rec = _Recorder()
+    with pytest.raises(monitor.NonFiniteError, match="loss is finite") as info:
+        train.fit(
+            apply,
+            _nf_loss,
+            fdl.optim.sgd(lr=0.1),
+            _nf_params(),
+            _nf_data(),
+            key=fdl.random.key(6),
+            batch_size=NF_BATCH,
+            accuracy=False,
+            compile=False,
+            progress=False,
+            reporters=[rec, monitor.NonFinite()],
+        )
+    assert math.isfinite(float(rec.steps[-1]["loss"]))
+    assert monitor.first_non_finite(rec.steps[-1]["grads"]) == "probe.t"
+    assert info.value.path == "probe.t" and info.value.step == rec.steps[-1]["step"]
+    assert "first non-finite gradient: 'probe.t'" in str(info.value)
