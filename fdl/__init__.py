@@ -26,6 +26,7 @@ _SUBMODULES = {
     "explain",
     "losses",
     "metrics",
+    "monitor",
     "nn",
     "optim",
     "per_sample",

@@ -8,20 +8,36 @@ dict (fit calls the ones that exist, in the order the reporters are listed):
 hook                the dict it receives
 ==================  =====================================================================
 ``on_fit_start``    ``epochs``, ``start_epoch``, ``num_samples``, ``steps_per_epoch``,
-                    ``batch_size``
+                    ``batch_size``, ``params``, ``opt_state`` (the initial state)
 ``on_epoch_start``  ``epoch`` (1-based), ``last_epoch``, ``num_samples``, ``steps``
-``on_step``         ``epoch``, ``step`` (0-based in the epoch), ``steps``, ``samples``
+``on_step``         ``epoch``, ``step`` (0-based in the epoch), ``global_step``
+                    (``(epoch - 1) * steps + step``), ``steps``, ``samples``
                     (seen so far in the epoch), ``num_samples``, ``elapsed_s``, ``loss``
-                    (this step's mean loss, a 0-dim tensor), ``sums`` (running
-                    ``loss_sum``/``count``/``correct`` tensors of the epoch)
+                    (this step's mean loss, a 0-dim tensor), ``batch_sums`` (this
+                    step's ``loss_sum``/``count``/``correct``), ``sums`` (their running
+                    totals over the epoch), ``prev_params``/``prev_opt_state`` (the
+                    state the step started from), ``params``/``opt_state`` (the state
+                    it produced), and ``grads``/``updates`` on the steps where a
+                    reporter asked for them (see :func:`extras`)
 ``on_epoch_end``    the epoch's history record (``epoch``, ``train_loss``, ...)
 ``on_fit_end``      ``history`` (every record of this run), ``params``, ``opt_state``
 ==================  =====================================================================
 
 Tensors in ``on_step`` are handed over unread, so a reporter that does not
 look at them costs no synchronisation; :func:`summarize` turns running sums
-into floats. New monitoring (a TensorBoard writer, a non-finite check) is one
-more reporter passed as ``fit(..., reporters=[...])``.
+into floats. New monitoring (a TensorBoard writer, a non-finite check:
+:mod:`fdl.monitor`) is one more reporter passed as ``fit(..., reporters=[...])``.
+
+Two optional parts of the protocol let a reporter shape the loop:
+
+- ``extras(global_step) -> set of names``: the extra values the reporter
+  wants in that step's ``on_step`` dict, from ``{"grads", "updates"}``. On a
+  step where any reporter asks, ``fit`` runs a second compiled step that makes
+  the same update and also returns the gradients and optimizer updates; the
+  plain step is never changed, so it never recompiles.
+- raising :class:`SkipStep` from ``on_step`` drops the step: ``fit`` carries
+  on from the params, optimizer state and running sums the step started from
+  (reporters later in the list do not see the dropped step).
 
 Example:
     >>> import torch
@@ -45,12 +61,15 @@ from typing import Any
 import torch
 
 __all__ = [
+    "EXTRAS",
     "HOOKS",
     "Callback",
     "HistoryFile",
     "ProgressBar",
     "Reporter",
+    "SkipStep",
     "default_reporters",
+    "extras",
     "notify",
     "summarize",
 ]
@@ -90,6 +109,36 @@ def notify(reporters: Sequence[Any], hook: str, info: dict[str, Any]) -> None:
         fn = getattr(r, hook, None)
         if fn is not None:
             fn(info)
+
+
+EXTRAS = frozenset({"grads", "updates"})
+
+
+class SkipStep(Exception):
+    """Raised by a reporter's ``on_step`` to drop the step (``fit`` keeps the state before it)."""
+
+
+def extras(reporters: Sequence[Any], global_step: int) -> frozenset[str]:
+    """The union of ``reporter.extras(global_step)`` over the reporters that have the method.
+
+    Example:
+        >>> class Wants(Reporter):
+        ...     def extras(self, global_step):
+        ...         return {"grads"} if global_step % 10 == 0 else set()
+        >>> sorted(extras([Wants(), Callback(print)], 20)), sorted(extras([Wants()], 3))
+        (['grads'], [])
+    """
+    out: set[str] = set()
+    for r in reporters:
+        fn = getattr(r, "extras", None)
+        if fn is not None:
+            out.update(fn(global_step))
+    unknown = out - EXTRAS
+    if unknown:
+        raise ValueError(
+            f"extras: unknown names {sorted(unknown)}; the extras are {sorted(EXTRAS)}"
+        )
+    return frozenset(out)
 
 
 def summarize(sums: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -44,6 +44,7 @@ from fdl import tree as _tree
 from fdl._arrays import leading_size
 from fdl._compile import CompileArg
 from fdl.nn.functional import softmax
+from fdl.optim.base import apply_updates
 
 __all__ = [
     "CompileArg",
@@ -337,7 +338,7 @@ class _EpochKeys(NamedTuple):
 
 
 def _train_epoch(
-    step: Callable[..., Any],
+    step: _TrainStep,
     params: Any,
     opt_state: Any,
     data: Sequence[torch.Tensor],
@@ -352,18 +353,75 @@ def _train_epoch(
     n = info["num_samples"]
     sums: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
+    first = (info["epoch"] - 1) * info["steps"]  # global index of this epoch's first step
     batches = _data.batches(x, y, batch_size=batch_size, key=keys.order, pad=True)
     for i, (xb, yb, wb) in enumerate(batches):
         if augment is not None and keys.augment is not None:
             xb = augment(keys.augment[i], xb)
-        params, opt_state, loss, s = step(params, opt_state, xb, yb, wb, keys.model[i])
+        extras = _reporting.extras(reporters, first + i) if reporters else frozenset()
+        prev = (params, opt_state, sums)
+        got: dict[str, Any] = {}
+        if extras:  # the probe step: the same update, also returning grads and updates
+            params, opt_state, loss, s, got["grads"], got["updates"] = step.probe(
+                params, opt_state, xb, yb, wb, keys.model[i]
+            )
+        else:
+            params, opt_state, loss, s = step(params, opt_state, xb, yb, wb, keys.model[i])
         sums = s if not sums else _tree.add(sums, s)
         if reporters:
             done = min((i + 1) * batch_size, n)
             elapsed = time.perf_counter() - t0
-            step_info = {"step": i, "samples": done, "elapsed_s": elapsed, "loss": loss}
-            _reporting.notify(reporters, "on_step", {**info, **step_info, "sums": sums})
+            step_info = {
+                "step": i,
+                "global_step": first + i,
+                "samples": done,
+                "elapsed_s": elapsed,
+                "loss": loss,
+                "batch_sums": s,
+                "sums": sums,
+                "params": params,
+                "opt_state": opt_state,
+                "prev_params": prev[0],
+                "prev_opt_state": prev[1],
+                **got,
+            }
+            try:
+                _reporting.notify(reporters, "on_step", {**info, **step_info})
+            except _reporting.SkipStep:
+                params, opt_state, sums = prev  # the step is dropped: state as before it
     return params, opt_state, sums, time.perf_counter() - t0
+
+
+class _TrainStep:
+    """The compiled train step, and (built on first use) its probe twin.
+
+    ``probe`` makes the same update and also returns the gradients and the
+    updates, for reporters that ask for them (:func:`fdl.reporting.extras`);
+    it is compiled separately, so the plain step never changes or recompiles.
+    """
+
+    def __init__(
+        self, grad_fn: Callable[..., tuple[Any, ...]], optimizer: Any, compile: CompileArg
+    ):
+        self._grad_fn, self._optimizer, self._compile = grad_fn, optimizer, compile
+        self._step = _step.make_step(grad_fn, optimizer, compile=compile)
+        self._probe: Callable[..., tuple[Any, ...]] | None = None
+
+    def __call__(self, *args: Any) -> tuple[Any, ...]:
+        return self._step(*args)
+
+    def probe(self, *args: Any) -> tuple[Any, ...]:
+        if self._probe is None:
+            grad_fn, optimizer = self._grad_fn, self._optimizer
+
+            def probe_step(params: Any, opt_state: Any, *inputs: Any) -> tuple[Any, ...]:
+                grads, *outputs = grad_fn(params, *inputs)
+                updates, new_state = optimizer.update(grads, opt_state, params)
+                new_params = apply_updates(params, updates)
+                return (new_params, new_state, *outputs, grads, updates)
+
+            self._probe = _compile.maybe_compile(probe_step, self._compile)
+        return self._probe(*args)
 
 
 def fit(
@@ -452,8 +510,11 @@ def fit(
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
     if opt_state is None:
         opt_state = optimizer.init(params)
-    train_step = make_train_step(
-        _masked_metrics(apply, loss, accuracy, train=True), optimizer, has_aux=True, compile=compile
+    _step.check_optimizer(optimizer, "fit")
+    train_step = _TrainStep(
+        grads_and_loss(_masked_metrics(apply, loss, accuracy, train=True), has_aux=True),
+        optimizer,
+        compile,
     )
     eval_step = None
     if val_data is not None:
@@ -475,6 +536,8 @@ def fit(
             "num_samples": n,
             "steps_per_epoch": steps,
             "batch_size": batch_size,
+            "params": params,
+            "opt_state": opt_state,
         },
     )
     history: list[dict[str, Any]] = []
