@@ -22,6 +22,18 @@ if "FDL_DATA_DIR" not in os.environ and (_SHARED / "MNIST" / "raw").is_dir():
 torch.set_num_threads(1)
 
 
+def _scalar_inductor_code_without_vector_isa() -> None:
+    """Under ``ATEN_CPU_CAPABILITY=default`` torch 2.14's inductor still emits ``at::vec``
+    C++ that does not build; scalar code (``cpp.simdlen = 1``) does (docs/testing.md)."""
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.simdlen = 1
+
+
+_scalar_inductor_code_without_vector_isa()
+
+
 def _have_mnist() -> bool:
     root = os.environ.get("FDL_DATA_DIR")
     return bool(root) and (Path(root) / "MNIST" / "raw").is_dir()
