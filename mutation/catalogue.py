@@ -48,6 +48,14 @@ METRICS = ("tests/test_metrics.py",)
 TRAIN = ("tests/test_train.py",)
 ENSEMBLE = ("tests/test_ensemble.py",)
 TESTING = ("tests/test_testing.py",)
+RECURRENT = ("tests/test_nn_recurrent.py",)
+ATTENTION = ("tests/test_nn_attention.py",)
+TRANSFORMER = ("tests/test_nn_transformer.py",)
+PADDING = ("tests/test_nn_catalog_padding.py",)
+LOSSES_CATALOG = ("tests/test_losses_catalog.py",)
+EXPLAIN = ("tests/test_explain.py",)
+ROBUST = ("tests/test_robust.py",)
+DISTRIBUTED = ("tests/test_distributed.py",)
 
 
 CATALOGUE: list[Mutant] = [
@@ -1161,6 +1169,220 @@ CATALOGUE: list[Mutant] = [
         "    ok = bool(_LIBC.mallopt(_M_MMAP_MAX, values.mmap_max))\n",
         "    ok = True\n",
         ("tests/test_allocator.py",),
+    ),
+    # ------------------------------------------------------------ nn: recurrent
+    Mutant(
+        "nn.lstm.forget_input_swap",
+        "nn",
+        "LSTM's forget and input gates swapped in the cell update",
+        "c_new = _A.sigmoid(f) * c + _A.sigmoid(i) * _A.tanh(g)",
+        "c_new = _A.sigmoid(i) * c + _A.sigmoid(f) * _A.tanh(g)",
+        RECURRENT,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.gru.reset_before_matmul",
+        "nn",
+        "GRU's reset gate applied to h before the hidden matmul (reset_after=False) instead of "
+        "to h W_hn^T + b_hn after it, as torch does",
+        "n = _A.tanh(gi_n + r * gh_n)",
+        "n = _A.tanh(gi_n + _L.linear(r * h, w_hh.chunk(3)[2], None if b_hh is None else "
+        "b_hh.chunk(3)[2]))",
+        RECURRENT,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.gru.update_swap",
+        "nn",
+        "GRU's update gate weighting swapped: z n + (1 - z) h",
+        "return (1 - z) * n + z * h",
+        "return z * n + (1 - z) * h",
+        RECURRENT,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.rnn.reverse_not_flipped_back",
+        "nn",
+        "the reverse direction's outputs stored in processing order (not back in time order)",
+        "            steps[t], state = _step(self.mode, gi[t], state, p)\n",
+        "            steps[gi.shape[0] - 1 - t if reverse else t], state = _step("
+        "self.mode, gi[t], state, p)\n",
+        RECURRENT,
+        select="matches_torch",
+    ),
+    # ------------------------------------------------------------ nn: attention
+    Mutant(
+        "nn.sdpa.no_scale",
+        "nn",
+        "scaled dot-product attention without its 1/sqrt(E) scale",
+        "scores = torch.matmul(query, k.transpose(-2, -1)) * s  # (*, L, S)",
+        "scores = torch.matmul(query, k.transpose(-2, -1))  # (*, L, S)",
+        ATTENTION,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.mha.weights_path_no_scale",
+        "nn",
+        "MultiheadAttention's need_weights path forgets the 1/sqrt(d) scale",
+        "scores = torch.matmul(q * (1.0 / math.sqrt(hd)), k.transpose(-2, -1))  # (N, H, L, S)",
+        "scores = torch.matmul(q, k.transpose(-2, -1))  # (N, H, L, S)",
+        ATTENTION,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.sdpa.mask_after_softmax",
+        "nn",
+        "the attention mask applied after the softmax (weights zeroed, rows not renormalised)",
+        "    if bias is not None:\n        scores = scores + bias\n"
+        "    weights = safe_softmax(scores)\n",
+        "    weights = safe_softmax(scores)\n    if bias is not None:\n"
+        "        weights = weights * bias.exp()\n",
+        ATTENTION,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.attention.causal_off_by_one",
+        "nn",
+        "the causal mask lets query i see key i + 1 (tril(1) instead of tril())",
+        "return torch.ones(length, source, dtype=torch.bool, device=device).tril()",
+        "return torch.ones(length, source, dtype=torch.bool, device=device).tril(1)",
+        ATTENTION,
+        select="matches_torch",
+    ),
+    Mutant(
+        "nn.mha.key_padding_mask_ignored",
+        "nn",
+        "MultiheadAttention ignores key_padding_mask",
+        "kpm_bias = _FA.mask_to_bias(key_padding_mask, dtype, true_means_masked=True)",
+        "kpm_bias = None",
+        ATTENTION,
+        select="matches_torch",
+    ),
+    # ---------------------------------------------------------- nn: transformer
+    Mutant(
+        "nn.transformer.norm_first_residual_of_normed",
+        "nn",
+        "pre-norm encoder layer adds the attention output to norm1(x) instead of to x",
+        '            x = x + sa(self._norm(params, "norm1", x))\n'
+        '            x = x + self._ff(params, self._norm(params, "norm2", x), k2, k3, train)\n',
+        '            x = self._norm(params, "norm1", x)\n            x = x + sa(x)\n'
+        '            x = x + self._ff(params, self._norm(params, "norm2", x), k2, k3, train)\n',
+        TRANSFORMER,
+        select="matches_torch",
+    ),
+    # ---------------------------------------------------------------- nn: pad
+    Mutant(
+        "nn.pad.reflect_off_by_one",
+        "nn",
+        "reflect padding repeats the edge element (symmetric) instead of mirroring past it",
+        "return torch.where(j >= n, period - j, j)",
+        "return torch.where(j >= n, period - j - 1, j)",
+        PADDING,
+        select="matches_torch",
+    ),
+    # -------------------------------------------------------- losses: catalogue
+    Mutant(
+        "losses.margin_ranking.sign",
+        "losses",
+        "margin_ranking_loss with +y (x1 - x2): rewards the wrong order",
+        "loss = (-target * (input1 - input2) + margin).clamp_min(0)",
+        "loss = (target * (input1 - input2) + margin).clamp_min(0)",
+        LOSSES_CATALOG,
+        select="values_and_grads",
+    ),
+    Mutant(
+        "losses.multi_margin.sign",
+        "losses",
+        "multi_margin_loss's hinge margin + x[y] - x[i] (signs of the scores swapped)",
+        "z = margin - x_true + x  # (N, C)",
+        "z = margin + x_true - x  # (N, C)",
+        LOSSES_CATALOG,
+        select="values_and_grads",
+    ),
+    Mutant(
+        "losses.ctc.blank_index_zero",
+        "losses",
+        "CTC's extended target interleaves label 0 instead of the blank argument",
+        "blanks = torch.full_like(labels, blank)",
+        "blanks = torch.full_like(labels, 0)",
+        LOSSES_CATALOG,
+        select="values_and_grads or ctc",
+    ),
+    # ---------------------------------------------------------------- explain
+    Mutant(
+        "explain.ig.riemann_right_alpha",
+        "explain",
+        "integrated gradients' riemann_right uses the left nodes k/n",
+        "        alpha = (k + 1) / n_steps\n",
+        "        alpha = k / n_steps\n",
+        EXPLAIN,
+        select="captum or alpha",
+    ),
+    Mutant(
+        "explain.occlusion.baseline_ignored",
+        "explain",
+        "occlusion replaces the window by 0 whatever the baseline",
+        "occluded = (inputs * (1 - m) + b * m).reshape(k * n, *feat)  # (k*N, ...)",
+        "occluded = (inputs * (1 - m)).reshape(k * n, *feat)  # (k*N, ...)",
+        EXPLAIN,
+        select="captum",
+    ),
+    # ----------------------------------------------------------------- robust
+    Mutant(
+        "robust.pgd.l2_projected_on_linf_ball",
+        "robust",
+        "L2 PGD projects the perturbation onto the L-inf ball (entrywise clip) instead of the "
+        "L2 ball",
+        "            delta = delta * per_example_view(factor, x.ndim)\n",
+        "            delta = torch.clamp(delta, min=-e, max=e)\n",
+        ROBUST,
+        select="torchattacks or ball",
+    ),
+    Mutant(
+        "robust.pgd.no_range_clamp",
+        "robust",
+        "PGD's iterate not clamped to the valid input range [lo, hi]",
+        "        adv = torch.clamp(x + delta, min=lo, max=hi)\n",
+        "        adv = x + delta\n",
+        ROBUST,
+        select="torchattacks or range",
+    ),
+    Mutant(
+        "robust.fgsm.sign",
+        "robust",
+        "FGSM steps down the gradient (x - eps sign(g)): lowers the loss",
+        "return torch.clamp(x + scalar(eps, x) * grad.sign(), min=lo, max=hi)",
+        "return torch.clamp(x - scalar(eps, x) * grad.sign(), min=lo, max=hi)",
+        ROBUST,
+        select="torchattacks or raise_the_loss",
+    ),
+    # ------------------------------------------------------------ distributed
+    Mutant(
+        "distributed.bucket_counts_elements",
+        "distributed",
+        "the bucket cap compared with element counts instead of bytes (buckets 4x too large)",
+        "nbytes = t.numel() * t.element_size()",
+        "nbytes = t.numel()",
+        DISTRIBUTED,
+        select="buckets",
+    ),
+    Mutant(
+        "distributed.mean_is_sum",
+        "distributed",
+        "all_reduce_mean returns the sum over ranks (no division by the world size)",
+        'return _bucketed("all_reduce_mean", tree, bucket_mb, _dist.all_reduce, lambda f: f / w)',
+        'return _bucketed("all_reduce_mean", tree, bucket_mb, _dist.all_reduce, lambda f: f)',
+        DISTRIBUTED,
+        select="ranks_equal_one_process",
+    ),
+    # -------------------------------------------------------------- reporting
+    Mutant(
+        "reporting.summarize.accuracy_not_divided",
+        "reporting",
+        "summarize reports the number of correct predictions as the accuracy",
+        '        out["accuracy"] = float(sums["correct"]) / count\n',
+        '        out["accuracy"] = float(sums["correct"])\n',
+        TRAIN,
     ),
     # ---------------------------------------------------------------- testing
     Mutant(
