@@ -88,19 +88,19 @@ def _keys(key: _random.Key | None, n: int, train: bool, p: float, name: str) -> 
 
 
 class _BlockLayer(Layer):
-    """Shared parts of the encoder and decoder layers."""
+    """Fields (torch's arguments and defaults) and parts shared by the encoder and decoder."""
 
     d_model: int
     nhead: int
-    dim_feedforward: int
-    dropout: float
-    activation: Activation
-    layer_norm_eps: float
-    batch_first: bool
-    norm_first: bool
-    bias: bool
-    device: Any
-    dtype: Any
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    activation: Activation = "relu"
+    layer_norm_eps: float = 1e-5
+    batch_first: bool = False
+    norm_first: bool = False
+    bias: bool = True
+    device: Any = None
+    dtype: Any = None
 
     def _build(self, attn_names: tuple[str, ...], norms: int) -> None:
         opts = {"device": self.device, "dtype": self.dtype}
@@ -200,18 +200,6 @@ class TransformerEncoderLayer(_BlockLayer):
         torch.Size([3, 5, 8])
     """
 
-    d_model: int
-    nhead: int
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    activation: Activation = "relu"
-    layer_norm_eps: float = 1e-5
-    batch_first: bool = False
-    norm_first: bool = False
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
-
     def __post_init__(self) -> None:
         _check_block_args(self)
         self._build(("self_attn",), 2)
@@ -265,18 +253,6 @@ class TransformerDecoderLayer(_BlockLayer):
         >>> layer.apply(params, torch.randn(4, 3, 8), torch.randn(6, 3, 8)).shape
         torch.Size([4, 3, 8])
     """
-
-    d_model: int
-    nhead: int
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    activation: Activation = "relu"
-    layer_norm_eps: float = 1e-5
-    batch_first: bool = False
-    norm_first: bool = False
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
 
     def __post_init__(self) -> None:
         _check_block_args(self)
