@@ -37,12 +37,12 @@ class _InstanceNorm(Layer):
     spatial: ClassVar[int]
 
     num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
-    device: Any
-    dtype: Any
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = False
+    track_running_stats: bool = False
+    device: Any = None
+    dtype: Any = None
 
     def __post_init__(self) -> None:
         if self.num_features <= 0:
@@ -157,13 +157,6 @@ class InstanceNorm1d(_InstanceNorm):
     """Instance normalisation of ``(N, C, L)`` or ``(C, L)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 1
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = False
-    track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +164,6 @@ class InstanceNorm2d(_InstanceNorm):
     """Instance normalisation of ``(N, C, H, W)`` or ``(C, H, W)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 2
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = False
-    track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None
 
 
 @dataclass(frozen=True)
@@ -185,10 +171,3 @@ class InstanceNorm3d(_InstanceNorm):
     """Instance normalisation of ``(N, C, D, H, W)`` or ``(C, D, H, W)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 3
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = False
-    track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None

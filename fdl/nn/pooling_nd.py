@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -213,11 +213,12 @@ class LPPool3d(_Pointwise):
 
 
 class _MaxUnpool(Layer):
+    """Shared fields and apply of the unpools; ``n`` is the number of spatial dimensions."""
+
     n: ClassVar[int] = 0
-    if TYPE_CHECKING:  # declared by each concrete class
-        kernel_size: Any
-        stride: Any
-        padding: Any
+    kernel_size: _Size
+    stride: _Size | None = None
+    padding: _Size = 0
 
     def param_shapes(self) -> Params:
         """``{}``: no parameters."""
@@ -243,9 +244,6 @@ class _MaxUnpool(Layer):
 class MaxUnpool1d(_MaxUnpool):
     """Inverse of ``MaxPool1d``: ``apply(params, x, indices, output_size=None)``."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     n: ClassVar[int] = 1
 
 
@@ -253,9 +251,6 @@ class MaxUnpool1d(_MaxUnpool):
 class MaxUnpool2d(_MaxUnpool):
     """Inverse of ``MaxPool2d``: ``apply(params, x, indices, output_size=None)``."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     n: ClassVar[int] = 2
 
 
@@ -263,9 +258,6 @@ class MaxUnpool2d(_MaxUnpool):
 class MaxUnpool3d(_MaxUnpool):
     """Inverse of ``MaxPool3d``: ``apply(params, x, indices, output_size=None)``."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     n: ClassVar[int] = 3
 
 
