@@ -26,9 +26,11 @@ __all__ = ["AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaD
 
 
 class _KeyedDropout(Layer):
+    """Shared fields, check and apply; ``fn`` is the functional form."""
+
     fn: ClassVar[Callable[..., torch.Tensor]]
-    p: float
-    inplace: bool
+    p: float = 0.5
+    inplace: bool = False
 
     def __post_init__(self) -> None:
         p = self.p
@@ -56,8 +58,6 @@ class _KeyedDropout(Layer):
 class Dropout1d(_KeyedDropout):
     """Zero whole channels of ``(N, C, L)`` / ``(C, L)`` with probability ``p``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.dropout1d)
 
 
@@ -65,8 +65,6 @@ class Dropout1d(_KeyedDropout):
 class Dropout2d(_KeyedDropout):
     """Zero whole channels of ``(N, C, H, W)`` / ``(C, H, W)`` with probability ``p``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.dropout2d)
 
 
@@ -74,8 +72,6 @@ class Dropout2d(_KeyedDropout):
 class Dropout3d(_KeyedDropout):
     """Zero whole channels of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` with probability ``p``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.dropout3d)
 
 
@@ -83,8 +79,6 @@ class Dropout3d(_KeyedDropout):
 class AlphaDropout(_KeyedDropout):
     """Alpha dropout (keeps SELU's mean and variance), one draw per element."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.alpha_dropout)
 
 
@@ -92,6 +86,4 @@ class AlphaDropout(_KeyedDropout):
 class FeatureAlphaDropout(_KeyedDropout):
     """Alpha dropout with one draw per channel of ``(N, C, *)``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.feature_alpha_dropout)
