@@ -20,7 +20,6 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_feature_dropout as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 
 __all__ = ["AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout"]
 
@@ -37,10 +36,6 @@ class _KeyedDropout(Layer):
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
-
     def apply(
         self,
         params: Params,
@@ -50,7 +45,6 @@ class _KeyedDropout(Layer):
         train: bool = False,
     ) -> torch.Tensor:
         """Same shape in and out; ``key`` required when ``train=True`` and ``0 < p < 1``."""
-        check_params_fast(self, params)
         return type(self).fn(x, self.p, train, key=key)
 
 

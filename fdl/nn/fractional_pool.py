@@ -23,7 +23,6 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_fractional_pool as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 
 __all__ = ["FractionalMaxPool2d", "FractionalMaxPool3d"]
 
@@ -52,10 +51,6 @@ class _FractionalMaxPool(Layer):
             if isinstance(v, list):
                 object.__setattr__(self, f, tuple(v))
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
-
     def apply(
         self,
         params: Params,
@@ -65,7 +60,6 @@ class _FractionalMaxPool(Layer):
         train: bool = False,
     ) -> Any:
         """``(N, C, *spatial) -> (N, C, *out)`` (or ``(values, indices)``); ``key`` required."""
-        check_params_fast(self, params)
         pool = _F.fractional_max_pool2d if self.n == 2 else _F.fractional_max_pool3d
         return pool(
             x,

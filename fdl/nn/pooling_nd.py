@@ -21,7 +21,6 @@ import torch
 
 from fdl.nn import _functional_pooling_nd as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 from fdl.nn.piecewise_activations import _Pointwise
 
 __all__ = [
@@ -220,10 +219,6 @@ class _MaxUnpool(Layer):
     stride: _Size | None = None
     padding: _Size = 0
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
-
     def apply(
         self,
         params: Params,
@@ -235,7 +230,6 @@ class _MaxUnpool(Layer):
         train: bool = False,
     ) -> torch.Tensor:
         """``x`` and the ``indices`` of the matching max pool -> the unpooled tensor."""
-        check_params_fast(self, params)
         unpool = (_F.max_unpool1d, _F.max_unpool2d, _F.max_unpool3d)[self.n - 1]
         return unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
 
