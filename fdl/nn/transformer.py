@@ -43,7 +43,7 @@ from fdl.nn import _functional_activations as _A
 from fdl.nn import _functional_layers as _L
 from fdl.nn import init as _init
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast, split_key
+from fdl.nn._layer_utils import split_key
 from fdl.nn.attention import MultiheadAttention
 from fdl.nn.linear import Linear
 from fdl.nn.normalization import LayerNorm
@@ -216,7 +216,6 @@ class TransformerEncoderLayer(_BlockLayer):
         train: bool = False,
     ) -> Tensor:
         """One encoder block over ``src``; returns ``src``'s shape."""
-        check_params_fast(self, params)
         ka, k1, k2, k3 = _keys(key, 4, train, self.dropout, "TransformerEncoderLayer")
         x = src
 
@@ -274,7 +273,6 @@ class TransformerDecoderLayer(_BlockLayer):
         train: bool = False,
     ) -> Tensor:
         """One decoder block over ``tgt`` attending to ``memory``; returns ``tgt``'s shape."""
-        check_params_fast(self, params)
         ks = _keys(key, 6, train, self.dropout, "TransformerDecoderLayer")
         x = tgt
 
@@ -369,7 +367,6 @@ class TransformerEncoder(Layer):
         train: bool = False,
     ) -> Tensor:
         """Run the layers in order, then the norm."""
-        check_params_fast(self, params)
         keys = _random.split(key, self.num_layers) if key is not None else None
         x = src
         for i in range(self.num_layers):
@@ -423,7 +420,6 @@ class TransformerDecoder(Layer):
         train: bool = False,
     ) -> Tensor:
         """Run the layers in order over ``tgt`` with ``memory``, then the norm."""
-        check_params_fast(self, params)
         keys = _random.split(key, self.num_layers) if key is not None else None
         x = tgt
         for i in range(self.num_layers):
@@ -562,7 +558,6 @@ class Transformer(Layer):
         train: bool = False,
     ) -> Tensor:
         """``decoder(tgt, encoder(src))``; returns ``tgt``'s shape."""
-        check_params_fast(self, params)
         batched = src.dim() == 3
         if batched and not self.batch_first and src.shape[1] != tgt.shape[1]:
             raise RuntimeError("the batch number of src and tgt must be equal")
