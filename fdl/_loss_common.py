@@ -19,17 +19,21 @@ def reduction_of(
     reduction: str,
     size_average: bool | None = None,
     reduce: bool | None = None,
+    allowed: tuple[str, ...] = REDUCTIONS,
 ) -> str:
-    """The reduction to use, honouring torch's deprecated ``size_average``/``reduce``."""
+    """The reduction to use, honouring torch's deprecated ``size_average``/``reduce``.
+
+    ``allowed`` lists the accepted names (``kl_div`` adds ``'batchmean'``).
+    """
     if size_average is not None or reduce is not None:
         size_average = True if size_average is None else size_average
         reduce = True if reduce is None else reduce
         if not reduce:
             return "none"
         return "mean" if size_average else "sum"
-    if reduction not in REDUCTIONS:
+    if reduction not in allowed:
         raise ValueError(
-            f"{name}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}"
+            f"{name}: reduction must be one of {', '.join(map(repr, allowed))}, got {reduction!r}"
         )
     return reduction
 

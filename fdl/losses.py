@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from fdl import _eager
+from fdl import _loss_common as _c
 from fdl.nn.functional import log_softmax, logsigmoid
 
 __all__ = [
@@ -46,55 +47,17 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-_REDUCTIONS = ("none", "mean", "sum")
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _reduction(
-    name: str,
-    reduction: str,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    allowed: tuple[str, ...] = _REDUCTIONS,
-) -> str:
-    """The reduction to use, honouring torch's deprecated ``size_average``/``reduce``."""
-    if size_average is not None or reduce is not None:
-        size_average = True if size_average is None else size_average
-        reduce = True if reduce is None else reduce
-        if not reduce:
-            return "none"
-        return "mean" if size_average else "sum"
-    if reduction not in allowed:
-        raise ValueError(
-            f"{name}: reduction must be one of {', '.join(map(repr, allowed))}, got {reduction!r}"
-        )
-    return reduction
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.mean()
 
 
 def _reduce_weighted(loss: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
     # per-element weights; 'mean' becomes sum(weight * loss) / sum(weight), as torch does
     if weight is None:
-        return _reduce(loss, reduction)
+        return _c.reduce(loss, reduction)
     loss = loss * weight
     if reduction == "mean":
         return loss.sum() / weight.sum()
-    return _reduce(loss, reduction)
-
-
-def _check_tensors(name: str, **tensors: object) -> None:
-    for arg, value in tensors.items():
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(value).__name__}")
+    return _c.reduce(loss, reduction)
 
 
 def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:
@@ -107,7 +70,7 @@ def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:
 
 def _elementwise_args(name: str, input: Tensor, target: Tensor, weight: Tensor | None) -> None:
     """The checks of the elementwise losses: tensors, equal shapes, a same-shape weight."""
-    _check_tensors(name, input=input, target=target, weight=weight)
+    _c.check_tensors(name, input=input, target=target, weight=weight)
     _check_same_shape(name, input, target)
     _check_weight_shape(name, input, weight)
 
@@ -167,7 +130,7 @@ def mse_loss(
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
         tensor(2.5000)
     """
-    reduction = _reduction("mse_loss", reduction, size_average, reduce)
+    reduction = _c.reduction_of("mse_loss", reduction, size_average, reduce)
     _elementwise_args("mse_loss", input, target, weight)
     diff = input - target
     loss = diff * diff
@@ -198,7 +161,7 @@ def l1_loss(
         >>> l1_loss(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]))
         tensor(2.)
     """
-    reduction = _reduction("l1_loss", reduction, size_average, reduce)
+    reduction = _c.reduction_of("l1_loss", reduction, size_average, reduce)
     _elementwise_args("l1_loss", input, target, weight)
     loss = torch.abs(input - target)
     return _reduce_weighted(loss, weight, reduction)
@@ -234,16 +197,16 @@ def smooth_l1_loss(
         >>> smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), reduction="none")
         tensor([0.1250, 2.5000])
     """
-    _check_tensors("smooth_l1_loss", input=input, target=target)
-    reduction = _reduction("smooth_l1_loss", reduction, size_average, reduce)
+    _c.check_tensors("smooth_l1_loss", input=input, target=target)
+    reduction = _c.reduction_of("smooth_l1_loss", reduction, size_average, reduce)
     _check_same_shape("smooth_l1_loss", input, target)
     if beta < 0:
         raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
     d = torch.abs(input - target)
     if beta == 0:
-        return _reduce(d, reduction)
+        return _c.reduce(d, reduction)
     loss = torch.where(d < beta, (0.5 / beta) * d * d, d - 0.5 * beta)
-    return _reduce(loss, reduction)
+    return _c.reduce(loss, reduction)
 
 
 def huber_loss(
@@ -275,7 +238,7 @@ def huber_loss(
         >>> huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), reduction="none")
         tensor([0.1250, 2.5000])
     """
-    reduction = _reduction("huber_loss", reduction)
+    reduction = _c.reduction_of("huber_loss", reduction)
     _elementwise_args("huber_loss", input, target, weight)
     if delta <= 0:
         raise ValueError(f"huber_loss: delta must be > 0, got {delta}")
@@ -283,7 +246,7 @@ def huber_loss(
     loss = torch.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return _c.reduce(loss, reduction)
 
 
 # --------------------------------------------------------------------------- binary
@@ -359,8 +322,8 @@ def binary_cross_entropy(
         tensor([100.0000,   0.6931])
     """
     name = "binary_cross_entropy"
-    _check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _reduction(name, reduction, size_average, reduce)
+    _c.check_tensors(name, input=input, target=target, weight=weight)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce)
     _check_same_shape(name, input, target)
     if weight is not None:
         _check_broadcast_weight(name, input, weight, "weight")
@@ -370,7 +333,7 @@ def binary_cross_entropy(
     loss = _BinaryCrossEntropy.apply(input, target)
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return _c.reduce(loss, reduction)
 
 
 def _check_broadcast_weight(name: str, input: Tensor, weight: Tensor, arg: str) -> None:
@@ -421,8 +384,8 @@ def binary_cross_entropy_with_logits(
         tensor([100.0000,   0.6931])
     """
     name = "binary_cross_entropy_with_logits"
-    _check_tensors(name, input=input, target=target, weight=weight, pos_weight=pos_weight)
-    reduction = _reduction(name, reduction, size_average, reduce)
+    _c.check_tensors(name, input=input, target=target, weight=weight, pos_weight=pos_weight)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce)
     _check_same_shape(name, input, target)
     if weight is not None:
         _check_broadcast_weight(name, input, weight, "weight")
@@ -434,7 +397,7 @@ def binary_cross_entropy_with_logits(
     loss = (1 - target) * input - log_weight * logsigmoid(input)
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return _c.reduce(loss, reduction)
 
 
 # --------------------------------------------------------------------------- classification
@@ -544,8 +507,8 @@ def nll_loss(
         tensor(2.5000)
     """
     name = "nll_loss"
-    _check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _reduction(name, reduction, size_average, reduce)
+    _c.check_tensors(name, input=input, target=target, weight=weight)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce)
     if target.is_floating_point() or target.dtype == torch.bool:
         raise ValueError(f"{name}: target must hold integer class indices, got {target.dtype}")
     x, unbatched = _class_layout(name, input)
@@ -604,8 +567,8 @@ def cross_entropy(
         tensor([0.0000, 0.6931])
     """
     name = "cross_entropy"
-    _check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _reduction(name, reduction, size_average, reduce)
+    _c.check_tensors(name, input=input, target=target, weight=weight)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
     x, unbatched = _class_layout(name, input)
@@ -685,8 +648,8 @@ def kl_div(
         tensor(0.)
     """
     name = "kl_div"
-    _check_tensors(name, input=input, target=target)
-    reduction = _reduction(
+    _c.check_tensors(name, input=input, target=target)
+    reduction = _c.reduction_of(
         name, reduction, size_average, reduce, allowed=("none", "batchmean", "sum", "mean")
     )
     _check_same_shape(name, input, target)
@@ -697,7 +660,7 @@ def kl_div(
     if reduction == "batchmean":
         total = loss.sum()
         return total / input.shape[0] if input.dim() != 0 else total
-    return _reduce(loss, reduction)
+    return _c.reduce(loss, reduction)
 
 
 # the rest of torch.nn.functional's losses, one module per family

@@ -1,4 +1,4 @@
-"""Small helpers shared by the layers of ``fdl.nn``: field converters, input checks, keys."""
+"""Small helpers shared by the layers of ``fdl.nn``: converters, input checks, keys, norm init."""
 
 from __future__ import annotations
 
@@ -146,3 +146,37 @@ def affine_init(
         bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
         params["bias"] = _init.uniform(kb, (bias_size,), -bound, bound, **opts)
     return params
+
+
+def factory_kwargs(device: Any, dtype: Any) -> dict[str, Any]:
+    """``device`` and ``dtype`` for ``torch.zeros``/``ones``; ``dtype=None``: the default float."""
+    return {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
+
+
+def affine_norm_params(
+    shape: tuple[int, ...], affine: bool, bias: bool, device: Any, dtype: Any
+) -> dict[str, torch.Tensor]:
+    """A norm's ``{"weight": ones, "bias": zeros}`` of ``shape`` (no bias unless ``bias``);
+    ``{}`` unless ``affine``."""
+    if not affine:
+        return {}
+    kw = factory_kwargs(device, dtype)
+    params = {"weight": torch.ones(shape, **kw)}
+    if bias:
+        params["bias"] = torch.zeros(shape, **kw)
+    return params
+
+
+def running_stats(
+    num_features: int, track: bool, device: Any, dtype: Any
+) -> dict[str, torch.Tensor]:
+    """``running_mean`` zeros, ``running_var`` ones, ``num_batches_tracked`` 0 (int64);
+    ``{}`` unless ``track``."""
+    if not track:
+        return {}
+    kw = factory_kwargs(device, dtype)
+    return {
+        "running_mean": torch.zeros(num_features, **kw),
+        "running_var": torch.ones(num_features, **kw),
+        "num_batches_tracked": torch.tensor(0, dtype=torch.long, device=device),
+    }

@@ -20,24 +20,21 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_feature_dropout as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 
 __all__ = ["AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout"]
 
 
 class _KeyedDropout(Layer):
+    """Shared fields, check and apply; ``fn`` is the functional form."""
+
     fn: ClassVar[Callable[..., torch.Tensor]]
-    p: float
-    inplace: bool
+    p: float = 0.5
+    inplace: bool = False
 
     def __post_init__(self) -> None:
         p = self.p
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
-
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
 
     def apply(
         self,
@@ -48,7 +45,6 @@ class _KeyedDropout(Layer):
         train: bool = False,
     ) -> torch.Tensor:
         """Same shape in and out; ``key`` required when ``train=True`` and ``0 < p < 1``."""
-        check_params_fast(self, params)
         return type(self).fn(x, self.p, train, key=key)
 
 
@@ -56,8 +52,6 @@ class _KeyedDropout(Layer):
 class Dropout1d(_KeyedDropout):
     """Zero whole channels of ``(N, C, L)`` / ``(C, L)`` with probability ``p``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.dropout1d)
 
 
@@ -65,8 +59,6 @@ class Dropout1d(_KeyedDropout):
 class Dropout2d(_KeyedDropout):
     """Zero whole channels of ``(N, C, H, W)`` / ``(C, H, W)`` with probability ``p``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.dropout2d)
 
 
@@ -74,8 +66,6 @@ class Dropout2d(_KeyedDropout):
 class Dropout3d(_KeyedDropout):
     """Zero whole channels of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` with probability ``p``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.dropout3d)
 
 
@@ -83,8 +73,6 @@ class Dropout3d(_KeyedDropout):
 class AlphaDropout(_KeyedDropout):
     """Alpha dropout (keeps SELU's mean and variance), one draw per element."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.alpha_dropout)
 
 
@@ -92,6 +80,4 @@ class AlphaDropout(_KeyedDropout):
 class FeatureAlphaDropout(_KeyedDropout):
     """Alpha dropout with one draw per channel of ``(N, C, *)``."""
 
-    p: float = 0.5
-    inplace: bool = False
     fn = staticmethod(_F.feature_alpha_dropout)

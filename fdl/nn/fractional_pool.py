@@ -16,26 +16,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from fdl import random as _random
 from fdl.nn import _functional_fractional_pool as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 
 __all__ = ["FractionalMaxPool2d", "FractionalMaxPool3d"]
 
 
 class _FractionalMaxPool(Layer):
+    """Shared fields, checks and apply; ``n`` is the number of spatial dimensions."""
+
     n: ClassVar[int] = 0
-    if TYPE_CHECKING:  # declared by each concrete class
-        kernel_size: Any
-        output_size: Any
-        output_ratio: Any
-        return_indices: bool
-        _random_samples: torch.Tensor | None
+    kernel_size: int | Sequence[int]
+    output_size: int | Sequence[int] | None = None
+    output_ratio: float | Sequence[float] | None = None
+    return_indices: bool = False
+    _random_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -51,10 +51,6 @@ class _FractionalMaxPool(Layer):
             if isinstance(v, list):
                 object.__setattr__(self, f, tuple(v))
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
-
     def apply(
         self,
         params: Params,
@@ -64,7 +60,6 @@ class _FractionalMaxPool(Layer):
         train: bool = False,
     ) -> Any:
         """``(N, C, *spatial) -> (N, C, *out)`` (or ``(values, indices)``); ``key`` required."""
-        check_params_fast(self, params)
         pool = _F.fractional_max_pool2d if self.n == 2 else _F.fractional_max_pool3d
         return pool(
             x,
@@ -81,11 +76,6 @@ class _FractionalMaxPool(Layer):
 class FractionalMaxPool2d(_FractionalMaxPool):
     """Fractional max pooling of ``(N, C, H, W)`` / ``(C, H, W)``."""
 
-    kernel_size: int | Sequence[int]
-    output_size: int | Sequence[int] | None = None
-    output_ratio: float | Sequence[float] | None = None
-    return_indices: bool = False
-    _random_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
     n: ClassVar[int] = 2
 
 
@@ -93,9 +83,4 @@ class FractionalMaxPool2d(_FractionalMaxPool):
 class FractionalMaxPool3d(_FractionalMaxPool):
     """Fractional max pooling of ``(N, C, D, H, W)`` / ``(C, D, H, W)``."""
 
-    kernel_size: int | Sequence[int]
-    output_size: int | Sequence[int] | None = None
-    output_ratio: float | Sequence[float] | None = None
-    return_indices: bool = False
-    _random_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
     n: ClassVar[int] = 3

@@ -26,6 +26,7 @@ import torch
 from fdl import tree as _tree
 from fdl.nn import _functional_norms as _F
 from fdl.nn._base import Layer, Params, State
+from fdl.nn._layer_utils import affine_norm_params, running_stats
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
@@ -37,12 +38,12 @@ class _InstanceNorm(Layer):
     spatial: ClassVar[int]
 
     num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
-    device: Any
-    dtype: Any
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = False
+    track_running_stats: bool = False
+    device: Any = None
+    dtype: Any = None
 
     def __post_init__(self) -> None:
         if self.num_features <= 0:
@@ -50,27 +51,13 @@ class _InstanceNorm(Layer):
                 f"{type(self).__name__}: num_features must be positive, got {self.num_features}"
             )
 
-    def _kw(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype or torch.get_default_dtype()}
-
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` ``(num_features,)`` with ``affine``, else ``{}``."""
-        if not self.affine:
-            return {}
-        return {
-            "weight": torch.ones(self.num_features, **self._kw()),
-            "bias": torch.zeros(self.num_features, **self._kw()),
-        }
+        return affine_norm_params((self.num_features,), self.affine, True, self.device, self.dtype)
 
     def init_state(self) -> State:
         """``running_mean`` zeros, ``running_var`` ones, ``num_batches_tracked`` 0 if tracking."""
-        if not self.track_running_stats:
-            return {}
-        return {
-            "running_mean": torch.zeros(self.num_features, **self._kw()),
-            "running_var": torch.ones(self.num_features, **self._kw()),
-            "num_batches_tracked": torch.tensor(0, dtype=torch.long, device=self.device),
-        }
+        return running_stats(self.num_features, self.track_running_stats, self.device, self.dtype)
 
     def apply(
         self,
@@ -157,13 +144,6 @@ class InstanceNorm1d(_InstanceNorm):
     """Instance normalisation of ``(N, C, L)`` or ``(C, L)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 1
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = False
-    track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +151,6 @@ class InstanceNorm2d(_InstanceNorm):
     """Instance normalisation of ``(N, C, H, W)`` or ``(C, H, W)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 2
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = False
-    track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None
 
 
 @dataclass(frozen=True)
@@ -185,10 +158,3 @@ class InstanceNorm3d(_InstanceNorm):
     """Instance normalisation of ``(N, C, D, H, W)`` or ``(C, D, H, W)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 3
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
-    affine: bool = False
-    track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None

@@ -28,25 +28,9 @@ import torch
 
 from fdl.nn import _functional_norms as _F
 from fdl.nn._base import Layer, Params, State, field
-from fdl.nn._layer_utils import check_input
+from fdl.nn._layer_utils import affine_norm_params, check_input, running_stats
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "LayerNorm"]
-
-
-def _factory(device: Any, dtype: Any) -> dict[str, Any]:
-    return {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-
-
-def _affine_params(
-    shape: tuple[int, ...], affine: bool, bias: bool, device: Any, dtype: Any
-) -> Params:
-    if not affine:
-        return {}
-    kw = _factory(device, dtype)
-    params = {"weight": torch.ones(shape, **kw)}
-    if bias:
-        params["bias"] = torch.zeros(shape, **kw)
-    return params
 
 
 def _positive_sizes(value: Any, layer: Layer) -> tuple[int, ...]:
@@ -82,7 +66,7 @@ class LayerNorm(Layer):
 
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` of shape ``normalized_shape`` (``key`` unused)."""
-        return _affine_params(
+        return affine_norm_params(
             self.normalized_shape, self.elementwise_affine, self.bias, self.device, self.dtype
         )
 
@@ -130,7 +114,9 @@ class GroupNorm(Layer):
 
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` of shape ``(num_channels,)`` (``key`` unused)."""
-        return _affine_params((self.num_channels,), self.affine, self.bias, self.device, self.dtype)
+        return affine_norm_params(
+            (self.num_channels,), self.affine, self.bias, self.device, self.dtype
+        )
 
     def apply(
         self, params: Params, x: torch.Tensor, *, key: Any = None, train: bool = False
@@ -166,21 +152,16 @@ class _BatchNorm(Layer):
 
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` of shape ``(num_features,)`` (``key`` unused)."""
-        return _affine_params((self.num_features,), self.affine, self.bias, self.device, self.dtype)
+        return affine_norm_params(
+            (self.num_features,), self.affine, self.bias, self.device, self.dtype
+        )
 
     def init_state(self) -> State:
         """``running_mean`` zeros, ``running_var`` ones, ``num_batches_tracked`` 0 (int64).
 
         ``{}`` when ``track_running_stats=False``.
         """
-        if not self.track_running_stats:
-            return {}
-        kw = _factory(self.device, self.dtype)
-        return {
-            "running_mean": torch.zeros(self.num_features, **kw),
-            "running_var": torch.ones(self.num_features, **kw),
-            "num_batches_tracked": torch.tensor(0, dtype=torch.long, device=self.device),
-        }
+        return running_stats(self.num_features, self.track_running_stats, self.device, self.dtype)
 
     def apply(
         self,

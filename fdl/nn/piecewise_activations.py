@@ -22,7 +22,6 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_piecewise as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 
 __all__ = [
     "Hardshrink",
@@ -43,10 +42,6 @@ class _Pointwise(Layer):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
-
     def apply(
         self, params: Params, x: torch.Tensor, *, key: Any = None, train: bool = False
     ) -> torch.Tensor:
@@ -61,7 +56,6 @@ class _Pointwise(Layer):
         Returns:
             The activation's output.
         """
-        check_params_fast(self, params)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: expected a tensor input, got {type(x)}")
         return self._forward(x)
@@ -209,7 +203,6 @@ class PReLU(Layer):
         self, params: Params, x: torch.Tensor, *, key: Any = None, train: bool = False
     ) -> torch.Tensor:
         """``(N, C, *)`` (any shape when ``num_parameters == 1``) -> same shape."""
-        check_params_fast(self, params)
         return _F.prelu(x, params["weight"])
 
 
@@ -243,10 +236,6 @@ class RReLU(Layer):
         if not 0 <= self.lower <= self.upper:
             raise ValueError(f"RReLU: needs 0 <= lower <= upper, got {self.lower}, {self.upper}")
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
-
     def apply(
         self,
         params: Params,
@@ -256,7 +245,6 @@ class RReLU(Layer):
         train: bool = False,
     ) -> torch.Tensor:
         """Same shape in and out; ``key`` is required when ``train=True``."""
-        check_params_fast(self, params)
         if train and key is None:
             raise ValueError("RReLU: train=True needs key=... (an fdl.random key) for the slopes")
         return _F.rrelu(x, self.lower, self.upper, train, key=key)

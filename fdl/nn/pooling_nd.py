@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from fdl.nn import _functional_pooling_nd as _F
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast
 from fdl.nn.piecewise_activations import _Pointwise
 
 __all__ = [
@@ -213,15 +212,12 @@ class LPPool3d(_Pointwise):
 
 
 class _MaxUnpool(Layer):
-    n: ClassVar[int] = 0
-    if TYPE_CHECKING:  # declared by each concrete class
-        kernel_size: Any
-        stride: Any
-        padding: Any
+    """Shared fields and apply of the unpools; ``n`` is the number of spatial dimensions."""
 
-    def param_shapes(self) -> Params:
-        """``{}``: no parameters."""
-        return {}
+    n: ClassVar[int] = 0
+    kernel_size: _Size
+    stride: _Size | None = None
+    padding: _Size = 0
 
     def apply(
         self,
@@ -234,7 +230,6 @@ class _MaxUnpool(Layer):
         train: bool = False,
     ) -> torch.Tensor:
         """``x`` and the ``indices`` of the matching max pool -> the unpooled tensor."""
-        check_params_fast(self, params)
         unpool = (_F.max_unpool1d, _F.max_unpool2d, _F.max_unpool3d)[self.n - 1]
         return unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
 
@@ -243,9 +238,6 @@ class _MaxUnpool(Layer):
 class MaxUnpool1d(_MaxUnpool):
     """Inverse of ``MaxPool1d``: ``apply(params, x, indices, output_size=None)``."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     n: ClassVar[int] = 1
 
 
@@ -253,9 +245,6 @@ class MaxUnpool1d(_MaxUnpool):
 class MaxUnpool2d(_MaxUnpool):
     """Inverse of ``MaxPool2d``: ``apply(params, x, indices, output_size=None)``."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     n: ClassVar[int] = 2
 
 
@@ -263,9 +252,6 @@ class MaxUnpool2d(_MaxUnpool):
 class MaxUnpool3d(_MaxUnpool):
     """Inverse of ``MaxPool3d``: ``apply(params, x, indices, output_size=None)``."""
 
-    kernel_size: _Size
-    stride: _Size | None = None
-    padding: _Size = 0
     n: ClassVar[int] = 3
 
 

@@ -96,9 +96,12 @@ class _CellBase(Layer):
     _mode: ClassVar[str] = ""
     input_size: int
     hidden_size: int
-    bias: bool
-    device: Any
-    dtype: Any
+    bias: bool = True
+    device: Any = None
+    dtype: Any = None
+
+    def __post_init__(self) -> None:
+        self._check_args()
 
     @property
     def mode(self) -> str:
@@ -229,14 +232,6 @@ class LSTMCell(_CellBase):
     """
 
     _mode: ClassVar[str] = "LSTM"
-    input_size: int
-    hidden_size: int
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
-
-    def __post_init__(self) -> None:
-        self._check_args()
 
     def apply(
         self,
@@ -269,14 +264,6 @@ class GRUCell(_CellBase):
     """
 
     _mode: ClassVar[str] = "GRU"
-    input_size: int
-    hidden_size: int
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
-
-    def __post_init__(self) -> None:
-        self._check_args()
 
     def apply(
         self,

@@ -43,7 +43,7 @@ from fdl.nn import _functional_activations as _A
 from fdl.nn import _functional_layers as _L
 from fdl.nn import init as _init
 from fdl.nn._base import Layer, Params
-from fdl.nn._layer_utils import check_params_fast, split_key
+from fdl.nn._layer_utils import split_key
 from fdl.nn.attention import MultiheadAttention
 from fdl.nn.linear import Linear
 from fdl.nn.normalization import LayerNorm
@@ -88,19 +88,19 @@ def _keys(key: _random.Key | None, n: int, train: bool, p: float, name: str) -> 
 
 
 class _BlockLayer(Layer):
-    """Shared parts of the encoder and decoder layers."""
+    """Fields (torch's arguments and defaults) and parts shared by the encoder and decoder."""
 
     d_model: int
     nhead: int
-    dim_feedforward: int
-    dropout: float
-    activation: Activation
-    layer_norm_eps: float
-    batch_first: bool
-    norm_first: bool
-    bias: bool
-    device: Any
-    dtype: Any
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    activation: Activation = "relu"
+    layer_norm_eps: float = 1e-5
+    batch_first: bool = False
+    norm_first: bool = False
+    bias: bool = True
+    device: Any = None
+    dtype: Any = None
 
     def _build(self, attn_names: tuple[str, ...], norms: int) -> None:
         opts = {"device": self.device, "dtype": self.dtype}
@@ -200,18 +200,6 @@ class TransformerEncoderLayer(_BlockLayer):
         torch.Size([3, 5, 8])
     """
 
-    d_model: int
-    nhead: int
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    activation: Activation = "relu"
-    layer_norm_eps: float = 1e-5
-    batch_first: bool = False
-    norm_first: bool = False
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
-
     def __post_init__(self) -> None:
         _check_block_args(self)
         self._build(("self_attn",), 2)
@@ -228,7 +216,6 @@ class TransformerEncoderLayer(_BlockLayer):
         train: bool = False,
     ) -> Tensor:
         """One encoder block over ``src``; returns ``src``'s shape."""
-        check_params_fast(self, params)
         ka, k1, k2, k3 = _keys(key, 4, train, self.dropout, "TransformerEncoderLayer")
         x = src
 
@@ -266,18 +253,6 @@ class TransformerDecoderLayer(_BlockLayer):
         torch.Size([4, 3, 8])
     """
 
-    d_model: int
-    nhead: int
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    activation: Activation = "relu"
-    layer_norm_eps: float = 1e-5
-    batch_first: bool = False
-    norm_first: bool = False
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
-
     def __post_init__(self) -> None:
         _check_block_args(self)
         self._build(("self_attn", "multihead_attn"), 3)
@@ -298,7 +273,6 @@ class TransformerDecoderLayer(_BlockLayer):
         train: bool = False,
     ) -> Tensor:
         """One decoder block over ``tgt`` attending to ``memory``; returns ``tgt``'s shape."""
-        check_params_fast(self, params)
         ks = _keys(key, 6, train, self.dropout, "TransformerDecoderLayer")
         x = tgt
 
@@ -393,7 +367,6 @@ class TransformerEncoder(Layer):
         train: bool = False,
     ) -> Tensor:
         """Run the layers in order, then the norm."""
-        check_params_fast(self, params)
         keys = _random.split(key, self.num_layers) if key is not None else None
         x = src
         for i in range(self.num_layers):
@@ -447,7 +420,6 @@ class TransformerDecoder(Layer):
         train: bool = False,
     ) -> Tensor:
         """Run the layers in order over ``tgt`` with ``memory``, then the norm."""
-        check_params_fast(self, params)
         keys = _random.split(key, self.num_layers) if key is not None else None
         x = tgt
         for i in range(self.num_layers):
@@ -586,7 +558,6 @@ class Transformer(Layer):
         train: bool = False,
     ) -> Tensor:
         """``decoder(tgt, encoder(src))``; returns ``tgt``'s shape."""
-        check_params_fast(self, params)
         batched = src.dim() == 3
         if batched and not self.batch_first and src.shape[1] != tgt.shape[1]:
             raise RuntimeError("the batch number of src and tgt must be equal")

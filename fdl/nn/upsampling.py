@@ -12,21 +12,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fdl.nn import _functional_upsampling as _F
+from fdl.nn._base import Layer, field
 from fdl.nn.piecewise_activations import _Pointwise
 
 __all__ = ["Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d"]
 
 
-def _tuple(v):  # dataclass fields stay hashable: lists become tuples
-    return tuple(v) if isinstance(v, list) else v
+def _hashable(value: Any, layer: Layer) -> Any:
+    """Lists become tuples, so that the layer stays hashable."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+class _Resample(_Pointwise):
+    """The output ``size`` or ``scale_factor`` shared by the upsampling layers."""
+
+    size: int | Sequence[int] | None = field(default=None, converter=_hashable)
+    scale_factor: float | Sequence[float] | None = field(default=None, converter=_hashable)
 
 
 @dataclass(frozen=True)
-class Upsample(_Pointwise):
+class Upsample(_Resample):
     """Resample ``(N, C, *spatial)`` to ``size`` or by ``scale_factor`` with ``mode``.
 
     Args:
@@ -37,15 +47,9 @@ class Upsample(_Pointwise):
         recompute_scale_factor: compute the scale from the output size.
     """
 
-    size: int | Sequence[int] | None = None
-    scale_factor: float | Sequence[float] | None = None
     mode: str = "nearest"
     align_corners: bool | None = None
     recompute_scale_factor: bool | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", _tuple(self.size))
-        object.__setattr__(self, "scale_factor", _tuple(self.scale_factor))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return _F.interpolate(
@@ -59,30 +63,16 @@ class Upsample(_Pointwise):
 
 
 @dataclass(frozen=True)
-class UpsamplingNearest2d(_Pointwise):
+class UpsamplingNearest2d(_Resample):
     """``Upsample(size, scale_factor, mode='nearest')`` on ``(N, C, H, W)``."""
-
-    size: int | Sequence[int] | None = None
-    scale_factor: float | Sequence[float] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", _tuple(self.size))
-        object.__setattr__(self, "scale_factor", _tuple(self.scale_factor))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return _F.upsample_nearest(x, self.size, self.scale_factor)
 
 
 @dataclass(frozen=True)
-class UpsamplingBilinear2d(_Pointwise):
+class UpsamplingBilinear2d(_Resample):
     """``Upsample(size, scale_factor, mode='bilinear', align_corners=True)`` on ``(N, C, H, W)``."""
-
-    size: int | Sequence[int] | None = None
-    scale_factor: float | Sequence[float] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", _tuple(self.size))
-        object.__setattr__(self, "scale_factor", _tuple(self.scale_factor))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return _F.upsample_bilinear(x, self.size, self.scale_factor)
