@@ -357,3 +357,14 @@ def test_per_sample_grads_of_lstm_lm_equal_loop() -> None:
     loop = [torch.func.grad(loss_fn)(params, x[i : i + 1], y[i : i + 1]) for i in range(3)]
     assert_trees_close(grads, ft.stack(loop))
     assert_trees_close(norms, torch.stack([ft.global_norm(gr) for gr in loop]))
+
+
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU"])
+def test_positional_arguments_follow_torch(name):
+    import dataclasses
+    import inspect
+
+    ours = [f.name for f in dataclasses.fields(getattr(fdl.nn, name)) if f.init]
+    params = inspect.signature(getattr(torch.nn, name).__init__).parameters.values()
+    theirs = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.name != "self"]
+    assert ours[: len(theirs)] == theirs

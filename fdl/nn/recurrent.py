@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -94,11 +94,12 @@ class _CellBase(Layer):
     """Shared init/apply of the three cells (``mode`` picks the gate equations)."""
 
     _mode: ClassVar[str] = ""
-    input_size: int
-    hidden_size: int
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
+    if TYPE_CHECKING:  # declared by each cell, in torch's argument order
+        input_size: int
+        hidden_size: int
+        bias: bool
+        device: Any
+        dtype: Any
 
     def __post_init__(self) -> None:
         self._check_args()
@@ -233,6 +234,12 @@ class LSTMCell(_CellBase):
 
     _mode: ClassVar[str] = "LSTM"
 
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    device: Any = None
+    dtype: Any = None
+
     def apply(
         self,
         params: Params,
@@ -264,6 +271,12 @@ class GRUCell(_CellBase):
     """
 
     _mode: ClassVar[str] = "GRU"
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    device: Any = None
+    dtype: Any = None
 
     def apply(
         self,
