@@ -149,14 +149,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     total_steps = 0
     t0 = time.perf_counter()
     model.train()
-    # the images need no gradient, so torch notes that the first layer's backward hook sees none
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     for epoch in range(1, args.epochs + 1):
         losses: list[float] = []
         for x, y in loader:
             optimizer.zero_grad()
             loss = criterion(model(x), y)
-            loss.backward()
+            with warnings.catch_warnings():
+                # the images need no gradient, so torch notes that conv1's backward hook sees none
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             total_steps += 1
