@@ -186,10 +186,12 @@ def _status_mb(field: str) -> float:
     raise KeyError(field)
 
 
-def _peak_mem_child(peer: str, batch: int) -> float:
+def _peak_mem_child(
+    peer: str, batch: int, make: Callable[[str, int], Callable[[], Any]] | None = None
+) -> float:
     """Peak resident-set growth over the set-up state while calling the peer twice (Linux)."""
     torch.set_num_threads(1)
-    fn = _make(peer, batch)
+    fn = (make or _make)(peer, batch)
     fn()  # first call: lazy initialisation
     gc.collect()
     base = _status_mb("VmRSS")

@@ -19,11 +19,7 @@ Run: ``python -m benchmarks.train_step`` (``--quick`` for fewer repeats).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -35,22 +31,12 @@ from benchmarks._harness import (
     Result,
     Timing,
     format_table,
+    load_example,
     measure,
     result,
     threads_note,
     time_first_call,
 )
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class _TorchMLP(torch.nn.Module):
@@ -189,7 +175,7 @@ def _kernel_ms(call: Callable[[], None], steps: int = 10) -> float:
 
 def run(quick: bool = False) -> list[Result]:
     """Time one training step of each peer on each workload."""
-    cnn_torch, cnn_fdl = _example("mnist_cnn_torch"), _example("mnist_cnn")
+    cnn_torch, cnn_fdl = load_example("mnist_cnn_torch"), load_example("mnist_cnn")
     k1, k2, k3, k4 = fdl.random.split(fdl.random.key(0), 4)
     x_img = fdl.random.normal(k1, (W.CNN_BATCH, 1, 28, 28))
     y_img = fdl.random.randint(k2, (W.CNN_BATCH,), 0, 10)
@@ -218,7 +204,7 @@ _TARGETS = {
 
 def flops(quick: bool = False) -> dict[str, int]:
     """Matmul/conv FLOPs of one step (forward and backward) of each workload."""
-    cnn = _example("mnist_cnn_torch").CNN()
+    cnn = load_example("mnist_cnn_torch").CNN()
     x_img, y_img = torch.randn(W.CNN_BATCH, 1, 28, 28), torch.randint(0, 10, (W.CNN_BATCH,))
     mlp = _TorchMLP()
     x_vec, y_vec = torch.randn(W.MLP_BATCH, 784), torch.randint(0, 10, (W.MLP_BATCH,))
