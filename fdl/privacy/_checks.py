@@ -1,24 +1,8 @@
-"""The argument checks of :mod:`fdl.privacy`, kept in :mod:`fdl._dp_checks`.
+"""The accountant's argument checks, kept in :mod:`fdl._dp_checks` with DP-SGD's.
 
 They live in a top-level internal module so that :mod:`fdl.distributed` shares them.
 """
 
-from fdl._dp_checks import (
-    check_clip,
-    check_delta,
-    check_dp_args,
-    check_expected,
-    check_noise,
-    check_number,
-    check_rate,
-)
+from fdl._dp_checks import check_delta, check_number, check_rate
 
-__all__ = [
-    "check_clip",
-    "check_delta",
-    "check_dp_args",
-    "check_expected",
-    "check_noise",
-    "check_number",
-    "check_rate",
-]
+__all__ = ["check_delta", "check_number", "check_rate"]

@@ -35,8 +35,8 @@ from fdl import random as _random
 from fdl import train as _train
 from fdl import tree as _tree
 from fdl._compile import CompileArg
+from fdl._dp_checks import check_clip, check_dp_args, check_noise, check_rate
 from fdl._per_sample import core as _core
-from fdl.privacy._checks import check_clip, check_dp_args, check_noise, check_rate
 
 __all__ = [
     "add_noise",
