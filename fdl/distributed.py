@@ -51,6 +51,7 @@ import torch.distributed as _dist
 from fdl import random as _random
 from fdl import tree as _tree
 from fdl._compile import CompileArg, maybe_compile
+from fdl._dp_checks import check_dp_args
 
 __all__ = [
     "DistributedError",
@@ -555,6 +556,7 @@ def make_dp_train_step(
     """
     from fdl import privacy as _privacy
 
+    check_dp_args(noise_multiplier, max_grad_norm, expected_batch_size, method)
     clipped_sum = maybe_compile(
         _privacy.dp_grads(
             loss_fn,
@@ -565,13 +567,6 @@ def make_dp_train_step(
             method=method,
         ),
         compile,
-    )
-    # validated by dp_grads' own checks above, reused for the noise
-    _privacy.dp_grads(
-        loss_fn,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=expected_batch_size,
     )
 
     def reduce(params: Any, batch: tuple[Any, ...], options: dict[str, Any]) -> tuple[Any, ...]:

@@ -58,24 +58,27 @@ def select_target(output: Tensor, target: Target) -> Tensor:
     return picked.reshape(n)
 
 
+def _per_example_target(target: Target) -> Tensor | None:
+    """``target`` as an ``(N,)`` tensor when it names one class per example, else ``None``.
+
+    ``None``, an ``int``, a ``tuple`` or a 0-d tensor applies to every example alike.
+    """
+    if target is None or isinstance(target, (int, tuple)):
+        return None
+    t = target if isinstance(target, Tensor) else torch.as_tensor(list(target))
+    return None if t.ndim == 0 else t
+
+
 def expand_target(target: Target, repeats: int) -> Target:
     """``target`` for ``repeats`` copies of the batch stacked along axis 0 (copy-major)."""
-    if target is None or isinstance(target, (int, tuple)):
-        return target
-    t = target if isinstance(target, Tensor) else torch.as_tensor(list(target))
-    if t.ndim == 0:
-        return t
-    return t.repeat(repeats)  # (repeats * N,)
+    t = _per_example_target(target)
+    return target if t is None else t.repeat(repeats)  # (repeats * N,)
 
 
 def repeat_interleave_target(target: Target, repeats: int) -> Target:
     """``target`` for a batch whose example ``i`` is repeated ``repeats`` times in a row."""
-    if target is None or isinstance(target, (int, tuple)):
-        return target
-    t = target if isinstance(target, Tensor) else torch.as_tensor(list(target))
-    if t.ndim == 0:
-        return t
-    return t.repeat_interleave(repeats)  # (N * repeats,)
+    t = _per_example_target(target)
+    return target if t is None else t.repeat_interleave(repeats)  # (N * repeats,)
 
 
 def gradient(forward: Callable[[Tensor], Tensor], inputs: Tensor, target: Target) -> Tensor:

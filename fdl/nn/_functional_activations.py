@@ -47,6 +47,12 @@ def _check_tensor(name: str, x: object) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor input, got {type(x).__name__}")
 
 
+def _checked(name: str, input: object, inplace: bool = False) -> None:
+    """Reject ``inplace=True``, then a non-tensor ``input`` (the shared activation checks)."""
+    _no_inplace(name, inplace)
+    _check_tensor(name, input)
+
+
 # --------------------------------------------------------------------------- pointwise
 
 

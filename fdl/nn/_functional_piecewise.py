@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fdl import random as _random
+from fdl.nn._functional_activations import _checked
 
 __all__ = [
     "hardshrink",
@@ -25,16 +26,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-
-
-def _checked(name: str, input: object, inplace: bool = False) -> None:
-    if inplace:
-        raise ValueError(
-            f"{name}: inplace=True is not supported; fdl functions never mutate their "
-            "inputs (use the returned tensor)"
-        )
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor input, got {type(input).__name__}")
 
 
 def hardtanh(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fdl import random as _random
-from fdl.nn._functional_activations import softmax
+from fdl.nn._functional_activations import _checked, softmax
 
 __all__ = [
     "celu",
@@ -29,16 +29,6 @@ Tensor = torch.Tensor
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
-
-
-def _checked(name: str, input: object, inplace: bool = False) -> None:
-    if inplace:
-        raise ValueError(
-            f"{name}: inplace=True is not supported; fdl functions never mutate their "
-            "inputs (use the returned tensor)"
-        )
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor input, got {type(input).__name__}")
 
 
 def _negative_part(input: Tensor) -> Tensor:

@@ -9,7 +9,19 @@ from fdl.nn._layer_utils import check_tensor
 __all__ = ["Dropout"]
 
 
-class Dropout(Layer):
+class _DropoutRate(Layer):
+    """The fields every dropout layer shares, with torch's check of ``p``."""
+
+    p: float = 0.5
+    inplace: bool = False
+
+    def _check_fields(self) -> None:
+        p = self.p
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+
+
+class Dropout(_DropoutRate):
     r"""Inverted dropout, as ``torch.nn.Dropout``: :math:`y = x \cdot m / (1 - p)`,
     :math:`m \sim \text{Bernoulli}(1 - p)` when ``train=True``; identity otherwise.
 
@@ -35,14 +47,6 @@ class Dropout(Layer):
         >>> set(y.tolist()) <= {0.0, 2.0}
         True
     """
-
-    p: float = 0.5
-    inplace: bool = False
-
-    def _check_fields(self) -> None:
-        p = self.p
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
 
     def apply(
         self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False

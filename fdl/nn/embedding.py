@@ -14,6 +14,25 @@ from fdl.nn._base import Layer, OptKey, Params, Tensor, field
 __all__ = ["Embedding"]
 
 
+def _init_table(layer: Any, key: _random.Key) -> Params:
+    """``{"weight": w}`` for an embedding table (``Embedding``, ``EmbeddingBag``).
+
+    ``w ~ N(0, 1)`` of shape ``(num_embeddings, embedding_dim)`` with the ``padding_idx`` row
+    zero, or a copy of ``layer._weight`` when one was given (on ``meta`` for a meta key).
+    """
+    if layer._weight is not None:
+        w = layer._weight.detach()
+        if key.device.type == "meta":
+            w = w.to("meta")
+        return {"weight": w.to(dtype=layer.dtype or w.dtype).clone()}
+    shape = (layer.num_embeddings, layer.embedding_dim)
+    w = _init.normal(key, shape, dtype=layer.dtype, device=layer.device)
+    if layer.padding_idx is not None:
+        rows = torch.arange(layer.num_embeddings, device=w.device).unsqueeze(1)
+        w = torch.where(rows == layer.padding_idx, torch.zeros((), dtype=w.dtype), w)
+    return {"weight": w}
+
+
 def _row_index(value: Any, layer: Any) -> int | None:
     """``padding_idx`` in ``[-num_embeddings, num_embeddings)``, stored non-negative."""
     n = layer.num_embeddings
@@ -85,17 +104,7 @@ class Embedding(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """``weight ~ N(0, 1)`` with the ``padding_idx`` row zero (or a copy of ``_weight``)."""
-        shape = (self.num_embeddings, self.embedding_dim)
-        if self._weight is not None:
-            w = self._weight.detach()
-            if key.device.type == "meta":
-                w = w.to("meta")
-            return {"weight": w.to(dtype=self.dtype or w.dtype).clone()}
-        w = _init.normal(key, shape, dtype=self.dtype, device=self.device)
-        if self.padding_idx is not None:
-            rows = torch.arange(self.num_embeddings, device=w.device).unsqueeze(1)
-            w = torch.where(rows == self.padding_idx, torch.zeros((), dtype=w.dtype), w)
-        return {"weight": w}
+        return _init_table(self, key)
 
     def apply(
         self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False

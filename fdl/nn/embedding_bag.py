@@ -9,9 +9,9 @@ import torch
 
 from fdl import random as _random
 from fdl.nn import _functional_embedding_bag as _F
-from fdl.nn import init as _init
 from fdl.nn._base import Layer, Params
 from fdl.nn._layer_utils import check_params_fast
+from fdl.nn.embedding import _init_table
 
 __all__ = ["EmbeddingBag"]
 
@@ -78,17 +78,7 @@ class EmbeddingBag(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """``weight ~ N(0, 1)`` with the ``padding_idx`` row zero (or a copy of ``_weight``)."""
-        if self._weight is not None:
-            w = self._weight.detach()
-            if key.device.type == "meta":
-                w = w.to("meta")
-            return {"weight": w.to(dtype=self.dtype or w.dtype).clone()}
-        shape = (self.num_embeddings, self.embedding_dim)
-        w = _init.normal(key, shape, dtype=self.dtype, device=self.device)
-        if self.padding_idx is not None:
-            rows = torch.arange(self.num_embeddings, device=w.device).unsqueeze(1)
-            w = torch.where(rows == self.padding_idx, torch.zeros((), dtype=w.dtype), w)
-        return {"weight": w}
+        return _init_table(self, key)
 
     def apply(
         self,

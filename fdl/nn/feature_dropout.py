@@ -17,33 +17,21 @@ from typing import ClassVar
 
 import torch
 
-from fdl import random as _random
 from fdl.nn import _functional_feature_dropout as _F
-from fdl.nn._base import Layer, Params
+from fdl.nn._base import OptKey, Params, Tensor
+from fdl.nn.dropout import _DropoutRate
 
 __all__ = ["AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout"]
 
 
-class _KeyedDropout(Layer):
-    """Shared fields, check and apply; ``fn`` is the functional form."""
+class _KeyedDropout(_DropoutRate):
+    """The keyed dropout layers' apply; ``fn`` is the functional form (fields: ``_DropoutRate``)."""
 
     fn: ClassVar[Callable[..., torch.Tensor]]
-    p: float = 0.5
-    inplace: bool = False
-
-    def __post_init__(self) -> None:
-        p = self.p
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """Same shape in and out; ``key`` required when ``train=True`` and ``0 < p < 1``."""
         return type(self).fn(x, self.p, train, key=key)
 

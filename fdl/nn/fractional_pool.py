@@ -20,9 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fdl import random as _random
 from fdl.nn import _functional_fractional_pool as _F
-from fdl.nn._base import Layer, Params
+from fdl.nn._base import Layer, OptKey, Params, Tensor
 
 __all__ = ["FractionalMaxPool2d", "FractionalMaxPool3d"]
 
@@ -51,14 +50,7 @@ class _FractionalMaxPool(Layer):
             if isinstance(v, list):
                 object.__setattr__(self, f, tuple(v))
 
-    def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> Any:
+    def apply(self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False) -> Any:
         """``(N, C, *spatial) -> (N, C, *out)`` (or ``(values, indices)``); ``key`` required."""
         pool = _F.fractional_max_pool2d if self.n == 2 else _F.fractional_max_pool3d
         return pool(

@@ -21,7 +21,7 @@ import torch
 
 from fdl import random as _random
 from fdl.nn import _functional_piecewise as _F
-from fdl.nn._base import Layer, Params
+from fdl.nn._base import Layer, OptKey, Params, Tensor
 
 __all__ = [
     "Hardshrink",
@@ -237,13 +237,8 @@ class RReLU(Layer):
             raise ValueError(f"RReLU: needs 0 <= lower <= upper, got {self.lower}, {self.upper}")
 
     def apply(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> torch.Tensor:
+        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
+    ) -> Tensor:
         """Same shape in and out; ``key`` is required when ``train=True``."""
         if train and key is None:
             raise ValueError("RReLU: train=True needs key=... (an fdl.random key) for the slopes")

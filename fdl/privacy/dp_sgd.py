@@ -35,8 +35,8 @@ from fdl import random as _random
 from fdl import train as _train
 from fdl import tree as _tree
 from fdl._compile import CompileArg
+from fdl._dp_checks import check_clip, check_dp_args, check_noise, check_rate
 from fdl._per_sample import core as _core
-from fdl.privacy._checks import check_clip, check_expected, check_number, check_rate
 
 __all__ = [
     "add_noise",
@@ -49,12 +49,6 @@ __all__ = [
 ]
 
 CLIP_EPS = 1e-6
-
-
-def _check_noise(noise_multiplier: float) -> float:
-    return check_number(
-        "noise_multiplier", noise_multiplier, "a finite number >= 0", lambda s: 0.0 <= s < math.inf
-    )
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
@@ -120,7 +114,7 @@ def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_no
         >>> round(float(g["w"].std()), 1)
         1.0
     """
-    std = _check_noise(noise_multiplier) * check_clip(max_grad_norm)
+    std = check_noise(noise_multiplier) * check_clip(max_grad_norm)
     flat, treedef = _tree.flatten(grads)
     if not flat:
         return grads
@@ -168,11 +162,7 @@ def dp_grads(
         >>> g["w"]  # each example's gradient (4, 4) is clipped to norm 1
         tensor([[0.7071, 0.7071]])
     """
-    sigma = _check_noise(noise_multiplier)
-    clip = check_clip(max_grad_norm)
-    b_e = check_expected(expected_batch_size)
-    if method not in ("auto", "rules", "vmap"):
-        raise ValueError(f"method must be one of ('auto', 'rules', 'vmap'), got {method!r}")
+    sigma, clip, b_e = check_dp_args(noise_multiplier, max_grad_norm, expected_batch_size, method)
 
     def fn(params: Any, key: _random.Key, *batch: Any, mask: torch.Tensor | None = None) -> Any:
         loss, aux, rep, _ = _core.decompose(
