@@ -103,6 +103,8 @@ class _Children(Layer):
             "e.g. `for layer, p in zip(self.blocks, self.blocks.split(params['blocks']))`"
         )
 
+    apply.__fdl_checked__ = True  # type: ignore[attr-defined]  # it only raises: nothing to check
+
     def _subtrees(self, tree: Mapping[str, Any] | None) -> list[Any]:
         """The subtree of every child, in order; ``{}`` where the tree has no entry."""
         tree = {} if tree is None else tree
