@@ -56,6 +56,8 @@ LOSSES_CATALOG = ("tests/test_losses_catalog.py",)
 EXPLAIN = ("tests/test_explain.py",)
 ROBUST = ("tests/test_robust.py",)
 DISTRIBUTED = ("tests/test_distributed.py",)
+ADAPTIVE = ("tests/test_nn_adaptive_softmax.py",)
+CONTAINERS = ("tests/test_nn_containers.py",)
 
 
 CATALOGUE: list[Mutant] = [
@@ -1392,6 +1394,44 @@ CATALOGUE: list[Mutant] = [
         "            if self.max_skips is None or len(self.skipped) <= self.max_skips:\n",
         "            if self.max_skips is None or len(self.skipped) < self.max_skips:\n",
         ("tests/test_monitor.py",),
+    ),
+    # ------------------------------------------------ nn: adaptive softmax, containers
+    Mutant(
+        "nn.adaptive_softmax.cluster_lower_bound",
+        "nn",
+        "adaptive softmax leaves each cluster's first class out of it (t > c_i, not t >= c_i)",
+        "            in_cluster = (t >= lo) & (t < hi)  # (N,)\n",
+        "            in_cluster = (t > lo) & (t < hi)  # (N,)\n",
+        ADAPTIVE,
+        select="forward_and_gradients",
+    ),
+    Mutant(
+        "nn.adaptive_softmax.loss_sum",
+        "nn",
+        "adaptive softmax's loss sums -log p over the batch instead of averaging",
+        "        loss = (-output).mean()\n",
+        "        loss = (-output).sum()\n",
+        ADAPTIVE,
+        select="forward_and_gradients",
+    ),
+    Mutant(
+        "nn.adaptive_softmax.log_prob_no_cluster_term",
+        "nn",
+        "adaptive softmax's log_prob forgets the head's cluster log-probability h[c_1 + i]",
+        "self._tail_log_prob(params, x, i) + head_lp[:, s + i : s + i + 1]",
+        "self._tail_log_prob(params, x, i)",
+        ADAPTIVE,
+        select="log_prob",
+    ),
+    Mutant(
+        "nn.containers.children_share_key",
+        "nn",
+        "ModuleList/ModuleDict give every child the container's key (identical children alike)",
+        "            p = layer.init(keys[i])\n",
+        "            p = layer.init(key)\n",
+        CONTAINERS,
+        file="containers_list.py",
+        select="independent_key",
     ),
     # ---------------------------------------------------------------- testing
     Mutant(

@@ -8,6 +8,7 @@ from fdl.nn._base import Layer, Params, State, eval_shape
 from fdl.nn.activation import *  # noqa: F403
 from fdl.nn.attention import *  # noqa: F403
 from fdl.nn.container import *  # noqa: F403
+from fdl.nn.containers_list import *  # noqa: F403
 from fdl.nn.conv import *  # noqa: F403
 from fdl.nn.dropout import *  # noqa: F403
 from fdl.nn.embedding import *  # noqa: F403
@@ -22,6 +23,7 @@ from fdl.nn.transformer import *  # noqa: F403
 
 # isort: split
 # the rest of torch.nn's layers, one module per topic
+from fdl.nn.adaptive_softmax import *  # noqa: F403
 from fdl.nn.batch_norm3d import *  # noqa: F403
 from fdl.nn.conv3d import *  # noqa: F403
 from fdl.nn.conv_transpose_nd import *  # noqa: F403
