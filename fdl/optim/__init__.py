@@ -42,6 +42,7 @@ from fdl.optim.base import (
     chain,
 )
 from fdl.optim.clipping import clip, clip_by_global_norm
+from fdl.optim.lbfgs import LBFGSState, Minimizer, lbfgs
 from fdl.optim.scaling import (
     ScaleByScheduleState,
     TraceState,
@@ -78,6 +79,9 @@ __all__ = sorted(
         *alias.__all__,
         *adaptive.__all__,
         *clipping.__all__,
+        "LBFGSState",
+        "Minimizer",
+        "lbfgs",
         *scaling.__all__,
         *wrappers.__all__,
     ]
