@@ -36,10 +36,10 @@ early when ``max|g| <= tolerance_grad``, when ``g·d > -tolerance_change``, when
 ``tolerance_change``.
 
 **Why a step takes the loss function** (the Optax/JAX way of writing this:
-``jaxopt.LBFGS.update(params, state, *args)`` and
-``optax.scale_by_lbfgs`` with ``value_and_grad`` in the update's extra
-arguments): the number of evaluations per step depends on the values, as
-torch's does, so the step's loop and the line search run in Python on scalar
+jaxopt's ``LBFGS(fun).update(params, state, *args)``; ``optax.lbfgs`` takes
+``value``, ``grad`` and ``value_fn`` as extra arguments of ``update``): the
+number of evaluations per step depends on the values, as torch's does, so the
+step's loop and the line search run in Python on scalar
 values read back from the device, while every tensor in the state keeps its
 shape from step to step (a checkpoint, or a compiled train loop around it,
 sees the same tree). The expensive part, the loss and its gradient, can be
