@@ -268,3 +268,27 @@ def test_reexported() -> None:
     assert fdl.optim.lbfgs is lbfgs
     assert fdl.optim.LBFGSState is LBFGSState
     assert isinstance(fdl.optim.lbfgs(), fdl.optim.Minimizer)
+
+
+def test_strong_wolfe_zoom_matches_torch() -> None:
+    """A wiggly function whose zoom phase moves both bracket ends (the swap of high and low)."""
+    from torch.optim.lbfgs import _strong_wolfe as ref
+
+    def phi(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        x = x.detach().requires_grad_()
+        f = (torch.sin(3 * x) + 0.1 * x**2).sum()
+        f.backward()
+        return float(f.detach()), x.grad
+
+    for seed in range(6):
+        x0 = torch.randn(3, generator=torch.Generator().manual_seed(seed), dtype=F64)
+        f0, g0 = phi(x0)
+        d = -g0
+        for t0 in (0.3, 1.0, 4.0):
+            for c2 in (0.9, 0.1):
+                want = ref(lambda x, t, d: phi(x + t * d), x0, t0, d, f0, g0, g0.dot(d), c2=c2)
+                got = strong_wolfe(
+                    lambda t, d=d, x0=x0: phi(x0 + t * d), t0, d, f0, g0, float(g0.dot(d)), c2=c2
+                )
+                assert float(got[2]) == pytest.approx(float(want[2]), rel=1e-12, abs=1e-15)
+                assert got[0] == pytest.approx(want[0], rel=1e-12) and got[3] == want[3]
