@@ -218,7 +218,7 @@ def test_strong_wolfe_matches_torch_directly() -> None:
         x = x.detach().requires_grad_()
         f = _rosenbrock({"x": x})
         f.backward()
-        return float(f), x.grad
+        return float(f.detach()), x.grad
 
     x0 = torch.tensor([-1.2, 1.0, 0.3], dtype=F64)
     f0, g0 = phi(x0)
@@ -258,6 +258,8 @@ def test_bad_params_and_state() -> None:
     state = opt.init({"x": torch.zeros(3, dtype=F64)})
     with pytest.raises(ValueError, match="lbfgs.step"):
         opt.step(_rosenbrock, {"x": torch.zeros(4, dtype=F64)}, state)
+    with pytest.raises(ValueError, match="dtype"):
+        opt.step(_rosenbrock, {"x": torch.zeros(3)}, state)
     with pytest.raises(ValueError, match="LBFGSState"):
         opt.step(_rosenbrock, {"x": torch.zeros(3, dtype=F64)}, ())
 

@@ -452,26 +452,29 @@ def lbfgs(
     )
     sign = -1.0 if maximize else 1.0
 
-    def init(params: Params) -> LBFGSState:
-        leaves = tree.leaves(params)
-        _check_leaves(leaves)
-        flat = _flat(leaves)
-        n, like = flat.numel(), flat
-        z64 = torch.zeros((), dtype=torch.float64, device=like.device)
-        zi = torch.zeros((), dtype=torch.int64, device=like.device)
+    def build(n: int, dtype: torch.dtype, device: torch.device | str) -> LBFGSState:
+        vec = torch.zeros(n, dtype=dtype, device=device)
+        z64 = torch.zeros((), dtype=torch.float64, device=device)
+        zi = torch.zeros((), dtype=torch.int64, device=device)
         return LBFGSState(
             func_evals=zi,
             n_iter=zi,
-            d=torch.zeros_like(flat),
+            d=vec,
             t=z64,
-            old_dirs=like.new_zeros(history_size, n),
-            old_stps=like.new_zeros(history_size, n),
-            ro=like.new_zeros(history_size),
+            old_dirs=vec.new_zeros(history_size, n),
+            old_stps=vec.new_zeros(history_size, n),
+            ro=vec.new_zeros(history_size),
             num_old=zi,
-            H_diag=like.new_ones(()),
-            prev_flat_grad=torch.zeros_like(flat),
+            H_diag=vec.new_ones(()),
+            prev_flat_grad=vec,
             prev_loss=z64,
         )
+
+    def init(params: Params) -> LBFGSState:
+        leaves = tree.leaves(params)
+        _check_leaves(leaves)
+        first = leaves[0]
+        return build(sum(p.numel() for p in leaves), first.dtype, first.device)
 
     def step(
         loss_fn: Callable[..., Any],
@@ -487,12 +490,14 @@ def lbfgs(
                 f"lbfgs.step: the state is a {type(state).__name__}, expected the LBFGSState "
                 "that lbfgs.init builds"
             )
+        n = sum(p.numel() for p in leaves)
         tree.check_match(
             state,
-            init(params),
+            build(n, leaves[0].dtype, "meta"),  # shapes and dtypes only: nothing allocated
             got_name="the state",
             expected_name="the state lbfgs.init builds for params",
             check_shapes=True,
+            check_dtypes=True,
             context="lbfgs.step",
         )
         vg = loss_fn if value_and_grad else torch.func.grad_and_value(loss_fn)
