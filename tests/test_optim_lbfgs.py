@@ -9,6 +9,7 @@ to 1e-10 (fdl mirrors torch's operations, so they agree to rounding).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -294,3 +295,30 @@ def test_strong_wolfe_zoom_matches_torch() -> None:
                 )
                 assert float(got[2]) == pytest.approx(float(want[2]), rel=1e-12, abs=1e-15)
                 assert got[0] == pytest.approx(want[0], rel=1e-12) and got[3] == want[3]
+
+
+def test_compiled_value_and_grad_traces_once() -> None:
+    """The loss-and-gradient evaluation compiles once for every evaluation of every step."""
+    torch._dynamo.reset()
+    frames = []
+
+    def backend(gm: Any, example_inputs: Any) -> Any:
+        frames.append(gm)
+        return gm.forward
+
+    grad_and_value = torch.func.grad_and_value(_logistic)
+
+    def value_and_grad(p: dict) -> tuple:
+        g, v = grad_and_value(p)
+        return v, g
+
+    compiled = torch.compile(value_and_grad, backend=backend, fullgraph=True)
+    opt = fdl.optim.lbfgs(max_iter=3, history_size=4, line_search_fn="strong_wolfe")
+    p1 = p2 = _init("logistic")
+    s1 = s2 = opt.init(p1)
+    for _ in range(5):
+        p1, s1, l1 = opt.step(compiled, p1, s1, value_and_grad=True)
+        p2, s2, l2 = opt.step(_logistic, p2, s2)
+        fdl.testing.assert_trees_close(p1, p2, rtol=1e-12, atol=1e-12)
+    assert int(s1.func_evals) == int(s2.func_evals) > 10
+    assert len(frames) == 1
