@@ -152,6 +152,22 @@ SCHEDULES: dict[str, tuple[Any, Callable[[Any], Any]]] = {
             o, [TS.LinearLR(o, 0.3, total_iters=5), TS.ExponentialLR(o, 0.93)], [5]
         ),
     ),
+    "MultiplicativeLR": (
+        S.MultiplicativeLR(LR, lambda k: 0.95, total_steps=STEPS),
+        lambda o: TS.MultiplicativeLR(o, lambda k: 0.95),
+    ),
+    "CyclicLR": (
+        S.CyclicLR(0.01, LR, step_size_up=7, mode="triangular2"),
+        lambda o: TS.CyclicLR(o, 0.01, LR, step_size_up=7, mode="triangular2"),  # cycles momentum
+    ),
+    "ChainedScheduler": (
+        S.ChainedScheduler([S.ConstantLR(LR, 0.3, 11), S.ExponentialLR(LR, 0.93)]),
+        lambda o: TS.ChainedScheduler([TS.ConstantLR(o, 0.3, 11), TS.ExponentialLR(o, 0.93)]),
+    ),
+    "SWALR": (
+        fdl.optim.SWALR(LR, swa_lr=0.01, anneal_epochs=13),
+        lambda o: torch.optim.swa_utils.SWALR(o, swa_lr=0.01, anneal_epochs=13),
+    ),
 }
 
 
@@ -248,7 +264,8 @@ def test_sgd_momentum_dampening_equals_torch_to_1e15() -> None:
 def test_schedule_acts_in_float64(name: str) -> None:
     """SGD with momentum (cycled for OneCycleLR, as torch's default) under each schedule."""
     schedule, make = SCHEDULES[name]
-    momentum = schedule.momentum if isinstance(schedule, S.OneCycleLR) else 0.9
+    cycled = isinstance(schedule, (S.OneCycleLR, S.CyclicLR))
+    momentum = schedule.momentum if cycled else 0.9
     fdl_opt = fdl.optim.sgd(lr=schedule, momentum=momentum)
     values = [float(schedule(torch.tensor(k))) for k in range(STEPS)]
     assert schedule(torch.tensor(3)).dtype == torch.float64

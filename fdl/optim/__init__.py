@@ -16,7 +16,7 @@ skipping non-finite steps); learning-rate schedules live in
 update-and-apply step, optionally with buffer donation.
 """
 
-from fdl.optim import adaptive, alias, clipping, scaling, schedules, wrappers
+from fdl.optim import adaptive, alias, clipping, scaling, schedules, swa, wrappers
 from fdl.optim.adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -42,6 +42,7 @@ from fdl.optim.base import (
     chain,
 )
 from fdl.optim.clipping import clip, clip_by_global_norm
+from fdl.optim.quasi_newton import LBFGSState, Minimizer, lbfgs
 from fdl.optim.scaling import (
     ScaleByScheduleState,
     TraceState,
@@ -53,6 +54,16 @@ from fdl.optim.scaling import (
     trace,
 )
 from fdl.optim.step import make_update
+from fdl.optim.swa import (
+    SWALR,
+    AveragedModel,
+    AveragedState,
+    get_ema_avg_fn,
+    get_ema_multi_avg_fn,
+    get_swa_avg_fn,
+    get_swa_multi_avg_fn,
+    update_bn,
+)
 from fdl.optim.wrappers import (
     ApplyIfFiniteState,
     MaskedState,
@@ -75,10 +86,15 @@ __all__ = sorted(
         "chain",
         "make_update",
         "schedules",
+        "swa",
         *alias.__all__,
         *adaptive.__all__,
         *clipping.__all__,
+        "LBFGSState",
+        "Minimizer",
+        "lbfgs",
         *scaling.__all__,
         *wrappers.__all__,
+        *swa.__all__,
     ]
 )

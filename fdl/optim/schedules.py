@@ -34,19 +34,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 __all__ = [
+    "ChainedScheduler",
     "ConstantLR",
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestarts",
+    "CyclicLR",
     "ExponentialLR",
     "LambdaLR",
     "LinearLR",
     "MultiStepLR",
+    "MultiplicativeLR",
     "OneCycleLR",
+    "PlateauState",
     "PolynomialLR",
+    "ReduceLROnPlateau",
     "SequentialLR",
     "StepLR",
 ]
@@ -505,3 +511,317 @@ class SequentialLR:
         for m, s in zip(self.milestones, self.schedules[1:], strict=True):
             out = torch.where(count >= m, torch.as_tensor(s(count - m), dtype=torch.float64), out)
         return out
+
+
+@dataclass(frozen=True)
+class MultiplicativeLR:
+    r"""The rate multiplied by ``lr_lambda(k)`` at every step ``k >= 1``.
+
+    :math:`\eta_k = \eta \prod_{j=1}^{k} f(j)`, the product taken in torch's
+    order (:math:`\eta_k = \eta_{k-1} f(k)`). ``lr_lambda`` is called with
+    Python ints, as torch's is, once per step up to ``total_steps`` when the
+    schedule is built; the schedule then looks the rate up, so any Python
+    function works and a compiled step never recompiles. Mirrors
+    ``torch.optim.lr_scheduler.MultiplicativeLR(opt, lr_lambda)``.
+
+    Note:
+        ``total_steps`` (an fdl argument, default 10000) bounds the table:
+        past it the rate holds at :math:`\eta_{total\_steps}`.
+
+    Example:
+        >>> import torch
+        >>> s = MultiplicativeLR(1.0, lambda k: 0.5, total_steps=10)
+        >>> [float(s(torch.tensor(k))) for k in range(4)]
+        [1.0, 0.5, 0.25, 0.125]
+    """
+
+    lr: float
+    lr_lambda: Callable[[int], float]
+    total_steps: int = 10_000
+    _table: Tensor = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if not isinstance(self.total_steps, int) or self.total_steps < 0:
+            raise ValueError(f"total_steps must be an int >= 0; got {self.total_steps!r}")
+        values = [float(self.lr)]
+        for k in range(1, self.total_steps + 1):
+            values.append(values[-1] * float(self.lr_lambda(k)))
+        object.__setattr__(self, "_table", torch.tensor(values, dtype=torch.float64))
+
+    def __call__(self, count: Tensor) -> Tensor:
+        count = torch.as_tensor(count)
+        k = torch.clamp(count, 0, self.total_steps).to(torch.int64)
+        return torch.take(self._table.to(count.device), k)  # elementwise lookup, any shape
+
+
+@dataclass(frozen=True)
+class CyclicLR:
+    r"""Cyclical learning rate (Smith, 2017): between ``base_lr`` and ``max_lr`` in triangles.
+
+    With cycle length ``T = step_size_up + step_size_down`` and
+    ``r = step_size_up / T``:
+
+    .. math::
+        c = \lfloor 1 + k/T \rfloor,\quad x = 1 + k/T - c,\quad
+        h = \begin{cases} x / r & x \le r \\ (x - 1)/(r - 1) & x > r\end{cases},\quad
+        \eta_k = \eta_{base} + (\eta_{max} - \eta_{base})\, h\, \sigma
+
+    where :math:`\sigma` is the scale: ``triangular`` 1, ``triangular2``
+    :math:`1/2^{c-1}` (of the cycle), ``exp_range`` :math:`\gamma^k` (of the
+    step), or ``scale_fn`` of the cycle (``scale_mode='cycle'``) or of the step
+    (``'iterations'``). ``scale_fn`` receives a float64 tensor and must use
+    tensor ops to trace under ``torch.compile``.
+
+    ``s.momentum`` is the cycled momentum, torch's default
+    ``cycle_momentum=True``: :math:`m_k = m_{max} - (m_{max} - m_{base})\,h\,\sigma`,
+    to pass as ``sgd``'s ``momentum`` or ``adam``'s first beta. With
+    ``cycle_momentum=False`` there is none (the optimizer's own stays fixed).
+    Mirrors ``torch.optim.lr_scheduler.CyclicLR(opt, base_lr, max_lr, ...)``,
+    stepped once per update.
+
+    Example:
+        >>> import torch
+        >>> s = CyclicLR(0.1, 1.0, step_size_up=2)
+        >>> [round(float(s(torch.tensor(k))), 6) for k in range(5)]
+        [0.1, 0.55, 1.0, 0.55, 0.1]
+        >>> [round(float(s.momentum(torch.tensor(k))), 6) for k in range(3)]
+        [0.9, 0.85, 0.8]
+    """
+
+    base_lr: float
+    max_lr: float
+    step_size_up: int = 2000
+    step_size_down: int | None = None
+    mode: str = "triangular"
+    gamma: float = 1.0
+    scale_fn: Callable[[Tensor], Tensor | float] | None = None
+    scale_mode: str = "cycle"
+    cycle_momentum: bool = True
+    base_momentum: float = 0.8
+    max_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check_lr(self.base_lr)
+        _check_lr(self.max_lr)
+        if self.scale_fn is None:
+            if self.mode not in ("triangular", "triangular2", "exp_range"):
+                raise ValueError("mode is invalid and scale_fn is None")
+            scale_mode = "iterations" if self.mode == "exp_range" else "cycle"
+            object.__setattr__(self, "scale_mode", scale_mode)
+        elif self.scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"scale_mode must be 'cycle' or 'iterations'; got {self.scale_mode!r}")
+        up = float(self.step_size_up)
+        down = float(self.step_size_down) if self.step_size_down is not None else up
+        if not (up > 0 and down >= 0):
+            raise ValueError(
+                f"step_size_up must be positive and step_size_down >= 0; got {up}, {down}"
+            )
+
+    def _sizes(self) -> tuple[float, float]:
+        up = float(self.step_size_up)
+        down = float(self.step_size_down) if self.step_size_down is not None else up
+        return up + down, up / (up + down)
+
+    def _scale(self, cycle: Tensor, k: Tensor) -> Tensor:
+        x = cycle if self.scale_mode == "cycle" else k
+        if self.scale_fn is not None:
+            return torch.as_tensor(self.scale_fn(x), dtype=torch.float64)
+        if self.mode == "triangular":
+            return torch.ones_like(x)
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma**x
+
+    def _height(self, count: Tensor) -> Tensor:
+        """``h σ``: the position in the triangle times the scale."""
+        total, ratio = self._sizes()
+        k = _f64(count)
+        cycle = torch.floor(1 + k / total)
+        x = 1.0 + k / total - cycle
+        h = torch.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
+        return h * self._scale(cycle, k)
+
+    def __call__(self, count: Tensor) -> Tensor:
+        return self.base_lr + (self.max_lr - self.base_lr) * self._height(count)
+
+    def momentum(self, count: Tensor) -> Tensor:
+        """The cycled momentum (``sgd``'s ``momentum``, ``adam``'s first beta) at ``count``."""
+        if not self.cycle_momentum:
+            raise ValueError("CyclicLR(cycle_momentum=False) has no cycled momentum")
+        return self.max_momentum - (self.max_momentum - self.base_momentum) * self._height(count)
+
+
+@dataclass(frozen=True)
+class ChainedScheduler:
+    r"""Several schedules of one base rate applied together: their factors multiply.
+
+    :math:`\eta_k = \eta \prod_i s_i(k) / \eta`, each :math:`s_i` built with the
+    same base rate :math:`\eta` (its ``lr``). torch's ``ChainedScheduler`` steps
+    each scheduler on the rate the previous one left, which is this product for
+    the schedules whose torch recursion multiplies the current rate:
+    ``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``ConstantLR``,
+    ``LinearLR``, ``PolynomialLR``, ``MultiplicativeLR`` (any mix of them; the
+    others set the rate from the step alone, so a torch chain of them depends
+    on their order). Mirrors
+    ``torch.optim.lr_scheduler.ChainedScheduler(schedulers)``.
+
+    Example:
+        >>> import torch
+        >>> s = ChainedScheduler([ConstantLR(1.0, 0.1, 2), ExponentialLR(1.0, 0.5)])
+        >>> [round(float(s(torch.tensor(k))), 6) for k in range(4)]
+        [0.1, 0.05, 0.25, 0.125]
+    """
+
+    schedules: Sequence[Callable[[Tensor], Tensor]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedules", tuple(self.schedules))
+        if len(self.schedules) < 1:
+            raise ValueError(
+                "ChainedScheduler expects at least one scheduler to be chained, but got no "
+                "scheduler."
+            )
+        bases = []
+        for i, s in enumerate(self.schedules):
+            if isinstance(s, ReduceLROnPlateau):
+                raise ValueError(
+                    "ChainedScheduler does not support ReduceLROnPlateau (it is fed a metric), "
+                    f"but got one at index {i}"
+                )
+            base = getattr(s, "lr", None)
+            if not isinstance(base, (int, float)):
+                raise TypeError(
+                    f"ChainedScheduler: the schedule at index {i} ({type(s).__name__}) has no "
+                    "base rate `lr`"
+                )
+            bases.append(float(base))
+        if any(b != bases[0] for b in bases):
+            raise ValueError(
+                f"ChainedScheduler expects schedules of one base rate (one optimizer); got {bases}"
+            )
+
+    @property
+    def lr(self) -> float:
+        """The common base rate."""
+        return float(self.schedules[0].lr)  # type: ignore[attr-defined]
+
+    def __call__(self, count: Tensor) -> Tensor:
+        out = torch.as_tensor(self.schedules[0](count), dtype=torch.float64)
+        for s in self.schedules[1:]:
+            out = out * (torch.as_tensor(s(count), dtype=torch.float64) / self.lr)
+        return out
+
+
+class PlateauState(NamedTuple):
+    """The state of :class:`ReduceLROnPlateau`: torch's scheduler attributes as tensors.
+
+    Attributes:
+        lr: the current learning rate (float64).
+        best: the best metric so far (float64; ``inf`` / ``-inf`` before the first).
+        num_bad_epochs: updates since the last improvement (int64).
+        cooldown_counter: updates of cooldown left (int64).
+    """
+
+    lr: Tensor
+    best: Tensor
+    num_bad_epochs: Tensor
+    cooldown_counter: Tensor
+
+
+@dataclass(frozen=True)
+class ReduceLROnPlateau:
+    r"""Multiply the rate by ``factor`` when a metric stops improving: a schedule fed the metric.
+
+    ``state = plateau.init()``, then once per epoch
+    ``state = plateau.update(state, metric)`` and ``plateau.get_last_lr(state)``
+    (``= state.lr``). The metric improves when it beats ``best`` by the
+    threshold: ``mode='min'`` needs :math:`m < b(1 - \tau)` (``rel``) or
+    :math:`m < b - \tau` (``abs``); ``'max'`` :math:`m > b(1 + \tau)` or
+    :math:`m > b + \tau`. An update then
+
+    .. math::
+        &\text{improved: } b \leftarrow m,\ n_{bad} \leftarrow 0;
+        \ \text{else } n_{bad} \leftarrow n_{bad} + 1 \\
+        &\text{in cooldown } (c > 0)\text{: } c \leftarrow c - 1,\ n_{bad} \leftarrow 0 \\
+        &n_{bad} > \text{patience}:\ \eta \leftarrow \max(\eta f, \eta_{min})
+        \text{ if the drop exceeds eps},\ c \leftarrow \text{cooldown},\ n_{bad} \leftarrow 0
+
+    Every branch is a ``torch.where`` on tensors, so a compiled update traces
+    once whatever the metric does. To train with it, build the optimizer with
+    ``lr=1.0`` and scale its updates (every fdl optimizer's update is linear in
+    ``lr``): ``updates = fdl.tree.scale(updates, plateau.get_last_lr(state))``.
+    Mirrors ``torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='min',
+    factor=0.1, patience=10, threshold=1e-4, threshold_mode='rel', cooldown=0,
+    min_lr=0, eps=1e-8)`` for one parameter group.
+
+    Example:
+        >>> import torch
+        >>> plateau = ReduceLROnPlateau(1.0, factor=0.5, patience=1)
+        >>> state = plateau.init()
+        >>> for metric in [3.0, 2.0, 2.0, 2.0, 2.0, 2.0]:
+        ...     state = plateau.update(state, torch.tensor(metric))
+        ...     print(float(plateau.get_last_lr(state)), end=" ")
+        1.0 1.0 1.0 0.5 0.5 0.25
+    """
+
+    lr: float
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 10
+    threshold: float = 1e-4
+    threshold_mode: str = "rel"
+    cooldown: int = 0
+    min_lr: float = 0.0
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if self.factor >= 1.0:
+            raise ValueError("Factor should be < 1.0.")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode {self.mode} is unknown!")
+        if self.threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold mode {self.threshold_mode} is unknown!")
+        if isinstance(self.min_lr, (list, tuple)):
+            raise ValueError("ReduceLROnPlateau: min_lr is one float (one parameter group)")
+
+    def init(self, device: torch.device | str | None = None) -> PlateauState:
+        """The state before the first metric: ``best = ±inf``, counters 0, the base rate."""
+        worse = math.inf if self.mode == "min" else -math.inf
+        f64, i64 = torch.float64, torch.int64
+        return PlateauState(
+            lr=torch.tensor(float(self.lr), dtype=f64, device=device),
+            best=torch.tensor(worse, dtype=f64, device=device),
+            num_bad_epochs=torch.zeros((), dtype=i64, device=device),
+            cooldown_counter=torch.zeros((), dtype=i64, device=device),
+        )
+
+    def _is_better(self, a: Tensor, best: Tensor) -> Tensor:
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return a < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return a < best - self.threshold
+        if self.threshold_mode == "rel":
+            return a > best * (self.threshold + 1.0)
+        return a > best + self.threshold
+
+    def update(self, state: PlateauState, metric: Tensor | float) -> PlateauState:
+        """The state after one epoch with this ``metric`` (pure; see the class formulas)."""
+        current = torch.as_tensor(metric, dtype=torch.float64, device=state.best.device)
+        better = self._is_better(current, state.best)
+        best = torch.where(better, current, state.best)
+        bad = torch.where(better, 0, state.num_bad_epochs + 1)
+        in_cooldown = state.cooldown_counter > 0
+        cooldown = torch.where(in_cooldown, state.cooldown_counter - 1, state.cooldown_counter)
+        bad = torch.where(in_cooldown, 0, bad)
+        reduce = bad > self.patience
+        new_lr = torch.clamp(state.lr * self.factor, min=self.min_lr)
+        lr = torch.where(reduce & (state.lr - new_lr > self.eps), new_lr, state.lr)
+        cooldown = torch.where(reduce, self.cooldown, cooldown)
+        bad = torch.where(reduce, 0, bad)
+        return PlateauState(lr, best, bad, cooldown)
+
+    def get_last_lr(self, state: PlateauState) -> Tensor:
+        """The current learning rate, ``state.lr`` (torch's ``get_last_lr()[0]``)."""
+        return state.lr
