@@ -36,14 +36,14 @@ transform).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from fdl import tree as _tree
 from fdl._per_sample import core as _core
 
-__all__ = ["per_sample_grad_norms", "per_sample_grads"]
+__all__ = ["PerSampleMethod", "per_sample_grad_norms", "per_sample_grads", "per_sample_method"]
 
 _METHODS = ("auto", "rules", "vmap")
 
@@ -167,5 +167,77 @@ def per_sample_grad_norms(
             sq = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32)
         norms = sq.sqrt()
         return (norms, aux) if has_aux else norms
+
+    return fn
+
+
+class PerSampleMethod(NamedTuple):
+    """Which path :func:`per_sample_grads` takes for a loss and a batch, and why.
+
+    Attributes:
+        method: ``"rules"`` or ``"vmap"``.
+        reason: why the rules do not apply (``None`` on the rules path).
+        rules: on the rules path, ``{param path: rule kinds}`` for every
+            parameter leaf, e.g. ``{"fc.weight": ("linear",)}``; the kinds are
+            ``"linear"``, ``"conv"``, ``"embedding"``, ``"scale"`` and
+            ``"shift"`` (a broadcast elementwise product or sum, as in a norm's
+            affine map), and ``()`` for a leaf the loss does not use. Empty on
+            the ``vmap`` path.
+    """
+
+    method: str
+    reason: str | None
+    rules: dict[str, tuple[str, ...]]
+
+
+def per_sample_method(
+    loss_fn: Callable[..., Any],
+    *,
+    chunk_size: int | None = None,
+    has_aux: bool = False,
+    method: str = "auto",
+) -> Callable[..., PerSampleMethod]:
+    """Report the path :func:`per_sample_grads` (same arguments) takes, and each leaf's rule.
+
+    Runs the same decomposition as :func:`per_sample_grads` (one batched
+    forward and backward on the rules path, plus a batch of one for the
+    reduction check) without materialising per-example gradients.
+
+    Args:
+        loss_fn, chunk_size, has_aux, method: as for :func:`per_sample_grads`.
+
+    Returns:
+        ``fn(params, *batch) -> PerSampleMethod``.
+
+    Example:
+        >>> import torch, torch.nn.functional as F, fdl
+        >>> def loss_fn(params, x, y):
+        ...     return F.mse_loss(F.linear(x, params["weight"]), y)
+        >>> params = {"weight": torch.randn(2, 3)}
+        >>> x, y = torch.randn(4, 3), torch.randn(4, 2)
+        >>> plan = fdl.per_sample.per_sample_method(loss_fn)(params, x, y)
+        >>> plan.method, plan.rules
+        ('rules', {'weight': ('linear',)})
+    """
+    opts = _options(chunk_size, has_aux, method)
+
+    def fn(params: Any, *batch: Any) -> PerSampleMethod:
+        if opts["method"] == "vmap":
+            return PerSampleMethod("vmap", "method='vmap' was asked for", {})
+        out = _core.try_rules(
+            loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
+        )
+        if isinstance(out, str):
+            return PerSampleMethod("vmap", out, {})
+        rep = out[2]
+        parts = rep.parts if isinstance(rep, _core.Chunked) else [rep]
+        kinds = [set(k) for k in parts[0].rule_kinds()]
+        for part in parts[1:]:
+            for s, k in zip(kinds, part.rule_kinds(), strict=True):
+                s.update(k)
+        paths = _tree.paths(params)
+        return PerSampleMethod(
+            "rules", None, {p: tuple(sorted(k)) for p, k in zip(paths, kinds, strict=True)}
+        )
 
     return fn
