@@ -1,11 +1,10 @@
 """The per-sample rules give each example's own gradient (and its norm) for the layer
 options where a rule's bookkeeping differs from the plain case: 'same' padding with dilation
 (the padding the rule replays depends on the dilation), short sequences through wide linear
-layers (where the norms come from Gram matrices), and a linear layer without a sequence
-axis (where the norm factorises), an embedding with a negative ``padding_idx`` (normalised to a
-to a row) and a norm affine broadcast through a reshaped view. Reference: a loop of
-single-example ``torch.func.grad``
-calls. One registry; every property runs on every entry."""
+layers (where the norms come from Gram matrices), a linear layer without a sequence axis
+(where the norm factorises), an embedding with a negative ``padding_idx`` (normalised to a
+row) and a norm affine broadcast through a reshaped view. Reference: a loop of
+single-example ``torch.func.grad`` calls. One registry; every property runs on every entry."""
 
 from __future__ import annotations
 
