@@ -22,6 +22,7 @@ from typing import Any, cast
 import torch
 
 from fdl import tree as _tree
+from fdl._per_sample import marks as _marks
 from fdl._per_sample import rules as _rules
 from fdl._per_sample import views as _views
 
@@ -277,13 +278,13 @@ def _record(
     req = [p.detach().requires_grad_(p.is_floating_point()) for p in flat]
     rec = _rules.Recorder(req)
     with torch.enable_grad():
-        with rec:
-            out = loss_fn(_tree.unflatten(treedef, req), *batch)
+        try:
+            with rec:
+                out = loss_fn(_tree.unflatten(treedef, req), *batch)
+        except _marks.VmapOnly as e:
+            raise NoRule(f"{e} is marked as computed by vmap (no per-sample rule)") from None
         loss, aux = _split_out(out, has_aux)
         records = rec.records
-        if rec.refusals:
-            names = ", ".join(sorted(set(rec.refusals)))
-            raise NoRule(f"{names} is marked as computed by vmap (no per-sample rule)")
         if not records:
             raise NoRule("no layer with a per-sample rule uses a parameter")
         for r in records:

@@ -98,9 +98,9 @@ class Recorder(TorchFunctionMode):
     parameter leaf; a view of a tracked tensor (``chunk``, ``reshape``,
     slicing) adds a slot. A view is computed on the tracked tensor itself, so a
     use of it that no rule intercepts still reaches the parameter in the
-    autograd graph (and the rules path then refuses). ``refusals`` collects the
-    names of layers that marked themselves ``vmap``-only
-    (:func:`fdl._per_sample.marks.vmap_only`).
+    autograd graph (and the rules path then refuses). While it is active, a
+    layer marked ``vmap``-only (:func:`fdl._per_sample.marks.vmap_only`) raises
+    :class:`fdl._per_sample.marks.VmapOnly`.
     """
 
     def __init__(self, params: list[torch.Tensor]) -> None:
@@ -109,7 +109,6 @@ class Recorder(TorchFunctionMode):
         self.ids = {id(p): i for i, p in enumerate(params)}
         self._alive: list[torch.Tensor] = list(params)  # keeps every tracked id in use
         self.records: list[Record] = []
-        self.refusals: list[str] = []
 
     def __enter__(self) -> Recorder:
         _marks.ACTIVE.append(self)
