@@ -300,9 +300,9 @@ def _record(
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     n_rec = len(records)
     tracked = [i for i, p in enumerate(req) if p.requires_grad]
-    paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
     for i, g in zip(tracked, grads[n_rec:], strict=True):
         if g is not None:
+            paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
             raise NoRule(f"parameter {paths[i]!r} is used outside the layers with rules")
     for r, g in zip(records, grads[:n_rec], strict=True):
         r.g = torch.zeros_like(r.out) if g is None else g
