@@ -16,21 +16,27 @@ Two methods compute the same numbers:
   batch of one. Works for any ``loss_fn``; ``chunk_size`` bounds how many
   examples are processed at once.
 * ``"rules"``: one ordinary batched forward and backward. Calls of
-  ``torch.nn.functional.linear``, ``conv1d`` and ``conv2d`` whose weight is a
-  parameter (fdl's ``Linear``/``Conv1d``/``Conv2d`` call these kernels) are
-  recorded; each example's weight gradient is formed from the layer input and
-  the output gradient (``grad_W[i] = Σ_t g[i,t]ᵀ a[i,t]``, conv through
-  im2col), norms use the Gram-matrix form where cheaper (ghost norms), and
-  the batch-mean scaling is undone by comparing example 0's output gradient
-  in the batch with its output gradient as a batch of one (this also catches
-  losses that are not a sum or mean of per-example terms, and models that
-  couple examples, e.g. BatchNorm in training mode).
+  ``torch.nn.functional.linear``, ``conv1d``, ``conv2d`` and ``embedding``
+  whose weight is a parameter or a view of one (fdl's ``Linear``, ``Conv*``,
+  ``Embedding``, the projections of ``MultiheadAttention`` and the
+  ``Transformer*`` layers), and elementwise products and sums that broadcast a
+  parameter over the batch (the affine maps of ``LayerNorm`` and
+  ``GroupNorm``), are recorded; each example's gradient is formed from the
+  layer input and the output gradient (``grad_W[i] = Σ_t g[i,t]ᵀ a[i,t]``,
+  conv through im2col, an embedding by scatter-add), norms use the
+  Gram-matrix form where cheaper (ghost norms), and the batch-mean scaling is
+  undone by comparing example 0's output gradient in the batch with its output
+  gradient as a batch of one (this also catches losses that are not a sum or
+  mean of per-example terms, and models that couple examples, e.g. BatchNorm
+  in training mode).
 
-``method="auto"`` (the default) uses the rules where every parameter is the
-weight or bias of such a layer and falls back to ``vmap`` otherwise (a
-parameter used by any other op, a non-linear reduction, coupled examples,
-random ops, or when running under ``torch.compile`` or a ``torch.func``
-transform).
+``method="auto"`` (the default) uses the rules where every parameter is used
+only by such calls and falls back to ``vmap`` otherwise (a parameter used by
+any other op, a recurrent layer (``RNN``/``LSTM``/``GRU`` mark themselves
+``vmap``-only), a sequence-first layout, a non-linear reduction, coupled
+examples, random ops, or when running under ``torch.compile`` or a
+``torch.func`` transform). :func:`per_sample_method` reports which path a
+call takes and the rule behind each parameter.
 """
 
 from __future__ import annotations
