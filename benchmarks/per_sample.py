@@ -24,6 +24,7 @@ Run::
 
     python -m benchmarks.per_sample            # full
     python -m benchmarks.per_sample --quick    # batch 64, fewer repeats
+    python -m benchmarks.per_sample --sequences  # also the Transformer/LSTM classifiers
 """
 
 from __future__ import annotations
@@ -166,6 +167,86 @@ def _make(peer: str, batch: int) -> Callable[[], Any]:
     raise ValueError(f"unknown peer {peer!r}")
 
 
+SEQ_PEERS = ["batch gradient", "fdl", "fdl norms", "fdl vmap", "per-example loop"]
+SEQ_VOCAB, SEQ_LEN, SEQ_DIM, SEQ_CLASSES = 1000, 32, 64, 4
+
+
+def _sequence_model(kind: str) -> tuple[Any, Callable[..., torch.Tensor]]:
+    """Embedding -> (2-layer TransformerEncoder | LSTM) -> pool -> Linear: params and logits."""
+    nn = fdl.nn
+    emb = nn.Embedding(SEQ_VOCAB, SEQ_DIM, padding_idx=0)
+    fc = nn.Linear(SEQ_DIM, SEQ_CLASSES)
+    if kind == "transformer":
+        layer = nn.TransformerEncoderLayer(
+            SEQ_DIM, 4, dim_feedforward=2 * SEQ_DIM, dropout=0.0, batch_first=True
+        )
+        body: Any = nn.TransformerEncoder(layer, 2)
+        run_body = lambda p, h: body.apply(p, h).mean(1)  # noqa: E731  # mean-pool
+    else:
+        body = nn.LSTM(SEQ_DIM, SEQ_DIM, batch_first=True)
+        run_body = lambda p, h: body.apply(p, h)[0][:, -1]  # noqa: E731  # last step
+    keys = fdl.random.split(fdl.random.key(0), 3)
+    params = {"emb": emb.init(keys[0]), "body": body.init(keys[1]), "fc": fc.init(keys[2])}
+
+    def logits(p: Any, x: torch.Tensor) -> torch.Tensor:
+        return fc.apply(p["fc"], run_body(p["body"], emb.apply(p["emb"], x)))
+
+    return params, logits
+
+
+def _make_sequence(kind: str, peer: str, batch: int) -> Callable[[], Any]:
+    """The callable timed for ``peer`` on the ``kind`` sequence classifier at ``batch``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, SEQ_VOCAB, (batch, SEQ_LEN), generator=g)
+    y = torch.randint(0, SEQ_CLASSES, (batch,), generator=g)
+    params, logits = _sequence_model(kind)
+
+    def loss_fn(p: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return fdl.losses.cross_entropy(logits(p, x), y)
+
+    if peer == "batch gradient":
+        grad = torch.func.grad(loss_fn)
+        return lambda: grad(params, x, y)
+    if peer == "per-example loop":
+        grad = torch.func.grad(loss_fn)
+        return lambda: fdl.tree.stack(
+            [grad(params, x[i : i + 1], y[i : i + 1]) for i in range(batch)]
+        )
+    fn = {
+        "fdl": fdl.per_sample_grads(loss_fn),
+        "fdl norms": fdl.per_sample_grad_norms(loss_fn),
+        "fdl vmap": fdl.per_sample_grads(loss_fn, method="vmap"),
+    }[peer]
+    return lambda: fn(params, x, y)
+
+
+def _path(kind: str, batch: int) -> str:
+    """The path ``per_sample_grads`` takes on the ``kind`` classifier (rules or vmap)."""
+    params, logits = _sequence_model(kind)
+    x = torch.randint(1, SEQ_VOCAB, (batch, SEQ_LEN))
+    y = torch.randint(0, SEQ_CLASSES, (batch,))
+    loss_fn = lambda p, x, y: fdl.losses.cross_entropy(logits(p, x), y)  # noqa: E731
+    return fdl.per_sample.per_sample_method(loss_fn)(params, x, y).method
+
+
+def run_sequences(quick: bool = False) -> list[Result]:
+    """Per-sample gradients of an embedding + Transformer (rules) and + LSTM (vmap) classifier."""
+    torch.set_num_threads(1)
+    results: list[Result] = []
+    for kind in ("transformer", "lstm"):
+        for batch in (16,) if quick else (32, 128):
+            workload = f"{kind} classifier (T={SEQ_LEN}, d={SEQ_DIM}), per-sample, batch {batch}"
+            path = _path(kind, batch)
+            for peer in SEQ_PEERS:
+                fn = _make_sequence(kind, peer, batch)
+                slow = peer in ("per-example loop", "fdl vmap")
+                repeats = 2 if quick else (3 if slow else 5)
+                t = measure_cpu(fn, warmup=1, repeats=repeats)
+                note = f"path: {path}" if peer in ("fdl", "fdl norms") else ""
+                results.append(result(workload, peer, t, note=note))
+    return results
+
+
 def measure_cpu(fn: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
     """Like ``_harness.measure`` but in process CPU seconds (robust on a shared machine)."""
     for _ in range(warmup):
@@ -252,7 +333,8 @@ def flops(quick: bool = False) -> dict[str, int]:
 
 def _summary(results: list[Result]) -> str:
     rows = ["| batch | target | measured | met |", "|---|---|---:|---|"]
-    by = {(r.workload.rsplit(" ", 1)[-1], r.peer): r.median_s for r in results}
+    cnn = [r for r in results if r.workload.startswith("document CNN")]
+    by = {(r.workload.rsplit(" ", 1)[-1], r.peer): r.median_s for r in cnn}
     for b in sorted({k[0] for k in by}, key=int):
         t = {peer: by[(b, peer)] for peer in PEERS if (b, peer) in by}
         checks = [
@@ -275,12 +357,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--sequences", action="store_true", help="also the sequence classifiers")
     ap.add_argument("--mem", nargs=2, metavar=("PEER", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mem:
         print(json.dumps({"peak_mb": _peak_mem_child(args.mem[0], int(args.mem[1]))}))
     else:
         res = run(quick=args.quick, memory=not args.no_memory)
+        if args.sequences:
+            res += run_sequences(quick=args.quick)
         print(format_table(res))
         print(threads_note())
         print(_summary(res))

@@ -43,6 +43,7 @@ LAYERS = ("tests/test_nn_layers.py",)
 RANDOM = ("tests/test_random.py",)
 PRIVACY = ("tests/test_privacy.py",)
 PER_SAMPLE = ("tests/test_per_sample.py",)
+PER_SAMPLE_LAYERS = ("tests/test_per_sample_layers.py",)
 CKPT = ("tests/test_checkpoint.py",)
 DATA = ("tests/test_data.py",)
 TREE = ("tests/test_tree.py",)
@@ -1070,6 +1071,33 @@ CATALOGUE: list[Mutant] = [
         " g.transpose(1, 2)).sum((1, 2)))",
         PER_SAMPLE,
         select="matches_single_example_loop or norms_match",
+    ),
+    Mutant(
+        "per_sample.embedding.gram_mask",
+        "per_sample",
+        "embedding ghost norm drops the index-equality mask (||sum_t delta_t||^2)",
+        "same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(g.dtype)  # (B, T, T)",
+        "same = torch.ones_like(idx.unsqueeze(2) == idx.unsqueeze(1), dtype=g.dtype)",
+        PER_SAMPLE_LAYERS,
+        select="norms_equal",
+    ),
+    Mutant(
+        "per_sample.affine.batch_axis",
+        "per_sample",
+        "norm-affine rule also sums over the batch axis (every example gets the batch gradient)",
+        "return tuple(d for d in range(1, len(out_shape)) if full[d] == 1)",
+        "return tuple(d for d in range(0, len(out_shape)) if full[d] == 1)",
+        PER_SAMPLE_LAYERS,
+        select="grads_equal",
+    ),
+    Mutant(
+        "per_sample.affine.scale_input",
+        "per_sample",
+        "norm weight's per-example gradient forgets the normalised input (g instead of g * a)",
+        'prod = g * a if kind == "scale" else g  # (B, *out)',
+        "prod = g  # (B, *out)",
+        PER_SAMPLE_LAYERS,
+        select="grads_equal",
     ),
     # ------------------------------------------------------------- checkpoint
     Mutant(

@@ -1,9 +1,10 @@
 """The per-sample rules give each example's own gradient (and its norm) for the layer
 options where a rule's bookkeeping differs from the plain case: 'same' padding with dilation
 (the padding the rule replays depends on the dilation), short sequences through wide linear
-layers (where the norms come from Gram matrices), and a linear layer without a sequence
-axis (where the norm factorises). Reference: a loop of single-example ``torch.func.grad``
-calls. One registry; every property runs on every entry."""
+layers (where the norms come from Gram matrices), a linear layer without a sequence axis
+(where the norm factorises), an embedding with a negative ``padding_idx`` (normalised to a
+row) and a norm affine broadcast through a reshaped view. Reference: a loop of
+single-example ``torch.func.grad`` calls. One registry; every property runs on every entry."""
 
 from __future__ import annotations
 
@@ -64,7 +65,33 @@ def _linear_no_sequence(dtype):
     return params, batch, loss
 
 
+def _embedding_padding(dtype):
+    # repeated indices and a negative padding_idx (the rule normalises it to the last row)
+    params = {"w": _randn(6, 4, dtype=dtype, seed=1)}
+    g = torch.Generator().manual_seed(2)
+    batch = (torch.randint(0, 6, (4, 7), generator=g), _randn(4, 7, 4, dtype=dtype, seed=3))
+
+    def loss(p, x, y):
+        return F.mse_loss(torch.tanh(F.embedding(x, p["w"], padding_idx=-1)), y)
+
+    return params, batch, loss
+
+
+def _group_norm_affine(dtype):
+    # a parameter viewed as (1, C, 1) and broadcast into a product and a sum
+    params = {"w": _randn(6, dtype=dtype, seed=1), "b": _randn(6, dtype=dtype, seed=2)}
+    batch = (_randn(3, 6, 5, dtype=dtype, seed=3), _randn(3, 6, 5, dtype=dtype, seed=4))
+
+    def loss(p, x, y):
+        h = fdl.nn.functional.group_norm(x, 3, p["w"], p["b"])
+        return F.mse_loss(torch.tanh(h), y)
+
+    return params, batch, loss
+
+
 CASES = {
+    "embedding_negative_padding_idx": _embedding_padding,
+    "group_norm_affine": _group_norm_affine,
     "linear_no_sequence": _linear_no_sequence,
     "conv1d_same_dilated": _conv1d_same,
     "conv2d_same_dilated": _conv2d_same,

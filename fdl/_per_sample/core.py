@@ -22,7 +22,9 @@ from typing import Any, cast
 import torch
 
 from fdl import tree as _tree
+from fdl._per_sample import marks as _marks
 from fdl._per_sample import rules as _rules
+from fdl._per_sample import views as _views
 
 LossFn = Callable[..., Any]
 
@@ -53,23 +55,42 @@ class Dense:
 
 
 class Factored:
-    """Per-example gradients of linear/conv parameters kept as (input, output-grad) factors."""
+    """Per-example gradients kept as the factors of each recorded layer call.
 
-    def __init__(self, records: list[_rules.Record], params: list[torch.Tensor], n: int) -> None:
+    A record's parameter slot may be a view of a parameter (a ``chunk`` of
+    ``in_proj_weight``); its per-example gradients are lifted to the parameter
+    by :func:`fdl._per_sample.views.lift`.
+    """
+
+    def __init__(
+        self,
+        records: list[_rules.Record],
+        params: list[torch.Tensor],
+        n: int,
+        table: list[_views.Slot],
+    ) -> None:
         self.records = records
         self.params = params
         self.n = n
+        self.table = table
         self.slots: list[list[tuple[_rules.Record, str]]] = [[] for _ in params]
         for r in records:
-            self.slots[r.weight].append((r, "weight"))
+            self.slots[table[r.weight].param].append((r, "weight"))
             if r.bias is not None:
-                self.slots[r.bias].append((r, "bias"))
+                self.slots[table[r.bias].param].append((r, "bias"))
+
+    def _slot(self, r: _rules.Record, role: str) -> int:
+        return r.weight if role == "weight" else r.bias  # type: ignore[return-value]
+
+    def _part(self, r: _rules.Record, role: str) -> torch.Tensor:
+        g = _rules.weight_per_sample(r) if role == "weight" else _rules.bias_per_sample(r)
+        return _views.lift(self.table, self._slot(r, role), g)
 
     def _leaf(self, i: int) -> torch.Tensor:
         p = self.params[i]
         out = None
         for r, role in self.slots[i]:
-            g = _rules.weight_per_sample(r) if role == "weight" else _rules.bias_per_sample(r)
+            g = self._part(r, role)
             out = g if out is None else out + g
         if out is None:
             return torch.zeros((self.n, *p.shape), dtype=p.dtype, device=p.device)
@@ -83,7 +104,7 @@ class Factored:
         for i, slots in enumerate(self.slots):
             if not slots:
                 continue
-            if len(slots) == 1:
+            if len(slots) == 1:  # views are norm preserving: the rule's norm is the leaf's
                 r, role = slots[0]
                 if role == "weight":
                     s = _rules.weight_sq_norms(r)
@@ -101,11 +122,18 @@ class Factored:
             acc = torch.zeros_like(p)
             for r, role in slots:
                 if role == "weight":
-                    acc = acc + _rules.weight_weighted_sum(r, w).to(p.dtype)
+                    ws = _rules.weight_weighted_sum(r, w)
                 else:
-                    acc = acc + _rules.bias_weighted_sum(r, w).to(p.dtype)
+                    ws = _rules.bias_weighted_sum(r, w)
+                acc = acc + _views.lift(self.table, self._slot(r, role), ws.unsqueeze(0))[0].to(
+                    p.dtype
+                )
             out.append(acc)
         return out
+
+    def rule_kinds(self) -> list[tuple[str, ...]]:
+        """Per parameter leaf, the kinds of the rules that give its gradients."""
+        return [tuple(sorted({r.kind for r, _ in slots})) for slots in self.slots]
 
 
 class Chunked:
@@ -239,36 +267,55 @@ def vmap_sq_norms(
 
 
 def _record(
-    loss_fn: LossFn, flat: list[torch.Tensor], treedef: Any, batch: Sequence[Any], has_aux: bool
-) -> tuple[torch.Tensor, Any, list[_rules.Record]]:
-    """Run ``loss_fn`` once, recording linear/conv calls, and backpropagate to their outputs."""
+    loss_fn: LossFn,
+    flat: list[torch.Tensor],
+    treedef: Any,
+    batch: Sequence[Any],
+    has_aux: bool,
+    n: int,
+) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
+    """Run ``loss_fn`` once, recording layer calls, and backpropagate to their outputs."""
     req = [p.detach().requires_grad_(p.is_floating_point()) for p in flat]
-    rec = _rules.Recorder({id(t): i for i, t in enumerate(req)})
+    rec = _rules.Recorder(req)
     with torch.enable_grad():
-        with rec:
-            out = loss_fn(_tree.unflatten(treedef, req), *batch)
+        try:
+            with rec:
+                out = loss_fn(_tree.unflatten(treedef, req), *batch)
+        except _marks.VmapOnly as e:
+            raise NoRule(f"{e} is marked as computed by vmap (no per-sample rule)") from None
         loss, aux = _split_out(out, has_aux)
         records = rec.records
         if not records:
-            raise NoRule("no linear or convolution layer uses a parameter")
+            raise NoRule("no layer with a per-sample rule uses a parameter")
+        for r in records:
+            if r.out.shape[0] != n or r.a.shape[0] != n:
+                raise NoRule(
+                    f"a {r.kind} call's input or output of shape {tuple(r.a.shape)} -> "
+                    f"{tuple(r.out.shape)} does not lead with the batch axis ({n}) "
+                    "(e.g. a sequence-first layout)"
+                )
         wrt = [r.out for r in records] + [p for p in req if p.requires_grad]
         if not loss.requires_grad:
             raise NoRule("the loss does not depend on the parameters")
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     n_rec = len(records)
     tracked = [i for i, p in enumerate(req) if p.requires_grad]
-    paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
     for i, g in zip(tracked, grads[n_rec:], strict=True):
         if g is not None:
-            raise NoRule(f"parameter {paths[i]!r} is used outside linear/convolution layers")
+            paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
+            raise NoRule(f"parameter {paths[i]!r} is used outside the layers with rules")
     for r, g in zip(records, grads[:n_rec], strict=True):
         r.g = torch.zeros_like(r.out) if g is None else g
         r.out = None  # type: ignore[assignment]  # drop the graph (out is never read again)
     aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
-    return loss.detach(), aux, records
+    return loss.detach(), aux, records, rec.slots
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
+    if a.shape != b.shape:
+        return False
+    if not a.is_floating_point():  # the indices of an embedding
+        return bool(torch.equal(a, b))
     return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale + 1e-30))
 
 
@@ -301,7 +348,7 @@ def _reduction_scale(full: list[_rules.Record], one: list[_rules.Record], n: int
     for a, b in zip(full, one, strict=True):
         ga, gb = a.g[:1], c * b.g
         if not _close(ga, gb, float(gb.abs().max())) or not _close(
-            a.a[:1], b.a, float(b.a.abs().max())
+            a.a[:1], b.a, float(b.a.abs().max()) if b.a.is_floating_point() else 0.0
         ):
             raise NoRule(
                 "example 0 gets a different gradient in the batch than alone: the model couples "
@@ -316,14 +363,14 @@ def rules_factored(
     """The rules path on one (sub-)batch: loss, aux and the factored representation."""
     flat, treedef = _tree.flatten(params)
     n = batch_size(batch)
-    loss, aux, records = _record(loss_fn, flat, treedef, batch, has_aux)
+    loss, aux, records, table = _record(loss_fn, flat, treedef, batch, has_aux, n)
     if n > 1:
-        _, _, one = _record(loss_fn, flat, treedef, _slice(batch, 0, 1), has_aux)
+        _, _, one, _ = _record(loss_fn, flat, treedef, _slice(batch, 0, 1), has_aux, 1)
         c = _reduction_scale(records, one, n)
         if c != 1.0:
             for r in records:
                 r.g = r.g * n  # undo the batch mean: per-example output gradients
-    return loss, aux, Factored(records, flat, n)
+    return loss, aux, Factored(records, flat, n, table)
 
 
 def try_rules(

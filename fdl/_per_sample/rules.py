@@ -26,6 +26,7 @@ input and the output tensor of each call.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,17 @@ import torch.nn.functional as F
 import torch.nn.grad
 from torch.overrides import TorchFunctionMode
 
+from fdl._per_sample import elementwise as _elementwise
+from fdl._per_sample import embedding as _embedding
+from fdl._per_sample import marks as _marks
+from fdl._per_sample import views as _views
+
 _LINEAR = F.linear
 _CONVS = {F.conv1d: 1, F.conv2d: 2}
+_EMBEDDING = F.embedding
+# elementwise products and sums that may broadcast a parameter over a batch (norm affines)
+_SCALES = frozenset({torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul, torch.mul})
+_SHIFTS = frozenset({torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.add, torch.add})
 
 
 def _pair(v: Any, n: int) -> tuple[int, ...]:
@@ -47,12 +57,15 @@ def _pair(v: Any, n: int) -> tuple[int, ...]:
 
 @dataclass
 class Record:
-    """One intercepted layer call: its input, output and parameter slots."""
+    """One intercepted layer call: its input, output and parameter slots.
 
-    kind: str  # "linear" or "conv"
-    weight: int  # index of the weight among the parameter leaves
-    bias: int | None  # index of the bias, if any
-    a: torch.Tensor  # the layer input (detached)
+    ``weight``/``bias`` index :attr:`Recorder.slots` (a parameter or a view of one).
+    """
+
+    kind: str  # "linear", "conv", "embedding", "scale" or "shift"
+    weight: int  # slot of the weight (the table of an embedding, the broadcast parameter)
+    bias: int | None  # slot of the bias, if any
+    a: torch.Tensor  # the layer input (detached; the indices of an embedding)
     out: torch.Tensor  # the layer output (in the graph)
     weight_shape: tuple[int, ...] = ()
     nd: int = 0  # spatial dims of a conv (1 or 2)
@@ -60,6 +73,7 @@ class Record:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
+    padding_idx: int | None = None  # embedding: the row that gets no gradient
     # per-example output grad: None only until core._record sets it, before any rule reads it
     g: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
     gw: torch.Tensor | None = field(default=None, repr=False)  # per-example weight grads, if formed
@@ -70,28 +84,79 @@ def _as_graph_node(out: torch.Tensor) -> torch.Tensor:
     return out if out.requires_grad else out.requires_grad_()
 
 
-class Recorder(TorchFunctionMode):
-    """Intercept linear/conv calls whose weight is a tracked parameter."""
+def _bind(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+    except TypeError:
+        return None
 
-    def __init__(self, leaf_ids: dict[int, int]) -> None:
+
+class Recorder(TorchFunctionMode):
+    """Intercept layer calls whose parameters (or views of them) are tracked.
+
+    ``slots`` starts with one :class:`~fdl._per_sample.views.Slot` per
+    parameter leaf; a view of a tracked tensor (``chunk``, ``reshape``,
+    slicing) adds a slot. A view is computed on the tracked tensor itself, so a
+    use of it that no rule intercepts still reaches the parameter in the
+    autograd graph (and the rules path then refuses). While it is active, a
+    layer marked ``vmap``-only (:func:`fdl._per_sample.marks.vmap_only`) raises
+    :class:`fdl._per_sample.marks.VmapOnly`.
+    """
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
         super().__init__()
-        self.leaf_ids = leaf_ids
+        self.slots = [_views.Slot(i, tuple(p.shape)) for i, p in enumerate(params)]
+        self.ids = {id(p): i for i, p in enumerate(params)}
+        self._alive: list[torch.Tensor] = list(params)  # keeps every tracked id in use
         self.records: list[Record] = []
 
+    def __enter__(self) -> Recorder:
+        _marks.ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        _marks.ACTIVE.remove(self)
+
     def _slot(self, t: Any) -> int | None:
-        return self.leaf_ids.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return self.ids.get(id(t)) if isinstance(t, torch.Tensor) else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        rec = None
         if func is _LINEAR:
             rec = self._linear(*args, **kwargs)
         elif func in _CONVS:
             rec = self._conv(_CONVS[func], func, *args, **kwargs)
-        else:
-            rec = None
+        elif func is _EMBEDDING:
+            rec = self._embedding(args, kwargs)
+        elif func in _SCALES or func in _SHIFTS:
+            rec = self._broadcast("scale" if func in _SCALES else "shift", func, args, kwargs)
+        elif args and self._slot(args[0]) is not None and _views.is_view_call(func, args):
+            return self._view(func, args, kwargs)
         if rec is None:
             return func(*args, **kwargs)
         return rec
+
+    def _view(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A view of a tracked tensor: a new slot per resulting tensor."""
+        parent = self._slot(args[0])
+        assert parent is not None
+        out = func(*args, **kwargs)
+        rest = args[1:]
+        pieces = list(out) if isinstance(out, tuple | list) else [out]
+        for k, piece in enumerate(pieces):
+            pick = k if isinstance(out, tuple | list) else None
+
+            def f(p: torch.Tensor, pick: int | None = pick) -> torch.Tensor:
+                o = func(p, *rest, **kwargs)
+                return o if pick is None else o[pick]
+
+            slot = _views.Slot(self.slots[parent].param, tuple(piece.shape), parent, f)
+            self.ids[id(piece)] = len(self.slots)
+            self.slots.append(slot)
+            self._alive.append(piece)
+        return out
 
     def _linear(self, x: Any, weight: Any, bias: Any = None) -> torch.Tensor | None:
         w_slot, b_slot = self._slot(weight), self._slot(bias)
@@ -102,6 +167,57 @@ class Recorder(TorchFunctionMode):
         out = _LINEAR(x, weight.detach(), None if bias is None else bias.detach())
         out = _as_graph_node(out)
         self.records.append(Record("linear", w_slot, b_slot, x.detach(), out))
+        return out
+
+    def _embedding(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """``F.embedding`` without ``max_norm``/``scale_grad_by_freq``/``sparse``."""
+        bound = _bind(_EMBEDDING, args, kwargs)
+        if bound is None:
+            return None
+        idx, weight = bound["input"], bound["weight"]
+        w_slot = self._slot(weight)
+        if w_slot is None or not isinstance(idx, torch.Tensor) or idx.dim() < 1:
+            return None
+        if (
+            bound.get("max_norm") is not None
+            or bound.get("scale_grad_by_freq")
+            or bound.get("sparse")
+        ):
+            return None  # gradients that depend on the batch (frequencies) or renormalised rows
+        pad = bound.get("padding_idx")
+        if pad is not None and pad < 0:
+            pad += weight.shape[0]
+        out = _as_graph_node(_EMBEDDING(idx, weight.detach(), pad))
+        self.records.append(
+            Record(
+                "embedding", w_slot, None, idx.detach(), out,
+                weight_shape=tuple(weight.shape), padding_idx=pad,
+            )
+        )  # fmt: skip
+        return out
+
+    def _broadcast(
+        self, kind: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> torch.Tensor | None:
+        """``a * w`` or ``a + w`` with ``w`` a tracked tensor broadcast over a batched ``a``."""
+        if len(args) != 2 or kwargs:
+            return None  # e.g. add(..., alpha=2)
+        slots = [self._slot(t) for t in args]
+        if (slots[0] is None) == (slots[1] is None):
+            return None  # no parameter, or a product of two parameters
+        w, a = (args[0], args[1]) if slots[0] is not None else (args[1], args[0])
+        w_slot = slots[0] if slots[0] is not None else slots[1]
+        if not isinstance(a, torch.Tensor) or self._slot(a) is not None or a.dim() < 1:
+            return None
+        if w.dim() > a.dim() or (w.dim() == a.dim() and w.shape[0] != 1):
+            return None  # the parameter would vary along (or add) the batch axis
+        out = func(a, w.detach())  # commutative: a first
+        if out.shape != a.shape:
+            return None
+        out = _as_graph_node(out)
+        self.records.append(
+            Record(kind, w_slot, None, a.detach(), out, weight_shape=tuple(w.shape))  # type: ignore[arg-type]
+        )
         return out
 
     def _conv(
@@ -217,6 +333,10 @@ def weight_per_sample(r: Record) -> torch.Tensor:
     """``(B, *weight.shape)`` per-example weight gradients."""
     if r.gw is not None:
         return r.gw
+    if r.kind == "embedding":
+        return _embedding.per_sample(r.a, r.g, r.padding_idx, r.weight_shape[0])
+    if r.kind in ("scale", "shift"):
+        return _elementwise.per_sample(r.kind, r.a, r.g, r.weight_shape)
     if r.kind == "linear":
         a, g = _linear_factors(r)
         if a.shape[1] == 1:  # no sequence axis: an outer product per example
@@ -269,6 +389,11 @@ def _gram_sq_norms(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def weight_sq_norms(r: Record) -> torch.Tensor:
     """``(B,)`` squared Frobenius norms of the per-example weight gradients."""
+    if r.kind == "embedding":
+        return _embedding.sq_norms(r.a, r.g, r.padding_idx, r.weight_shape[0])
+    if r.kind in ("scale", "shift"):  # parameter-sized per-example gradients: keep them
+        r.gw = weight_per_sample(r)
+        return r.gw.flatten(1).square().sum(1)
     if r.kind == "linear":
         a, g = _linear_factors(r)
         t, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
@@ -290,6 +415,10 @@ def weight_weighted_sum(r: Record, w: torch.Tensor) -> torch.Tensor:
     """``Σ_i w[i] grad_W[i]``: from kept per-example gradients, else one weight-gradient pass."""
     if r.gw is not None:
         return torch.tensordot(w.to(r.gw.dtype), r.gw, dims=1)
+    if r.kind == "embedding":
+        return _embedding.weighted_sum(r.a, r.g, r.padding_idx, r.weight_shape[0], w)
+    if r.kind in ("scale", "shift"):
+        return torch.tensordot(w.to(r.g.dtype), weight_per_sample(r), dims=1)
     shape = (-1,) + (1,) * (r.g.dim() - 1)
     gw = r.g * w.reshape(shape).to(r.g.dtype)
     if r.kind == "linear":

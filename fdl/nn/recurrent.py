@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from fdl import random as _random
+from fdl._per_sample import marks as _per_sample_marks
 from fdl.nn import _functional_layers as _L
 from fdl.nn import _functional_recurrent as _R
 from fdl.nn import _recurrent_scan
@@ -413,6 +414,7 @@ class _RNNBase(Layer):
     ) -> tuple[Tensor, Any]:
         name = type(self).__name__
         check_params_fast(self, params)
+        _per_sample_marks.vmap_only(name)  # per-example gradients through time: by vmap
         _check_tensor(name, "input", input)
         if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
             layout = "(N, L, {0})" if self.batch_first else "(L, N, {0})"

@@ -16,34 +16,40 @@ Two methods compute the same numbers:
   batch of one. Works for any ``loss_fn``; ``chunk_size`` bounds how many
   examples are processed at once.
 * ``"rules"``: one ordinary batched forward and backward. Calls of
-  ``torch.nn.functional.linear``, ``conv1d`` and ``conv2d`` whose weight is a
-  parameter (fdl's ``Linear``/``Conv1d``/``Conv2d`` call these kernels) are
-  recorded; each example's weight gradient is formed from the layer input and
-  the output gradient (``grad_W[i] = Σ_t g[i,t]ᵀ a[i,t]``, conv through
-  im2col), norms use the Gram-matrix form where cheaper (ghost norms), and
-  the batch-mean scaling is undone by comparing example 0's output gradient
-  in the batch with its output gradient as a batch of one (this also catches
-  losses that are not a sum or mean of per-example terms, and models that
-  couple examples, e.g. BatchNorm in training mode).
+  ``torch.nn.functional.linear``, ``conv1d``, ``conv2d`` and ``embedding``
+  whose weight is a parameter or a view of one (fdl's ``Linear``, ``Conv*``,
+  ``Embedding``, the projections of ``MultiheadAttention`` and the
+  ``Transformer*`` layers), and elementwise products and sums that broadcast a
+  parameter over the batch (the affine maps of ``LayerNorm`` and
+  ``GroupNorm``), are recorded; each example's gradient is formed from the
+  layer input and the output gradient (``grad_W[i] = Σ_t g[i,t]ᵀ a[i,t]``,
+  conv through im2col, an embedding by scatter-add), norms use the
+  Gram-matrix form where cheaper (ghost norms), and the batch-mean scaling is
+  undone by comparing example 0's output gradient in the batch with its output
+  gradient as a batch of one (this also catches losses that are not a sum or
+  mean of per-example terms, and models that couple examples, e.g. BatchNorm
+  in training mode).
 
-``method="auto"`` (the default) uses the rules where every parameter is the
-weight or bias of such a layer and falls back to ``vmap`` otherwise (a
-parameter used by any other op, a non-linear reduction, coupled examples,
-random ops, or when running under ``torch.compile`` or a ``torch.func``
-transform).
+``method="auto"`` (the default) uses the rules where every parameter is used
+only by such calls and falls back to ``vmap`` otherwise (a parameter used by
+any other op, a recurrent layer (``RNN``/``LSTM``/``GRU`` mark themselves
+``vmap``-only), a sequence-first layout, a non-linear reduction, coupled
+examples, random ops, or when running under ``torch.compile`` or a
+``torch.func`` transform). :func:`per_sample_method` reports which path a
+call takes and the rule behind each parameter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from fdl import tree as _tree
 from fdl._per_sample import core as _core
 
-__all__ = ["per_sample_grad_norms", "per_sample_grads"]
+__all__ = ["PerSampleMethod", "per_sample_grad_norms", "per_sample_grads", "per_sample_method"]
 
 _METHODS = ("auto", "rules", "vmap")
 
@@ -167,5 +173,77 @@ def per_sample_grad_norms(
             sq = _core.vmap_sq_norms(loss_fn, params, batch, has_aux, chunk_size or 32)
         norms = sq.sqrt()
         return (norms, aux) if has_aux else norms
+
+    return fn
+
+
+class PerSampleMethod(NamedTuple):
+    """Which path :func:`per_sample_grads` takes for a loss and a batch, and why.
+
+    Attributes:
+        method: ``"rules"`` or ``"vmap"``.
+        reason: why the rules do not apply (``None`` on the rules path).
+        rules: on the rules path, ``{param path: rule kinds}`` for every
+            parameter leaf, e.g. ``{"fc.weight": ("linear",)}``; the kinds are
+            ``"linear"``, ``"conv"``, ``"embedding"``, ``"scale"`` and
+            ``"shift"`` (a broadcast elementwise product or sum, as in a norm's
+            affine map), and ``()`` for a leaf the loss does not use. Empty on
+            the ``vmap`` path.
+    """
+
+    method: str
+    reason: str | None
+    rules: dict[str, tuple[str, ...]]
+
+
+def per_sample_method(
+    loss_fn: Callable[..., Any],
+    *,
+    chunk_size: int | None = None,
+    has_aux: bool = False,
+    method: str = "auto",
+) -> Callable[..., PerSampleMethod]:
+    """Report the path :func:`per_sample_grads` (same arguments) takes, and each leaf's rule.
+
+    Runs the same decomposition as :func:`per_sample_grads` (one batched
+    forward and backward on the rules path, plus a batch of one for the
+    reduction check) without materialising per-example gradients.
+
+    Args:
+        loss_fn, chunk_size, has_aux, method: as for :func:`per_sample_grads`.
+
+    Returns:
+        ``fn(params, *batch) -> PerSampleMethod``.
+
+    Example:
+        >>> import torch, torch.nn.functional as F, fdl
+        >>> def loss_fn(params, x, y):
+        ...     return F.mse_loss(F.linear(x, params["weight"]), y)
+        >>> params = {"weight": torch.randn(2, 3)}
+        >>> x, y = torch.randn(4, 3), torch.randn(4, 2)
+        >>> plan = fdl.per_sample.per_sample_method(loss_fn)(params, x, y)
+        >>> plan.method, plan.rules
+        ('rules', {'weight': ('linear',)})
+    """
+    opts = _options(chunk_size, has_aux, method)
+
+    def fn(params: Any, *batch: Any) -> PerSampleMethod:
+        if opts["method"] == "vmap":
+            return PerSampleMethod("vmap", "method='vmap' was asked for", {})
+        out = _core.try_rules(
+            loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=False
+        )
+        if isinstance(out, str):
+            return PerSampleMethod("vmap", out, {})
+        rep = out[2]
+        parts = rep.parts if isinstance(rep, _core.Chunked) else [rep]
+        kinds = [set(k) for k in parts[0].rule_kinds()]
+        for part in parts[1:]:
+            for s, k in zip(kinds, part.rule_kinds(), strict=True):
+                s.update(k)
+        paths = _tree.paths(params)
+        return PerSampleMethod(
+            "rules", None, {p: tuple(sorted(k)) for p, k in zip(paths, kinds, strict=True)}
+        )
 
     return fn
