@@ -437,3 +437,32 @@ def test_schedule_plus_optimizer(name: str) -> None:
             steps=100,
             torch_scheduler=make_sched,
         )
+
+
+@pytest.mark.parametrize("kwargs", [{"t0": 10}, {"lr": 0.05, "lambd": 1e-2, "t0": 30.5}])
+def test_asgd_average_equals_torch_ax(kwargs: dict) -> None:
+    """ASGD's averaged params (``fdl.optim.averaged_params``) equal torch's ``ax`` at every step.
+
+    The parity tests compare the iterates; this compares the average, which starts to
+    differ from the iterate once ``t - 1 > t0``.
+    """
+    with _default_dtype(torch.float64):
+        params, loss = fdl.testing.optimizer_problem()
+        leaves, treedef = fdl.tree.flatten(params)
+        torch_params = [torch.nn.Parameter(x.clone()) for x in leaves]
+        torch_opt = torch.optim.ASGD(torch_params, **kwargs)
+        opt = fdl.optim.asgd(**kwargs)
+        state = opt.init(params)
+        moved = False
+        for step in range(100):
+            updates, state = opt.update(torch.func.grad(loss)(params), state, params)
+            params = fdl.optim.apply_updates(params, updates)
+            torch_opt.zero_grad()
+            loss(fdl.tree.unflatten(treedef, torch_params)).backward()
+            torch_opt.step()
+            ax = fdl.tree.unflatten(treedef, [torch_opt.state[p]["ax"] for p in torch_params])
+            fdl.testing.assert_trees_close(
+                fdl.optim.averaged_params(state), ax, rtol=1e-10, atol=1e-12, msg=f"step {step}"
+            )
+            moved |= not fdl.tree.allclose(ax, params, rtol=0, atol=1e-6)
+        assert moved  # the average left the iterate: the comparison saw averaging

@@ -17,6 +17,7 @@ import torch
 
 from fdl import tree
 from fdl.optim import _common as C
+from fdl.optim import _foreach as F
 from fdl.optim.base import GradientTransformation, Params, ScalarOrSchedule, Updates
 
 __all__ = ["AverageParamsState", "asgd_eta", "asgd_mu", "average_params", "averaged_params"]
@@ -130,9 +131,10 @@ def average_params(mu: Callable[[Tensor], Tensor]) -> GradientTransformation:
         weight = torch.as_tensor(mu(state.count), dtype=torch.float64)
         plain = weight == 1.0
         new_ax = []
-        for ui, pi, ai in zip(u, p, ax, strict=True):
-            new = pi + ui  # the params apply_updates returns
-            new_ax.append(torch.where(plain, new, ai + (new - ai) * weight))
+        for new, ai in zip(
+            F.add_in_dtype(p, u), ax, strict=True
+        ):  # the params apply_updates returns
+            new_ax.append(torch.where(plain, new, ai + (new - ai) * weight.to(ai.dtype)))
         return updates, AverageParamsState(state.count + 1, tree.unflatten(treedef, new_ax))
 
     return GradientTransformation(init, update)

@@ -246,8 +246,10 @@ def scale_by_relative_step(
         value = C._number("lr", lr, "a number >= 0")
         if value is not None and not 0.0 <= value:
             raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
-    if not 0.0 <= weight_decay:
+    wd = C._number("weight_decay", weight_decay, "a number >= 0")
+    if wd is not None and not 0.0 <= wd:
         raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
+    decays = isinstance(weight_decay, Tensor) or weight_decay != 0
 
     def step(g: Leaves, state: ScaleByRelativeStepState, params: Leaves | None) -> Any:
         eta = torch.as_tensor(
@@ -257,9 +259,9 @@ def scale_by_relative_step(
         out = []
         for j, gi in enumerate(g):
             ui = gi * (-rho).to(gi.dtype)
-            if weight_decay != 0:
+            if decays:
                 assert params is not None
-                ui = ui - params[j] * (eta * weight_decay).to(gi.dtype)
+                ui = ui - params[j] * (eta * weight_decay).to(gi.dtype)  # θ(1 - ηλ): decay
             out.append(ui)
         return out, {}
 
@@ -273,7 +275,7 @@ def scale_by_relative_step(
             who="scale_by_relative_step",
             state=state,
             state_type=ScaleByRelativeStepState,
-            needs_params=weight_decay != 0,
+            needs_params=decays,
         )
         out, _ = step(g, state, p)
         return tree.unflatten(treedef, out), ScaleByRelativeStepState(state.count + 1)

@@ -104,4 +104,5 @@ def scale_by_rprop(
         step,
         trees=("prev", "step_size"),
         initial=lambda params: {"step_size": _initial_step_size(lr, params)},
+        hands_on_fresh=True,
     )
