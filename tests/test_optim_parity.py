@@ -145,7 +145,7 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], type[torch.optim.Optimizer], lis
         [
             {},
             {"lr": 0.05, "beta2_decay": -0.6, "eps": (1e-20, 1e-2), "d": 1.5, "weight_decay": 0.01},
-            {"lr": 0.1, "eps": (None, 0.5), "maximize": True},
+            {"lr": 0.2, "eps": (None, 0.5), "maximize": True},  # 1/sqrt(t) caps lr from t = 26,
         ],
     ),
     "muon": (
