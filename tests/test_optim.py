@@ -43,6 +43,7 @@ OPTIMIZERS: dict[str, tuple[Callable[..., fdl.optim.GradientTransformation], flo
     "rprop": (lambda lr: fdl.optim.rprop(lr, etas=(0.4, 1.3)), 0.1, 0.01),
     "asgd": (lambda lr: fdl.optim.asgd(lr, t0=5.0, weight_decay=1e-4), 0.03, 2.5e-3),
     "adafactor": (lambda lr: fdl.optim.adafactor(lr, weight_decay=1e-4), 0.1, 0.03),
+    "sparse_adam": (lambda lr: fdl.optim.sparse_adam(lr, eps=1e-6), 0.1, 0.05),
     # Muon on (1, n) / (1, 1) views of the vectors and scalars (tests/_matrix_view.py)
     "muon": (lambda lr: as_matrices(fdl.optim.muon(lr, weight_decay=0.0)), 0.015, 3e-3),
 }

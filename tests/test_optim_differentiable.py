@@ -94,6 +94,7 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], dict[str, float], tuple[str, ...
         ("lr", "lambd", "alpha", "weight_decay"),
     ),
     "adafactor": (fdl.optim.adafactor, {"lr": 0.1, "weight_decay": 0.1}, ("lr", "weight_decay")),
+    "sparse_adam": (fdl.optim.sparse_adam, {"lr": 0.1}, ("lr",)),
     # Muon on matrix views of the vector and scalar params, its Newton-Schulz in float64
     # (torch's bfloat16 rounds the update: not smooth enough for finite differences)
     "muon": (

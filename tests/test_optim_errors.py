@@ -37,6 +37,7 @@ OPTIMIZERS: dict[str, Callable[[], GT]] = {
     "rprop": lambda: fdl.optim.rprop(0.1, maximize=True),
     "asgd": lambda: fdl.optim.asgd(0.1, t0=1.0, weight_decay=0.1),
     "adafactor": lambda: fdl.optim.adafactor(0.1, weight_decay=0.1),
+    "sparse_adam": lambda: fdl.optim.sparse_adam(0.1, maximize=True),
     # Muon takes matrices only: as with torch, the others go to AdamW
     "muon-with-adamw": lambda: fdl.optim.chain(
         fdl.optim.masked(fdl.optim.muon(0.02), lambda p: fdl.tree.map(lambda x: x.ndim == 2, p)),
@@ -82,6 +83,7 @@ BLOCKS: dict[str, tuple[Callable[[], GT], type]] = {
         fdl.optim.ScaleByRelativeStepState,
     ),
     "ema_trace": (fdl.optim.ema_trace, fdl.optim.EmaTraceState),
+    "scale_by_sparse_adam": (fdl.optim.scale_by_sparse_adam, fdl.optim.ScaleBySparseAdamState),
 }
 
 
@@ -310,6 +312,10 @@ TORCH_MESSAGES = {
     "adafactor-eps2": (fdl.optim.adafactor, torch.optim.Adafactor, {"eps": (None, -1e-3)}),
     "adafactor-d": (fdl.optim.adafactor, torch.optim.Adafactor, {"d": 0.5}),
     "adafactor-weight_decay": (fdl.optim.adafactor, torch.optim.Adafactor, {"weight_decay": -1}),
+    "sparse_adam-lr": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"lr": 0.0}),
+    "sparse_adam-eps": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"eps": 0.0}),
+    "sparse_adam-beta1": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"betas": (1.0, 0.9)}),
+    "sparse_adam-beta2": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"betas": (0.9, -0.1)}),
     "muon-lr": (fdl.optim.muon, torch.optim.Muon, {"lr": -0.1}),
     "muon-momentum": (fdl.optim.muon, torch.optim.Muon, {"momentum": -0.1}),
     "muon-weight_decay": (fdl.optim.muon, torch.optim.Muon, {"weight_decay": -0.1}),

@@ -466,3 +466,69 @@ def test_asgd_average_equals_torch_ax(kwargs: dict) -> None:
             )
             moved |= not fdl.tree.allclose(ax, params, rtol=0, atol=1e-6)
         assert moved  # the average left the iterate: the comparison saw averaging
+
+
+# SparseAdam takes sparse gradients only: torch is fed fdl's dense gradients as
+# ``g.to_sparse()`` (the non-zero entries), on an embedding-style problem where each step
+# looks up a few rows, so most rows' gradients are exactly zero.
+SPARSE_ADAM_GRID = [
+    {},
+    {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "maximize": True},
+]
+
+
+def _lookup_problem(dtype: torch.dtype) -> tuple[dict, Callable[[Any, int], torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    params = {
+        "emb": torch.randn(12, 4, generator=g, dtype=dtype),
+        "head": {"w": torch.randn(4, 3, generator=g, dtype=dtype)},
+    }
+    rows = torch.randint(0, 12, (100, 5), generator=g)  # the rows each step looks up
+    y = torch.randn(100, 5, 3, generator=g, dtype=dtype)
+
+    def loss(p: Any, k: int) -> torch.Tensor:
+        out = torch.tanh(p["emb"][rows[k]]) @ p["head"]["w"]  # (5, 4) @ (4, 3) -> (5, 3)
+        return ((out - y[k]) ** 2).mean()
+
+    return params, loss
+
+
+def test_sparse_adam_defaults_match_torch() -> None:
+    sig = inspect.signature(torch.optim.SparseAdam.__init__).parameters
+    for p in inspect.signature(fdl.optim.sparse_adam).parameters.values():
+        if p.kind is not p.VAR_KEYWORD:
+            assert sig[p.name].default == p.default, p.name
+            assert any(p.name in kw and kw[p.name] != p.default for kw in SPARSE_ADAM_GRID)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("i", range(len(SPARSE_ADAM_GRID)))
+def test_sparse_adam_equals_torch_given_sparse_grads(i: int, dtype: torch.dtype) -> None:
+    """100 steps; params and both moments equal torch's (float64 1e-10, float32 its bound)."""
+    kwargs = SPARSE_ADAM_GRID[i]
+    sign = -1.0 if kwargs.get("maximize") else 1.0  # ascend the negated loss: stable
+    tol = 1e-10 if dtype == torch.float64 else _float32_tolerance(100)
+    with _default_dtype(dtype):
+        params, loss = _lookup_problem(dtype)
+        leaves, treedef = fdl.tree.flatten(params)
+        torch_params = [torch.nn.Parameter(x.clone()) for x in leaves]
+        torch_opt = torch.optim.SparseAdam(torch_params, **kwargs)
+        opt = fdl.optim.sparse_adam(**kwargs)
+        state = opt.init(params)
+        untouched = 0
+        for k in range(100):
+            grads = torch.func.grad(lambda p, k=k: sign * loss(p, k))(params)
+            untouched += int((grads["emb"] == 0).all(dim=1).sum())
+            updates, state = opt.update(grads, state, params)
+            params = fdl.optim.apply_updates(params, updates)
+            for x, gr in zip(torch_params, fdl.tree.leaves(grads), strict=True):
+                x.grad = gr.to_sparse()
+            torch_opt.step()
+            theirs = fdl.tree.unflatten(treedef, [x.detach() for x in torch_params])
+            fdl.testing.assert_trees_close(params, theirs, rtol=tol, atol=tol, msg=f"step {k}")
+        moments = [torch_opt.state[x]["exp_avg_sq"] for x in torch_params]
+        inner = state[-2]  # scale_by_sparse_adam's state
+        fdl.testing.assert_trees_close(
+            inner.nu, fdl.tree.unflatten(treedef, moments), rtol=tol, atol=tol
+        )
+        assert untouched > 100 * 12 // 2  # most rows had no gradient: sparsity was exercised

@@ -12,7 +12,7 @@ by job: :mod:`fdl.optim.scaling` (factors, learning rate, weight decay,
 momentum), :mod:`fdl.optim.adaptive` (Adam, RMSprop, Adagrad, ...),
 :mod:`fdl.optim.sign` (Rprop), :mod:`fdl.optim.averaging` (ASGD's average),
 :mod:`fdl.optim.factored` (Adafactor), :mod:`fdl.optim.orthogonal` and
-:mod:`fdl.optim.momentum` (Muon),
+:mod:`fdl.optim.momentum` (Muon), :mod:`fdl.optim.sparse` (SparseAdam),
 :mod:`fdl.optim.clipping` and :mod:`fdl.optim.wrappers` (masking, accumulation,
 skipping non-finite steps); learning-rate schedules live in
 :mod:`fdl.optim.schedules`; :func:`make_update` builds a compiled
@@ -30,6 +30,7 @@ from fdl.optim import (
     scaling,
     schedules,
     sign,
+    sparse,
     wrappers,
 )
 from fdl.optim.adaptive import (
@@ -61,6 +62,7 @@ from fdl.optim.alias import (
     rmsprop,
     rprop,
     sgd,
+    sparse_adam,
 )
 from fdl.optim.averaging import (
     AverageParamsState,
@@ -98,6 +100,7 @@ from fdl.optim.scaling import (
     trace,
 )
 from fdl.optim.sign import ScaleByRpropState, scale_by_rprop
+from fdl.optim.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from fdl.optim.step import make_update
 from fdl.optim.wrappers import (
     ApplyIfFiniteState,
@@ -128,6 +131,7 @@ __all__ = sorted(
         *momentum.__all__,
         *orthogonal.__all__,
         *sign.__all__,
+        *sparse.__all__,
         *clipping.__all__,
         *scaling.__all__,
         *wrappers.__all__,

@@ -666,3 +666,55 @@ def muon(
         *([add_decayed_weights(weight_decay)] if _nonzero(weight_decay) else []),
     ]
     return _chain((*core, scale_by_learning_rate(lr)), "muon")
+
+
+# ---------------------------------------------------------------------------
+# SparseAdam over dense gradients (fdl.optim.sparse)
+# ---------------------------------------------------------------------------
+
+from fdl.optim.sparse import scale_by_sparse_adam  # noqa: E402
+
+__all__ += ["sparse_adam"]
+
+
+def sparse_adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""SparseAdam, as ``torch.optim.SparseAdam`` given ``g.to_sparse()``: Adam where ``g ≠ 0``.
+
+    .. math::
+        \theta_i \leftarrow \theta_i - \eta\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\,
+            \frac{m_i}{\sqrt{v_i} + \epsilon} \quad (g_i \ne 0), \qquad
+        \theta_i,\ m_i,\ v_i \text{ unchanged where } g_i = 0
+
+    (see :func:`~fdl.optim.sparse.scale_by_sparse_adam`). fdl's gradients are dense:
+    the entries that move are the non-zero ones, those ``g.to_sparse()`` stores. A
+    sparse gradient that stores explicit zeros (torch moves those entries) has no
+    dense counterpart. ``chain(scale(-1) if maximize, scale_by_sparse_adam(β1, β2, ε),
+    scale_by_learning_rate(η))``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.sparse_adam(lr=0.1)
+        >>> p = {"emb": torch.zeros(3, 2)}
+        >>> g = {"emb": torch.tensor([[0.0, 0.0], [1.0, -2.0], [0.0, 0.0]])}  # one row looked up
+        >>> u = opt.update(g, opt.init(p), p)[0]["emb"]
+        >>> u[1], bool((u[[0, 2]] == 0).all())
+        (tensor([-0.1000,  0.1000]), True)
+    """
+    _reject_extra("sparse_adam", unsupported)
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not callable(lr):
+        value = C._number("lr", lr, "a number > 0")
+        if value is not None and not 0.0 < value:
+            raise ValueError(f"Invalid learning rate: {lr}")
+    _check_betas(betas)
+    core = [scale_by_sparse_adam(betas[0], betas[1], eps)]
+    return _chain(
+        (*([scale(-1.0)] if maximize else []), *core, scale_by_learning_rate(lr)), "sparse_adam"
+    )
