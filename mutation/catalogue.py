@@ -1530,4 +1530,22 @@ CATALOGUE: list[Mutant] = [
         OPTIM,
         select="muon",
     ),
+    Mutant(
+        "optim.sparse_adam.moves_absent",
+        "optim",
+        "SparseAdam decays the moments of entries the gradient does not hold",
+        "            m = torch.where(present, m + (gi - m) * (1.0 - b1), m)",
+        "            m = m + (gi - m) * (1.0 - b1)",
+        ("tests/test_optim_parity.py",),
+        select="sparse_adam",
+    ),
+    Mutant(
+        "optim.sparse_adam.adam_eps",
+        "optim",
+        "SparseAdam adds eps after the bias correction (Adam's placement, not SparseAdam's)",
+        "            step_ = (m / (root + eps)) * c.to(gi.dtype)",
+        "            step_ = (m / (root + eps * torch.sqrt(1.0 - b2**t))) * c.to(gi.dtype)",
+        ("tests/test_optim_parity.py",),
+        select="sparse_adam",
+    ),
 ]
