@@ -41,6 +41,7 @@ from typing import Any
 import pytest
 import torch
 from _doc_examples import run_python_blocks
+from _matrix_view import as_matrices
 
 import fdl
 from fdl.optim import _foreach
@@ -86,6 +87,21 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], dict[str, float], tuple[str, ...
     "nadam": (fdl.optim.nadam, {"lr": 0.1}, ("lr",)),
     "radam": (fdl.optim.radam, {"lr": 0.1}, ("lr",)),  # rho_t <= 5 for t <= 5: m-hat branch
     "adadelta": (fdl.optim.adadelta, {"lr": 1.0}, ("lr",)),
+    "rprop": (lambda **h: fdl.optim.rprop(**h, etas=(0.4, 1.3)), {"lr": 0.05}, ("lr",)),
+    "asgd": (
+        lambda **h: fdl.optim.asgd(**h, t0=1.0),
+        {"lr": 0.1, "lambd": 0.05, "alpha": 0.6, "weight_decay": 0.1},
+        ("lr", "lambd", "alpha", "weight_decay"),
+    ),
+    "adafactor": (fdl.optim.adafactor, {"lr": 0.1, "weight_decay": 0.1}, ("lr", "weight_decay")),
+    "sparse_adam": (fdl.optim.sparse_adam, {"lr": 0.1}, ("lr",)),
+    # Muon on matrix views of the vector and scalar params, its Newton-Schulz in float64
+    # (torch's bfloat16 rounds the update: not smooth enough for finite differences)
+    "muon": (
+        lambda **h: as_matrices(fdl.optim.muon(**h, ns_dtype=torch.float64)),
+        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
+        ("lr", "momentum", "weight_decay"),
+    ),
 }
 NAMES = list(OPTIMIZERS)
 HYPER = [(n, h) for n in NAMES for h in OPTIMIZERS[n][2]]

@@ -34,6 +34,15 @@ OPTIMIZERS: dict[str, Callable[[], GT]] = {
     "adadelta": lambda: fdl.optim.adadelta(1.0),
     "adam-schedule": lambda: fdl.optim.adam(S.ExponentialLR(0.1, 0.9)),
     "clip-then-adam": lambda: fdl.optim.chain(fdl.optim.clip_by_global_norm(1.0), fdl.optim.adam()),
+    "rprop": lambda: fdl.optim.rprop(0.1, maximize=True),
+    "asgd": lambda: fdl.optim.asgd(0.1, t0=1.0, weight_decay=0.1),
+    "adafactor": lambda: fdl.optim.adafactor(0.1, weight_decay=0.1),
+    "sparse_adam": lambda: fdl.optim.sparse_adam(0.1, maximize=True),
+    # Muon takes matrices only: as with torch, the others go to AdamW
+    "muon-with-adamw": lambda: fdl.optim.chain(
+        fdl.optim.masked(fdl.optim.muon(0.02), lambda p: fdl.tree.map(lambda x: x.ndim == 2, p)),
+        fdl.optim.masked(fdl.optim.adamw(0.1), lambda p: fdl.tree.map(lambda x: x.ndim != 2, p)),
+    ),
 }
 NAMES = list(OPTIMIZERS)
 
@@ -63,6 +72,18 @@ BLOCKS: dict[str, tuple[Callable[[], GT], type]] = {
         lambda: fdl.optim.apply_if_finite(fdl.optim.sgd(0.1)),
         fdl.optim.ApplyIfFiniteState,
     ),
+    "scale_by_rprop": (fdl.optim.scale_by_rprop, fdl.optim.ScaleByRpropState),
+    "average_params": (
+        lambda: fdl.optim.average_params(fdl.optim.asgd_mu(1.0)),
+        fdl.optim.AverageParamsState,
+    ),
+    "scale_by_factored_rms": (fdl.optim.scale_by_factored_rms, fdl.optim.ScaleByFactoredRmsState),
+    "scale_by_relative_step": (
+        fdl.optim.scale_by_relative_step,
+        fdl.optim.ScaleByRelativeStepState,
+    ),
+    "ema_trace": (fdl.optim.ema_trace, fdl.optim.EmaTraceState),
+    "scale_by_sparse_adam": (fdl.optim.scale_by_sparse_adam, fdl.optim.ScaleBySparseAdamState),
 }
 
 
@@ -276,3 +297,74 @@ def test_failed_update_changes_nothing(name: str) -> None:
 def test_invalid_hyperparameter_message_names_it(name: str, kwargs: dict, what: str) -> None:
     with pytest.raises(ValueError, match=rf"^Invalid {what}( value)?: "):
         getattr(fdl.optim, name)(**kwargs)
+
+
+# (fdl optimizer, torch optimizer, bad kwargs, params): fdl's message starts with torch's
+TORCH_MESSAGES = {
+    "rprop-lr": (fdl.optim.rprop, torch.optim.Rprop, {"lr": -0.1}),
+    "rprop-eta-minus": (fdl.optim.rprop, torch.optim.Rprop, {"etas": (1.5, 1.2)}),
+    "rprop-eta-plus": (fdl.optim.rprop, torch.optim.Rprop, {"etas": (0.5, 0.9)}),
+    "asgd-lr": (fdl.optim.asgd, torch.optim.ASGD, {"lr": -0.1}),
+    "asgd-weight_decay": (fdl.optim.asgd, torch.optim.ASGD, {"weight_decay": -0.1}),
+    "adafactor-lr": (fdl.optim.adafactor, torch.optim.Adafactor, {"lr": -0.1}),
+    "adafactor-beta2_decay": (fdl.optim.adafactor, torch.optim.Adafactor, {"beta2_decay": 0.1}),
+    "adafactor-eps1": (fdl.optim.adafactor, torch.optim.Adafactor, {"eps": (-1.0, 1e-3)}),
+    "adafactor-eps2": (fdl.optim.adafactor, torch.optim.Adafactor, {"eps": (None, -1e-3)}),
+    "adafactor-d": (fdl.optim.adafactor, torch.optim.Adafactor, {"d": 0.5}),
+    "adafactor-weight_decay": (fdl.optim.adafactor, torch.optim.Adafactor, {"weight_decay": -1}),
+    "sparse_adam-lr": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"lr": 0.0}),
+    "sparse_adam-eps": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"eps": 0.0}),
+    "sparse_adam-beta1": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"betas": (1.0, 0.9)}),
+    "sparse_adam-beta2": (fdl.optim.sparse_adam, torch.optim.SparseAdam, {"betas": (0.9, -0.1)}),
+    "muon-lr": (fdl.optim.muon, torch.optim.Muon, {"lr": -0.1}),
+    "muon-momentum": (fdl.optim.muon, torch.optim.Muon, {"momentum": -0.1}),
+    "muon-weight_decay": (fdl.optim.muon, torch.optim.Muon, {"weight_decay": -0.1}),
+    "muon-adjust_lr_fn": (fdl.optim.muon, torch.optim.Muon, {"adjust_lr_fn": "rms"}),
+    "muon-tensor-lr": (fdl.optim.muon, torch.optim.Muon, {"lr": torch.tensor([0.1, 0.2])}),
+}
+
+
+def _torch_message(fn: Callable[[], Any]) -> str:
+    with pytest.raises(ValueError) as err:
+        fn()
+    return str(err.value)
+
+
+@pytest.mark.parametrize("case", list(TORCH_MESSAGES))
+def test_hyperparameter_message_is_torchs(case: str) -> None:
+    """The message of a bad hyperparameter starts with the one torch.optim raises for it."""
+    fdl_fn, torch_cls, kwargs = TORCH_MESSAGES[case]
+    expected = _torch_message(lambda: torch_cls([torch.zeros(2, 2, requires_grad=True)], **kwargs))
+    got = _torch_message(lambda: fdl_fn(**kwargs))
+    assert got.startswith(expected), (got, expected)
+
+
+# Muon's errors at its first step, torch's: (fdl call, torch call) on the same bad input
+def _muon_step(opt: Any, p: Any) -> None:
+    opt.update(fdl.tree.map(torch.ones_like, p), opt.init(p), p)
+
+
+def _torch_muon_step(p: torch.Tensor, **kwargs: Any) -> None:
+    q = torch.nn.Parameter(p.clone())
+    opt = torch.optim.Muon([q], **kwargs)
+    q.grad = torch.ones_like(q)
+    opt.step()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape"),
+    [
+        ({}, (4,)),
+        ({}, (2, 3, 4)),
+        ({"ns_steps": 100}, (3, 3)),
+        ({"ns_coefficients": (1.0, 2.0)}, (3, 3)),
+    ],
+)
+def test_muon_errors_are_torchs(kwargs: dict, shape: tuple[int, ...]) -> None:
+    """Non-matrix params (at ``init``; torch: at construction) and bad Newton-Schulz settings."""
+    p = torch.zeros(shape)
+    expected = _torch_message(lambda: _torch_muon_step(p, **kwargs))
+    got = _torch_message(lambda: _muon_step(fdl.optim.muon(**kwargs), {"fc": {"w": p}}))
+    assert got.startswith(expected), (got, expected)
+    if len(shape) != 2:
+        assert "'fc.w'" in got, got  # the offending leaf's path

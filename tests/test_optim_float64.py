@@ -112,7 +112,56 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], type[torch.optim.Optimizer], dic
         {"lr": 1.0},
         {"lr": 0.7, "rho": 0.7, "eps": 1.3e-3, "weight_decay": 0.3},
     ),
+    "rprop": (
+        fdl.optim.rprop,
+        torch.optim.Rprop,
+        {"lr": 0.01},
+        {"lr": 0.07, "etas": (0.3, 1.7), "step_sizes": (1.3e-5, 0.7)},
+    ),
+    "asgd": (
+        fdl.optim.asgd,
+        torch.optim.ASGD,
+        {"lr": 0.05, "lambd": 1e-2, "t0": 5.0},
+        {"lr": 0.07, "lambd": 1.3e-3, "alpha": 0.7, "t0": 13.7, "weight_decay": 0.3},
+    ),
+    "adafactor": (
+        fdl.optim.adafactor,
+        torch.optim.Adafactor,
+        {"lr": 0.01},
+        {
+            "lr": 0.07,
+            "beta2_decay": -0.7,
+            "eps": (1.3e-20, 1.3e-3),
+            "d": 1.3,
+            "weight_decay": 0.03,
+        },
+    ),
+    "muon": (
+        fdl.optim.muon,
+        torch.optim.Muon,
+        {"lr": 0.02},
+        {
+            "lr": 0.03,
+            "weight_decay": 0.03,
+            "momentum": 0.7,
+            "ns_coefficients": (3.1, -3.7, 1.3),
+            "eps": 1.3e-3,
+        },
+    ),
 }
+
+
+def _matrices() -> dict:
+    """Muon's problem: 2-D params only, as torch.optim.Muon requires."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "tall": torch.randn(6, 4, generator=g, dtype=torch.float64),
+        "wide": {"w": torch.randn(3, 5, generator=g, dtype=torch.float64)},
+    }
+
+
+# optimizers that need their own params (None: the MLP of fdl.testing.optimizer_problem)
+PROBLEMS: dict[str, Callable[[], Any]] = {"muon": _matrices}
 
 CASES = [
     pytest.param(name, kwarg, id=f"{name}-{kwarg}")
@@ -207,9 +256,10 @@ def _max_relative_error(
     torch_cls: type[torch.optim.Optimizer],
     torch_kwargs: dict,
     torch_scheduler: Callable[[Any], Any] | None = None,
+    params: Any = None,
 ) -> float:
     """Train the float64 MLP problem both ways; the worst normwise relative error over the steps."""
-    params, loss = fdl.testing.optimizer_problem()
+    params, loss = fdl.testing.optimizer_problem(params)
     leaves, treedef = fdl.tree.flatten(params)
     t_leaves = [x.detach().clone().requires_grad_(True) for x in leaves]
     t_params = fdl.tree.unflatten(treedef, t_leaves)
@@ -249,7 +299,8 @@ def test_every_float_keyword_is_covered() -> None:
 def test_float_keyword_acts_in_float64(name: str, kwarg: str) -> None:
     fn, torch_cls, base, values = OPTIMIZERS[name]
     kwargs = _split_betas({**base, kwarg: values[kwarg]})
-    err = _max_relative_error(fn(**kwargs), torch_cls, kwargs)
+    params = PROBLEMS[name]() if name in PROBLEMS else None
+    err = _max_relative_error(fn(**kwargs), torch_cls, kwargs, params=params)
     assert err <= TOL, f"{name}({kwarg}={values[kwarg]}): {err:.3g}"
 
 

@@ -10,13 +10,30 @@
 Optimizers (:mod:`fdl.optim.alias`) are ``chain``s of building blocks, grouped
 by job: :mod:`fdl.optim.scaling` (factors, learning rate, weight decay,
 momentum), :mod:`fdl.optim.adaptive` (Adam, RMSprop, Adagrad, ...),
+:mod:`fdl.optim.sign` (Rprop), :mod:`fdl.optim.averaging` (ASGD's average),
+:mod:`fdl.optim.factored` (Adafactor), :mod:`fdl.optim.orthogonal` and
+:mod:`fdl.optim.momentum` (Muon), :mod:`fdl.optim.sparse` (SparseAdam),
 :mod:`fdl.optim.clipping` and :mod:`fdl.optim.wrappers` (masking, accumulation,
 skipping non-finite steps); learning-rate schedules live in
 :mod:`fdl.optim.schedules`; :func:`make_update` builds a compiled
 update-and-apply step, optionally with buffer donation.
 """
 
-from fdl.optim import adaptive, alias, clipping, scaling, schedules, swa, wrappers
+from fdl.optim import (
+    adaptive,
+    alias,
+    averaging,
+    clipping,
+    factored,
+    momentum,
+    orthogonal,
+    scaling,
+    schedules,
+    sign,
+    sparse,
+    swa,
+    wrappers,
+)
 from fdl.optim.adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -32,7 +49,29 @@ from fdl.optim.adaptive import (
     scale_by_rms,
     scale_by_rss,
 )
-from fdl.optim.alias import adadelta, adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd
+from fdl.optim.alias import (
+    adadelta,
+    adafactor,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    asgd,
+    muon,
+    nadam,
+    radam,
+    rmsprop,
+    rprop,
+    sgd,
+    sparse_adam,
+)
+from fdl.optim.averaging import (
+    AverageParamsState,
+    asgd_eta,
+    asgd_mu,
+    average_params,
+    averaged_params,
+)
 from fdl.optim.base import (
     EmptyState,
     GradientTransformation,
@@ -42,6 +81,15 @@ from fdl.optim.base import (
     chain,
 )
 from fdl.optim.clipping import clip, clip_by_global_norm
+from fdl.optim.factored import (
+    ScaleByFactoredRmsState,
+    ScaleByRelativeStepState,
+    scale_by_factored_rms,
+    scale_by_param_scale,
+    scale_by_relative_step,
+)
+from fdl.optim.momentum import EmaTraceState, ema_trace
+from fdl.optim.orthogonal import newton_schulz, orthogonalize, scale_by_shape
 from fdl.optim.quasi_newton import LBFGSState, Minimizer, lbfgs
 from fdl.optim.scaling import (
     ScaleByScheduleState,
@@ -53,6 +101,8 @@ from fdl.optim.scaling import (
     scale_by_schedule,
     trace,
 )
+from fdl.optim.sign import ScaleByRpropState, scale_by_rprop
+from fdl.optim.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from fdl.optim.step import make_update
 from fdl.optim.swa import (
     SWALR,
@@ -89,6 +139,12 @@ __all__ = sorted(
         "swa",
         *alias.__all__,
         *adaptive.__all__,
+        *averaging.__all__,
+        *factored.__all__,
+        *momentum.__all__,
+        *orthogonal.__all__,
+        *sign.__all__,
+        *sparse.__all__,
         *clipping.__all__,
         "LBFGSState",
         "Minimizer",

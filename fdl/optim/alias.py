@@ -440,3 +440,281 @@ def adadelta(
     _reject_extra("adadelta", unsupported)
     core = [A.scale_by_adadelta(rho, eps)]
     return _optimizer("adadelta", lr, core, maximize, weight_decay)
+
+
+# ---------------------------------------------------------------------------
+# Rprop, ASGD, Adafactor, Muon: blocks from fdl.optim.sign, averaging, factored, orthogonal
+# ---------------------------------------------------------------------------
+
+from fdl.optim import factored  # noqa: E402
+from fdl.optim.averaging import asgd_eta, asgd_mu, average_params  # noqa: E402
+from fdl.optim.momentum import ema_trace  # noqa: E402
+from fdl.optim.orthogonal import orthogonalize, scale_by_shape  # noqa: E402
+from fdl.optim.sign import scale_by_rprop  # noqa: E402
+
+__all__ += ["adafactor", "asgd", "muon", "rprop"]
+
+
+def _torch_nonneg(message: str, value: Any) -> None:
+    """``value >= 0`` (a number or a 1-element tensor), else ``ValueError(message)``."""
+    v = C._number("value", value, "a number >= 0")
+    if v is not None and not 0.0 <= v:
+        raise ValueError(message)
+
+
+def rprop(
+    lr: ScalarOrSchedule = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50),
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Resilient backpropagation (Riedmiller & Braun, 1993), as ``torch.optim.Rprop``.
+
+    .. math::
+        \Delta_t = \operatorname{clamp}\big(f_t\,\Delta_{t-1},\ \Delta_{min},\ \Delta_{max}\big),
+        \quad f_t = \eta_+,\ \eta_-,\ 1 \text{ for } g_t p_{t-1} >, <, = 0, \quad
+        \theta_{t+1} = \theta_t - \operatorname{sign}(\tilde g_t)\,\Delta_t
+
+    with ``Δ_0 = lr``, ``g̃_t = 0`` where the sign flipped (else ``g_t``) and
+    ``p_t = g̃_t`` (see :func:`~fdl.optim.sign.scale_by_rprop`).
+    ``chain(scale(-1) if maximize, scale_by_rprop(lr, etas, step_sizes), scale(-1))``.
+    ``lr`` is only the initial step size: a schedule contributes its first value
+    (torch reads ``lr`` once, when it builds the state).
+
+    Args:
+        lr: ``Δ_0``. etas: ``(η_-, η_+)``, ``0 < η_- < 1 < η_+``.
+        step_sizes: ``(Δ_min, Δ_max)``. maximize: ascend the objective.
+
+    Returns:
+        A :class:`~fdl.optim.GradientTransformation`.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.rprop(lr=0.1)
+        >>> p = {"w": torch.zeros(2)}
+        >>> opt.update({"w": torch.tensor([3.0, -0.01])}, opt.init(p), p)[0]
+        {'w': tensor([-0.1000,  0.1000])}
+    """
+    _reject_extra("rprop", unsupported)
+    core = [scale_by_rprop(lr, etas, step_sizes)]
+    return _chain((*([scale(-1.0)] if maximize else []), *core, scale(-1.0)), "rprop")
+
+
+def asgd(
+    lr: ScalarOrSchedule = 1e-2,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    weight_decay: float = 0,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Averaged SGD (Polyak & Juditsky, 1992), as ``torch.optim.ASGD``.
+
+    .. math::
+        \theta_{t+1} = \theta_t(1 - \lambda\eta_t) - \eta_t\,(\pm g_t + w\,\theta_t), \qquad
+        a_{t+1} = \begin{cases} \theta_{t+1} & \mu_t = 1 \\
+            a_t + \mu_t(\theta_{t+1} - a_t) & \text{otherwise}\end{cases}
+
+    with :math:`\eta_t = \gamma/(1 + \lambda\gamma (t-1))^{\alpha}` and
+    :math:`\mu_t = 1/\max(1, t - 1 - t_0)` (``μ_1 = 1``; :func:`~fdl.optim.averaging.asgd_eta`,
+    :func:`~fdl.optim.averaging.asgd_mu`), ``γ = lr``, ``w = weight_decay``.
+    ``chain(scale(-1) if maximize, add_decayed_weights(w), add_decayed_weights(λ),
+    scale_by_learning_rate(η_t), average_params(μ_t))``. The average ``a`` (torch's
+    ``ax``) is read with :func:`fdl.optim.averaged_params`.
+
+    fdl requires ``lambd >= 0`` (torch does not check it).
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.asgd(lr=0.1, lambd=0.0, t0=0)
+        >>> p = {"w": torch.zeros(1)}
+        >>> s = opt.init(p)
+        >>> for g in (1.0, 3.0, 2.0):  # averaging starts at the third step (t - 1 > t0)
+        ...     u, s = opt.update({"w": torch.tensor([g])}, s, p)
+        ...     p = fdl.optim.apply_updates(p, u)
+        >>> p["w"], fdl.optim.averaged_params(s)["w"]
+        (tensor([-0.6000]), tensor([-0.5000]))
+    """
+    _reject_extra("asgd", unsupported)
+    C.check_lr(lr)
+    C.check_nonneg("weight_decay", weight_decay)
+    C.check_nonneg("lambd", lambd)
+    decay = [add_decayed_weights(lambd)] if _nonzero(lambd) else []
+    core = [*decay, scale_by_learning_rate(asgd_eta(lr, lambd, alpha)), average_params(asgd_mu(t0))]
+    l2 = [add_decayed_weights(weight_decay)] if _nonzero(weight_decay) else []
+    return _chain((*([scale(-1.0)] if maximize else []), *l2, *core), "asgd")
+
+
+def adafactor(
+    lr: ScalarOrSchedule = 1e-2,
+    beta2_decay: float = -0.8,
+    eps: tuple[float | None, float] = (None, 1e-3),
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Adafactor (Shazeer & Stern, 2018), as ``torch.optim.Adafactor``.
+
+    .. math::
+        \theta_{t+1} = \theta_t(1 - \eta\lambda)
+            - \min\big(\eta, \tfrac{1}{\sqrt t}\big)\,
+              \max\big(\epsilon_2, \mathrm{RMS}(\theta_t)\big)\,
+              \frac{U_t}{\max(1, \mathrm{RMS}(U_t)/d)}, \qquad
+        U_t = \frac{\pm g_t}{\sqrt{\max(\hat v_t, \epsilon_1^2)}}
+
+    with ``v̂`` the factored second moment of
+    :func:`~fdl.optim.factored.scale_by_factored_rms` (row and column means of
+    ``g²`` for 2-D and larger parameters, the full ``v`` for vectors; weight
+    ``t^{beta2_decay}``). ``chain(scale(-1) if maximize, scale_by_factored_rms(c,
+    ε₁, d), scale_by_param_scale(ε₂), scale_by_relative_step(η, λ))``.
+
+    Args:
+        lr: ``η``, the cap of the relative step ``1/√t`` (and the decay's factor).
+        beta2_decay: ``c <= 0``. eps: ``(ε₁, ε₂)``; ``ε₁ = None`` is the machine
+            epsilon of each parameter's dtype. d: clipping threshold ``>= 1``.
+        weight_decay: ``λ``. maximize: ascend the objective.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.adafactor()
+        >>> p = {"w": torch.ones(2, 3)}
+        >>> u, s = opt.update({"w": torch.ones(2, 3)}, opt.init(p), p)
+        >>> u["w"]  # min(lr, 1) * RMS(θ) * g / |g|
+        tensor([[-0.0100, -0.0100, -0.0100],
+                [-0.0100, -0.0100, -0.0100]])
+    """
+    _reject_extra("adafactor", unsupported)
+    if len(eps) != 2:
+        raise ValueError(f"eps must be a pair (eps1, eps2); got {eps!r}")
+    core = [
+        factored.scale_by_factored_rms(beta2_decay, eps[0], d),
+        factored.scale_by_param_scale(eps[1]),
+        factored.scale_by_relative_step(lr, weight_decay),
+    ]
+    return _chain((*([scale(-1.0)] if maximize else []), *core), "adafactor")
+
+
+def muon(
+    lr: ScalarOrSchedule = 1e-3,
+    weight_decay: float = 0.1,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+    eps: float = 1e-7,
+    ns_steps: int = 5,
+    adjust_lr_fn: str | None = None,
+    *,
+    ns_dtype: torch.dtype = torch.bfloat16,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""Muon (Jordan et al., 2024), as ``torch.optim.Muon``: orthogonalised momentum, 2-D only.
+
+    .. math::
+        b_t = \mu b_{t-1} + (1-\mu) g_t, \quad
+        O_t = \mathrm{NS}^{(a,b,c)}_k\big((1-\mu) g_t + \mu b_t\ \text{(nesterov; else } b_t)\big),
+        \quad \theta_{t+1} = \theta_t - \eta\big(r(R, C)\, O_t + \lambda\theta_t\big)
+
+    with ``NS`` the Newton–Schulz iteration of :func:`~fdl.optim.orthogonal.newton_schulz`
+    (in bfloat16, as torch) and ``r`` the ``adjust_lr_fn`` ratio of
+    :func:`~fdl.optim.orthogonal.scale_by_shape`. ``chain(ema_trace(μ, nesterov),
+    orthogonalize(coefficients, k, ε), scale_by_shape(adjust_lr_fn),
+    add_decayed_weights(λ), scale_by_learning_rate(η))``.
+
+    Every parameter must be a matrix (``init`` raises torch's error otherwise);
+    as with torch, give the others AdamW::
+
+        matrices = lambda p: fdl.tree.map(lambda x: x.ndim == 2, p)
+        others = lambda p: fdl.tree.map(lambda x: x.ndim != 2, p)
+        opt = fdl.optim.chain(
+            fdl.optim.masked(fdl.optim.muon(0.02), matrices),
+            fdl.optim.masked(fdl.optim.adamw(3e-4), others),
+        )
+
+    Args:
+        lr: ``η``. weight_decay: ``λ`` (decoupled). momentum: ``μ``.
+        nesterov: Nesterov momentum. ns_coefficients: ``(a, b, c)``. eps: ``ε``.
+        ns_steps: ``k < 100``. adjust_lr_fn: ``None``/``"original"``,
+            ``"match_rms_adamw"`` or ``"spectral_unclamped"``.
+        ns_dtype: the dtype of the Newton–Schulz iteration (fdl only; torch's is
+            bfloat16). A wider one makes the update smooth in its inputs, e.g. to
+            differentiate through it.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.muon(lr=0.1, weight_decay=0.0)
+        >>> p = {"w": torch.zeros(2, 2)}
+        >>> u, s = opt.update({"w": torch.eye(2)}, opt.init(p), p)
+        >>> u["w"].shape
+        torch.Size([2, 2])
+    """
+    _reject_extra("muon", unsupported)
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not callable(lr):
+        _torch_nonneg(f"Learning rate should be >= 0 but is: {lr}", lr)
+    _torch_nonneg(f"momentum should be >= 0 but is: {momentum}", momentum)
+    _torch_nonneg(f"weight decay should be >= 0 but is: {weight_decay}", weight_decay)
+    core = [
+        ema_trace(momentum, nesterov),
+        orthogonalize(ns_coefficients, ns_steps, eps, dtype=ns_dtype),
+        scale_by_shape(adjust_lr_fn),
+        *([add_decayed_weights(weight_decay)] if _nonzero(weight_decay) else []),
+    ]
+    return _chain((*core, scale_by_learning_rate(lr)), "muon")
+
+
+# ---------------------------------------------------------------------------
+# SparseAdam over dense gradients (fdl.optim.sparse)
+# ---------------------------------------------------------------------------
+
+from fdl.optim.sparse import scale_by_sparse_adam  # noqa: E402
+
+__all__ += ["sparse_adam"]
+
+
+def sparse_adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    maximize: bool = False,
+    **unsupported: Any,
+) -> GradientTransformation:
+    r"""SparseAdam, as ``torch.optim.SparseAdam`` given ``g.to_sparse()``: Adam where ``g ≠ 0``.
+
+    .. math::
+        \theta_i \leftarrow \theta_i - \eta\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\,
+            \frac{m_i}{\sqrt{v_i} + \epsilon} \quad (g_i \ne 0), \qquad
+        \theta_i,\ m_i,\ v_i \text{ unchanged where } g_i = 0
+
+    (see :func:`~fdl.optim.sparse.scale_by_sparse_adam`). fdl's gradients are dense:
+    the entries that move are the non-zero ones, those ``g.to_sparse()`` stores. A
+    sparse gradient that stores explicit zeros (torch moves those entries) has no
+    dense counterpart. ``chain(scale(-1) if maximize, scale_by_sparse_adam(β1, β2, ε),
+    scale_by_learning_rate(η))``.
+
+    Example:
+        >>> import torch, fdl
+        >>> opt = fdl.optim.sparse_adam(lr=0.1)
+        >>> p = {"emb": torch.zeros(3, 2)}
+        >>> g = {"emb": torch.tensor([[0.0, 0.0], [1.0, -2.0], [0.0, 0.0]])}  # one row looked up
+        >>> u = opt.update(g, opt.init(p), p)[0]["emb"]
+        >>> u[1], bool((u[[0, 2]] == 0).all())
+        (tensor([-0.1000,  0.1000]), True)
+    """
+    _reject_extra("sparse_adam", unsupported)
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not callable(lr):
+        value = C._number("lr", lr, "a number > 0")
+        if value is not None and not 0.0 < value:
+            raise ValueError(f"Invalid learning rate: {lr}")
+    _check_betas(betas)
+    core = [scale_by_sparse_adam(betas[0], betas[1], eps)]
+    return _chain(
+        (*([scale(-1.0)] if maximize else []), *core, scale_by_learning_rate(lr)), "sparse_adam"
+    )
