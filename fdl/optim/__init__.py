@@ -10,13 +10,14 @@
 Optimizers (:mod:`fdl.optim.alias`) are ``chain``s of building blocks, grouped
 by job: :mod:`fdl.optim.scaling` (factors, learning rate, weight decay,
 momentum), :mod:`fdl.optim.adaptive` (Adam, RMSprop, Adagrad, ...),
-:mod:`fdl.optim.clipping` and :mod:`fdl.optim.wrappers` (masking, accumulation,
-skipping non-finite steps); learning-rate schedules live in
+:mod:`fdl.optim.clipping`, :mod:`fdl.optim.wrappers` (masking, accumulation,
+skipping non-finite steps) and :mod:`fdl.optim.combine` (parameter groups,
+injected hyperparameters, lookahead, moving averages); learning-rate schedules live in
 :mod:`fdl.optim.schedules`; :func:`make_update` builds a compiled
 update-and-apply step, optionally with buffer donation.
 """
 
-from fdl.optim import adaptive, alias, clipping, scaling, schedules, wrappers
+from fdl.optim import adaptive, alias, clipping, combine, scaling, schedules, wrappers
 from fdl.optim.adaptive import (
     ScaleByAdadeltaState,
     ScaleByAdamaxState,
@@ -42,6 +43,21 @@ from fdl.optim.base import (
     chain,
 )
 from fdl.optim.clipping import clip, clip_by_global_norm
+from fdl.optim.combine import (
+    EmaState,
+    InjectHyperparamsState,
+    LookaheadParams,
+    LookaheadState,
+    MultiTransformState,
+    PartitionState,
+    ema,
+    incremental_update,
+    inject_hyperparams,
+    lookahead,
+    multi_transform,
+    partition,
+    periodic_update,
+)
 from fdl.optim.scaling import (
     ScaleByScheduleState,
     TraceState,
@@ -56,12 +72,15 @@ from fdl.optim.step import make_update
 from fdl.optim.wrappers import (
     ApplyIfFiniteState,
     MaskedState,
+    MultiSteps,
     MultiStepsState,
     apply_if_finite,
     freeze,
     masked,
     multi_steps,
     set_to_zero,
+    skip_large_updates,
+    skip_not_finite,
 )
 
 # the building blocks are listed in their own modules
@@ -78,6 +97,7 @@ __all__ = sorted(
         *alias.__all__,
         *adaptive.__all__,
         *clipping.__all__,
+        *combine.__all__,
         *scaling.__all__,
         *wrappers.__all__,
     ]
