@@ -321,6 +321,8 @@ def _to_torch(t: Any) -> Any:
 
 
 def _optax_run(ref: Optax, lookahead: bool, steps: int = STEPS) -> list[Any]:
+    import jax
+
     optax = _optax()
     params, loss = _problem()
     tx = ref.build()
@@ -328,11 +330,12 @@ def _optax_run(ref: Optax, lookahead: bool, steps: int = STEPS) -> list[Any]:
     if lookahead:
         p = optax.LookaheadParams.init_synced(p)
     state = tx.init(p)
+    update = jax.jit(tx.update)  # one trace: op-by-op Optax is slow
     out = []
     for _ in range(steps):
         at = _to_torch(p.fast if lookahead else p)
         grads = _to_jax(torch.func.grad(loss)(at))
-        updates, state = tx.update(grads, state, p)
+        updates, state = update(grads, state, p)
         p = optax.apply_updates(p, updates)
         t = _to_torch(p)
         out.append(LookaheadParams(t.fast, t.slow) if lookahead else t)
@@ -497,10 +500,10 @@ def test_mismatched_gradients_name_the_leaf(name: str) -> None:
 
 def test_partition_groups_see_only_their_leaves() -> None:
     params, _ = _problem()
-    tx = F.partition({"decay": F.adam(0.1), "no_decay": F.sgd(0.1)}, _labels)
+    tx = F.partition({"decay": F.adam(0.1), "no_decay": F.sgd(0.1, momentum=0.9)}, _labels)
     state = tx.init(params)
-    adam_state = state.inner_states["decay"]
-    assert set(fdl.tree.to_flat_dict(adam_state.inner_state[0].exp_avg)) == {"0.weight", "2.weight"}
+    assert set(state.inner_states["decay"][0].mu) == {"0.weight", "2.weight"}
+    assert set(state.inner_states["no_decay"][0].trace) == {"0.bias", "2.bias"}
 
 
 def test_partition_unknown_label_names_label_and_path() -> None:
@@ -559,7 +562,7 @@ def test_inject_hyperparams_state_holds_tensors() -> None:
     opt = F.inject_hyperparams(F.adam)(lr=0.01, betas=(0.9, 0.99), amsgrad=True)
     state = opt.init(_problem()[0])
     h = state.hyperparams
-    assert set(h) == {"lr", "betas", "eps", "weight_decay"}  # bools stay static
+    assert set(h) == {"lr", "betas"}  # the given numbers; bools and defaults stay static
     assert all(isinstance(x, torch.Tensor) and x.dtype == torch.float64 for x in fdl.tree.leaves(h))
     assert float(h["lr"]) == 0.01 and tuple(map(float, h["betas"])) == (0.9, 0.99)
 
@@ -623,7 +626,7 @@ def test_inject_hyperparams_schedule_is_evaluated_every_step() -> None:
 def test_inject_hyperparams_errors() -> None:
     with pytest.raises(ValueError, match=r"static_args \['lrr'\] are not parameters of adam"):
         F.inject_hyperparams(F.adam, static_args="lrr")
-    opt = F.inject_hyperparams(F.adam)(lr=0.01)
+    opt = F.inject_hyperparams(F.adam)(lr=0.01, eps=1e-8)
     params, _ = _problem()
     state = opt.init(params)
     bad = state._replace(hyperparams={k: v for k, v in state.hyperparams.items() if k != "eps"})
@@ -706,6 +709,8 @@ def test_periodic_update_matches_optax_and_compiles_once() -> None:
 
 def test_multisteps_skip_not_finite_matches_optax() -> None:
     """NaN micro-steps are ignored as Optax ignores them (skip_state included)."""
+    import jax
+
     optax = _optax()
     params, loss = _problem()
     ours = F.MultiSteps(F.adam(0.01), 2, should_skip_update_fn=F.skip_not_finite)
@@ -717,12 +722,13 @@ def test_multisteps_skip_not_finite_matches_optax() -> None:
     )
     p, s = params, ours.init(params)
     jp, js = _to_jax(params), theirs.init(_to_jax(params))
+    update = jax.jit(theirs.update)
     for k in range(12):
         grads = torch.func.grad(loss)(p)
         if k in (3, 4, 9):
             grads = {**grads, "0": {**grads["0"], "bias": grads["0"]["bias"] * float("nan")}}
         u, s = ours.update(grads, s, p)
-        ju, js = theirs.update(_to_jax(grads), js, jp)
+        ju, js = update(_to_jax(grads), js, jp)
         p, jp = fdl.optim.apply_updates(p, u), optax.apply_updates(jp, ju)
         assert_trees_close(p, _to_torch(jp), rtol=RTOL, atol=ATOL, msg=f"step {k + 1}")
         assert int(s.gradient_step) == int(js.gradient_step)

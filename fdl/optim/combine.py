@@ -29,7 +29,6 @@ from fdl.optim import _common as C
 from fdl.optim import _foreach as F
 from fdl.optim import _validation
 from fdl.optim.base import GradientTransformation, Params, Updates
-from fdl.optim.wrappers import masked
 
 __all__ = [
     "EmaState",
@@ -56,12 +55,18 @@ Tensor = torch.Tensor
 
 
 class PartitionState(NamedTuple):
-    """State of :func:`partition`: one inner state per label (each a ``MaskedState``)."""
+    """State of :func:`partition`: label -> the state of that label's transformation,
+    built on the flat dict ``{dotted path: leaf}`` of its group."""
 
     inner_states: dict[Hashable, Any]
 
 
 MultiTransformState = PartitionState
+
+
+def _names(keys: Iterable[Any]) -> str:
+    """``['a', 'b']``: labels sorted by their repr, for messages."""
+    return "[" + ", ".join(sorted(map(repr, keys))) + "]"
 
 
 def _is_node(x: Any) -> bool:
@@ -108,9 +113,10 @@ def partition(
     r"""Apply a different transformation to each group of leaves: torch's param groups.
 
     With labels :math:`\ell_i` (one per leaf) and ``transforms`` :math:`T_k`:
-    :math:`u_i = T_{\ell_i}(g_{\{j:\ell_j=\ell_i\}})_i`. Each :math:`T_k` runs as
-    ``masked(T_k, labels == k)``, so its state holds only its group's leaves and it
-    never sees the others.
+    :math:`u_i = T_{\ell_i}(g_{\{j:\ell_j=\ell_i\}})_i`. Each :math:`T_k` sees only
+    its group: the flat dict ``{dotted path: leaf}`` of the leaves labelled ``k``
+    (``{"0.weight": ..., "2.weight": ...}``), so its state holds those leaves alone,
+    keyed by path.
 
     Args:
         transforms: label -> transformation. Every label used must be a key; a
@@ -139,8 +145,11 @@ def partition(
         {'w': tensor([0.8900, 0.8900]), 'b': tensor([0.9000, 0.9000])}
 
     Note:
-        As Optax's ``partition`` (``multi_transform``). ``torch.optim`` param groups
-        share one optimizer class; here each group may be any transformation.
+        As Optax's ``partition`` (``multi_transform``), except that a group's
+        transformation gets the flat dict of its leaves (Optax: the whole tree with
+        masked-out nodes), which keeps every update traceable by ``torch.compile``.
+        ``torch.optim`` param groups share one optimizer class; here each group may
+        be any transformation.
     """
     if not isinstance(transforms, Mapping) or not transforms:
         raise TypeError("partition: transforms must be a non-empty dict label -> transformation")
@@ -159,19 +168,39 @@ def partition(
         if missing:
             paths = [p for p, lab in tree.to_flat_dict(full).items() if lab in missing]
             raise ValueError(
-                f"partition: labels {sorted(map(repr, missing))} (at {paths}) have no "
-                f"transformation; the transforms are {sorted(map(repr, transforms))}"
+                f"partition: labels {_names(missing)} (at {paths}) have no transformation; "
+                f"the transforms are {_names(transforms)}"
             )
         return full
 
-    def parts(labels: Any) -> list[tuple[Hashable, GradientTransformation]]:
-        return [
-            (k, masked(t, tree.map(lambda lab, k=k: lab == k, labels)))
-            for k, t in transforms.items()
-        ]
+    # each group's leaves (indices and dotted paths) for a params layout (paths and
+    # shapes), resolved eagerly once (``init`` always runs eagerly): a memo of a function
+    # of the layout, so a compiled update never traces the labelling function
+    resolved: dict[Any, dict[Hashable, tuple[list[int], list[str]]]] = {}
+
+    def groups_for(target: Any) -> dict[Hashable, tuple[list[int], list[str]]]:
+        paths = tree.paths(target)
+        shapes = tuple(tuple(getattr(x, "shape", ())) for x in tree.leaves(target))
+        key = (tuple(paths), shapes)
+        if key not in resolved:
+            labels = tree.leaves(labels_for(target))
+            resolved[key] = {
+                k: (
+                    [i for i, lab in enumerate(labels) if lab == k],
+                    [p for p, lab in zip(paths, labels, strict=True) if lab == k],
+                )
+                for k in transforms
+            }
+        return resolved[key]
 
     def init(params: Params) -> PartitionState:
-        return PartitionState({k: t.init(params) for k, t in parts(labels_for(params))})
+        lv = tree.leaves(params)
+        return PartitionState(
+            {
+                k: transforms[k].init({p: lv[i] for i, p in zip(idx, paths, strict=True)})
+                for k, (idx, paths) in groups_for(params).items()
+            }
+        )
 
     def update(
         updates: Updates, state: PartitionState, params: Params | None = None
@@ -181,14 +210,28 @@ def partition(
             if set(state.inner_states) != set(transforms):
                 raise ValueError(
                     f"partition.update: the state holds labels "
-                    f"{sorted(map(repr, state.inner_states))}, the transforms "
-                    f"{sorted(map(repr, transforms))}"
+                    f"{_names(state.inner_states)}, the transforms {_names(transforms)}"
                 )
-        labels = labels_for(updates if params is None else params)
+            if params is not None:
+                _validation.check_tree(
+                    updates,
+                    params,
+                    got_name="the gradients",
+                    expected_name="the params",
+                    context="partition.update",
+                )
+        g, treedef = tree.flatten(updates)
+        p = None if params is None else tree.leaves(params)
+        out = list(g)
         new = {}
-        for k, t in parts(labels):
-            updates, new[k] = t.update(updates, state.inner_states[k], params)
-        return updates, PartitionState(new)
+        for k, (idx, paths) in groups_for(updates if params is None else params).items():
+            sub_g = {path: g[i] for i, path in zip(idx, paths, strict=True)}
+            sub_p = None if p is None else {path: p[i] for i, path in zip(idx, paths, strict=True)}
+            sub_u, inner = transforms[k].update(sub_g, state.inner_states[k], sub_p)
+            for i, path in zip(idx, paths, strict=True):
+                out[i] = sub_u[path]
+            new[k] = inner
+        return tree.unflatten(treedef, out), PartitionState(new)
 
     return GradientTransformation(init, update)
 
@@ -229,9 +272,9 @@ def inject_hyperparams(
     r"""Make an optimizer whose numeric hyperparameters live in its state as tensors.
 
     ``inject_hyperparams(fdl.optim.adamw)(lr=1e-3, weight_decay=0.1)`` behaves as
-    ``fdl.optim.adamw(lr=1e-3, weight_decay=0.1)``, but every numeric argument
-    (given or defaulted; a pair such as ``betas`` element by element) is a scalar
-    tensor in ``state.hyperparams``. At each update the optimizer is rebuilt from
+    ``fdl.optim.adamw(lr=1e-3, weight_decay=0.1)``, but every numeric argument given
+    (a pair such as ``betas`` element by element) is a scalar tensor in
+    ``state.hyperparams``; the defaults stay the factory's own Python values. At each update the optimizer is rebuilt from
     them: :math:`(u, s') = \text{factory}(h)(g, s)` with
     :math:`h_k = \text{schedule}_k(\text{count})` for a hyperparameter given as a
     schedule (evaluated every step, ``count`` = updates already applied) and
@@ -243,9 +286,11 @@ def inject_hyperparams(
 
     Args:
         inner_factory: a function returning a transformation (an optimizer or block).
-        static_args: names of arguments to keep as Python values (callables that are
-            not schedules, ints the factory needs as ints). Booleans, ``None`` and
-            other non-numbers are always static.
+        static_args: names of arguments to keep as Python values: callables that are
+            not schedules, and numbers the factory branches on in Python (ints it needs
+            as ints, ``sgd``'s ``dampening``), which would otherwise stop
+            ``torch.compile`` tracing. Booleans, ``None`` and other non-numbers are
+            always static.
         hyperparam_dtype: the dtype of floating hyperparameters; default
             ``torch.float64`` (a Python float exactly).
 
@@ -266,9 +311,10 @@ def inject_hyperparams(
         tensor([-0.5000, -0.5000])
 
     Note:
-        As Optax's ``inject_hyperparams``, except that floats are stored in float64
-        by default (Optax: the params' widest dtype) and tuples of numbers (torch's
-        ``betas``) are injected element by element.
+        As Optax's ``inject_hyperparams``, except that only the arguments given are
+        injected (Optax: the defaults too), floats are stored in float64 by default
+        (Optax: the params' widest dtype) and tuples of numbers (torch's ``betas``)
+        are injected element by element.
     """
     static = {static_args} if isinstance(static_args, str) else set(static_args)
     signature = inspect.signature(inner_factory)
@@ -282,8 +328,7 @@ def inject_hyperparams(
     fdtype = torch.float64 if hyperparam_dtype is None else hyperparam_dtype
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
+        bound = signature.bind(*args, **kwargs)  # the given arguments; defaults stay static
         arguments: dict[str, Any] = {}
         for name, value in bound.arguments.items():
             kind = signature.parameters[name].kind
