@@ -274,8 +274,8 @@ def inject_hyperparams(
     ``inject_hyperparams(fdl.optim.adamw)(lr=1e-3, weight_decay=0.1)`` behaves as
     ``fdl.optim.adamw(lr=1e-3, weight_decay=0.1)``, but every numeric argument given
     (a pair such as ``betas`` element by element) is a scalar tensor in
-    ``state.hyperparams``; the defaults stay the factory's own Python values. At each update the optimizer is rebuilt from
-    them: :math:`(u, s') = \text{factory}(h)(g, s)` with
+    ``state.hyperparams``; the defaults stay the factory's own Python values. At
+    each update the optimizer is rebuilt from them: :math:`(u, s') = \text{factory}(h)(g, s)` with
     :math:`h_k = \text{schedule}_k(\text{count})` for a hyperparameter given as a
     schedule (evaluated every step, ``count`` = updates already applied) and
     :math:`h_k` = ``state.hyperparams[k]`` otherwise. Replace a value between steps
