@@ -13,8 +13,9 @@ momentum), :mod:`fdl.optim.adaptive` (Adam, RMSprop, Adagrad, ...),
 :mod:`fdl.optim.sign` (Rprop), :mod:`fdl.optim.averaging` (ASGD's average),
 :mod:`fdl.optim.factored` (Adafactor), :mod:`fdl.optim.orthogonal` and
 :mod:`fdl.optim.momentum` (Muon), :mod:`fdl.optim.sparse` (SparseAdam),
-:mod:`fdl.optim.clipping` and :mod:`fdl.optim.wrappers` (masking, accumulation,
-skipping non-finite steps); learning-rate schedules live in
+:mod:`fdl.optim.clipping`, :mod:`fdl.optim.wrappers` (masking, accumulation,
+skipping non-finite steps) and :mod:`fdl.optim.combine` (parameter groups,
+injected hyperparameters, lookahead, moving averages); learning-rate schedules live in
 :mod:`fdl.optim.schedules`; :func:`make_update` builds a compiled
 update-and-apply step, optionally with buffer donation.
 """
@@ -24,6 +25,7 @@ from fdl.optim import (
     alias,
     averaging,
     clipping,
+    combine,
     factored,
     momentum,
     orthogonal,
@@ -81,6 +83,21 @@ from fdl.optim.base import (
     chain,
 )
 from fdl.optim.clipping import clip, clip_by_global_norm
+from fdl.optim.combine import (
+    EmaState,
+    InjectHyperparamsState,
+    LookaheadParams,
+    LookaheadState,
+    MultiTransformState,
+    PartitionState,
+    ema,
+    incremental_update,
+    inject_hyperparams,
+    lookahead,
+    multi_transform,
+    partition,
+    periodic_update,
+)
 from fdl.optim.factored import (
     ScaleByFactoredRmsState,
     ScaleByRelativeStepState,
@@ -117,6 +134,7 @@ from fdl.optim.swa import (
 from fdl.optim.wrappers import (
     ApplyIfFiniteState,
     MaskedState,
+    MultiSteps,
     MultiStepsState,
     apply_if_finite,
     freeze,
@@ -146,6 +164,7 @@ __all__ = sorted(
         *sign.__all__,
         *sparse.__all__,
         *clipping.__all__,
+        *combine.__all__,
         "LBFGSState",
         "Minimizer",
         "lbfgs",

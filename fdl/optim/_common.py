@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fdl import tree
+from fdl import _eager, tree
 from fdl.optim import _reuse, _validation
 from fdl.optim.base import EmptyState, GradientTransformation, Params, Updates
 
@@ -198,8 +198,10 @@ def scheduled(value: Any, count: Tensor) -> Any:
 def _number(name: str, value: Any, expected: str) -> float | None:
     if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
         # a tensor hyperparameter (one that may be learned): its value is checked when it
-        # can be read; inside torch.func transforms it is a traced value (None: unchecked)
-        if torch._C._functorch.is_functorch_wrapped_tensor(value):
+        # can be read; inside torch.func transforms or while torch.compile traces (an
+        # injected hyperparameter, fdl.optim.inject_hyperparams) it is a traced value
+        # (None: unchecked)
+        if not _eager.validating() or torch._C._functorch.is_functorch_wrapped_tensor(value):
             return None
         return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -229,8 +231,8 @@ def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if torch._C._functorch.is_functorch_wrapped_tensor(lr):
-            return  # a traced value inside torch.func transforms (a learned lr): unchecked
+        if not _eager.validating() or torch._C._functorch.is_functorch_wrapped_tensor(lr):
+            return  # a traced value (torch.func transforms, torch.compile): unchecked
         value = float(lr.detach())
     elif isinstance(lr, int | float) and not isinstance(lr, bool):
         value = float(lr)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fdl import tree
+from fdl import _eager, tree
 from fdl.optim import _common as C
 from fdl.optim import _foreach as F
 from fdl.optim.base import GradientTransformation, Params, Updates
@@ -20,12 +20,15 @@ from fdl.optim.base import GradientTransformation, Params, Updates
 __all__ = [
     "ApplyIfFiniteState",
     "MaskedState",
+    "MultiSteps",
     "MultiStepsState",
     "apply_if_finite",
     "freeze",
     "masked",
     "multi_steps",
     "set_to_zero",
+    "skip_large_updates",
+    "skip_not_finite",
 ]
 
 Tensor = torch.Tensor
@@ -143,16 +146,70 @@ def freeze(mask: Any | Callable[[Params], Any]) -> GradientTransformation:
 
 
 class MultiStepsState(NamedTuple):
-    """State of :func:`multi_steps`: micro-step within the current accumulation,
-    number of inner updates applied, the inner state, and the gradient sum."""
+    """State of :func:`multi_steps` / :class:`MultiSteps`: micro-step within the current
+    accumulation, number of inner updates applied, the inner state, the gradient sum,
+    and what ``should_skip_update_fn`` last returned (``()`` without one)."""
 
     mini_step: Tensor
     gradient_step: Tensor
     inner_state: Any
     acc_grads: Any
+    skip_state: Any = ()
 
 
-def multi_steps(inner: GradientTransformation, every_k_schedule: int) -> GradientTransformation:
+ShouldSkipUpdateFunction = Callable[[Updates, Tensor, Params | None], tuple[Tensor, Any]]
+
+
+def skip_not_finite(
+    updates: Updates, gradient_step: Tensor, params: Params | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """A ``should_skip_update_fn`` for :class:`MultiSteps`: skip micro-steps holding NaN or inf.
+
+    Returns ``(skip, {"should_skip": skip, "num_not_finite": n})`` with ``n`` the
+    number of non-finite elements of ``updates``.
+
+    Example:
+        >>> import torch
+        >>> skip_not_finite({"w": torch.tensor([1.0, float("inf")])}, torch.tensor(0), None)[0]
+        tensor(True)
+    """
+    del gradient_step, params
+    lv = tree.leaves(updates)
+    n = sum((~torch.isfinite(x)).sum() for x in lv) if lv else torch.zeros((), dtype=torch.int64)
+    n = torch.as_tensor(n)
+    return n > 0, {"should_skip": n > 0, "num_not_finite": n}
+
+
+def skip_large_updates(
+    updates: Updates, gradient_step: Tensor, params: Params | None, max_squared_norm: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""A ``should_skip_update_fn`` for :class:`MultiSteps`: skip when :math:`\|g\|^2` is large.
+
+    Skips unless :math:`\sum_i \|g_i\|^2 <` ``max_squared_norm`` (NaN skips); bind
+    ``max_squared_norm`` with ``functools.partial``. Returns ``(skip,
+    {"should_skip": skip, "norm_squared": n2})``.
+
+    Example:
+        >>> import torch
+        >>> skip_large_updates({"w": torch.tensor([3.0, 4.0])}, torch.tensor(0), None, 20.0)[0]
+        tensor(True)
+    """
+    del gradient_step, params
+    n2 = tree.vdot(updates, updates)
+    skip = ~(n2 < max_squared_norm)
+    return skip, {"should_skip": skip, "norm_squared": n2}
+
+
+def _no_skip(updates: Updates, gradient_step: Tensor, params: Params | None) -> tuple[Tensor, Any]:
+    return torch.zeros((), dtype=torch.bool, device=gradient_step.device), ()
+
+
+def multi_steps(
+    inner: GradientTransformation,
+    every_k_schedule: int | Callable[[Tensor], Any],
+    use_grad_mean: bool = True,
+    should_skip_update_fn: ShouldSkipUpdateFunction | None = None,
+) -> GradientTransformation:
     r"""Accumulate gradients over ``k = every_k_schedule`` calls, then apply ``inner`` once.
 
     .. math::
@@ -160,14 +217,28 @@ def multi_steps(inner: GradientTransformation, every_k_schedule: int) -> Gradien
         u = \begin{cases} \text{inner}(A / k) & \text{on the } k\text{-th call} \\
         0 & \text{otherwise}\end{cases}
 
-    The same as calling ``loss.backward()`` on ``loss / k`` for k micro-batches and
-    stepping a torch optimizer once (up to rounding: fdl sums, then divides). The
-    choice is a ``torch.where`` on a scalar tensor so the step compiles into one
-    graph; the inner update is therefore computed on every call.
+    (:math:`A` itself without ``use_grad_mean``). The same as calling
+    ``loss.backward()`` on ``loss / k`` for k micro-batches and stepping a torch
+    optimizer once (up to rounding: fdl sums, then divides). The choice is a
+    ``torch.where`` on a scalar tensor so the step compiles into one graph; the
+    inner update is therefore computed on every call.
+
+    ``every_k_schedule`` may be a function of ``gradient_step`` (the number of
+    inner updates applied so far) returning ``k``, to grow the effective batch
+    over training; ``k`` is read once per accumulation. Under ``torch.compile``
+    make it tensor-valued (``torch.where``), so that nothing recompiles.
+
+    A micro-step for which ``should_skip_update_fn(updates, gradient_step,
+    params)`` returns ``(True, info)`` is ignored (zero updates, state unchanged
+    except ``skip_state = info``); see :func:`skip_not_finite` and
+    :func:`skip_large_updates`.
 
     Args:
         inner: the optimizer to apply every k calls.
-        every_k_schedule: ``k`` (a positive int).
+        every_k_schedule: ``k`` (a positive int), or a function of the int64
+            ``gradient_step`` tensor returning it.
+        use_grad_mean: pass the mean of the accumulated gradients (else their sum).
+        should_skip_update_fn: decides per micro-step whether to ignore it.
 
     Returns:
         A transformation with :class:`MultiStepsState`.
@@ -183,14 +254,34 @@ def multi_steps(inner: GradientTransformation, every_k_schedule: int) -> Gradien
         >>> u, s = tx.update({"w": torch.tensor([3.0])}, s, p)
         >>> u["w"]
         tensor([-2.])
+
+    Note:
+        Optax's ``MultiSteps`` keeps a running mean; fdl sums, then divides (the
+        same up to rounding). The state's field is ``inner_state`` (Optax:
+        ``inner_opt_state``).
     """
-    if not isinstance(every_k_schedule, int) or every_k_schedule < 1:
-        raise ValueError(f"every_k_schedule must be a positive int; got {every_k_schedule!r}")
-    k = every_k_schedule
+    if callable(every_k_schedule):
+        schedule = every_k_schedule
+    elif (
+        isinstance(every_k_schedule, int)
+        and not isinstance(every_k_schedule, bool)
+        and every_k_schedule >= 1
+    ):
+        schedule = None
+    else:
+        raise ValueError(
+            "every_k_schedule must be a positive int or a function of the gradient step; "
+            f"got {every_k_schedule!r}"
+        )
+    skip_fn = _no_skip if should_skip_update_fn is None else should_skip_update_fn
 
     def init(params: Params) -> MultiStepsState:
         count = C.zero_count(params)
-        return MultiStepsState(count, count.clone(), inner.init(params), tree.zeros_like(params))
+        state = MultiStepsState(count, count.clone(), inner.init(params), tree.zeros_like(params))
+        if should_skip_update_fn is None:
+            return state
+        _, skip_state = skip_fn(tree.zeros_like(params), count, params)
+        return state._replace(skip_state=skip_state)
 
     def update(
         updates: Updates, state: MultiStepsState, params: Params | None = None
@@ -201,21 +292,98 @@ def multi_steps(inner: GradientTransformation, every_k_schedule: int) -> Gradien
         acc = F.add(
             C.state_leaves(state.acc_grads, treedef, updates, "acc_grads", "multi_steps"), g
         )
+        if schedule is None:
+            k: Any = every_k_schedule
+            mean = F.scale(acc, 1.0 / every_k_schedule) if use_grad_mean else acc
+        else:
+            k = torch.as_tensor(schedule(state.gradient_step))
+            mean = F.scale(acc, 1.0 / k.to(torch.float64)) if use_grad_mean else acc
         emit = state.mini_step + 1 >= k
-        new_u, new_inner = inner.update(
-            tree.unflatten(treedef, F.scale(acc, 1.0 / k)), state.inner_state, params
-        )
+        new_u, new_inner = inner.update(tree.unflatten(treedef, mean), state.inner_state, params)
         out = F.where_zero(emit, tree.leaves(new_u))
         inner_state = tree.map(lambda a, b: torch.where(emit, a, b), new_inner, state.inner_state)
         acc = F.where_zero(~emit, acc)
-        return tree.unflatten(treedef, out), MultiStepsState(
+        new_state = MultiStepsState(
             torch.where(emit, 0, state.mini_step + 1),
             state.gradient_step + emit.to(state.gradient_step.dtype),
             inner_state,
             tree.unflatten(treedef, acc),
         )
+        if should_skip_update_fn is None:
+            return tree.unflatten(treedef, out), new_state
+        skip, skip_state = skip_fn(updates, state.gradient_step, params)
+        if _eager.validating() and (
+            not isinstance(skip, Tensor) or skip.dtype != torch.bool or skip.shape != ()
+        ):
+            raise ValueError(
+                "multi_steps: should_skip_update_fn must return a boolean scalar tensor first; "
+                f"got {skip!r}"
+            )
+        kept = tree.map(
+            lambda a, b: torch.where(skip, b, a),
+            new_state._replace(skip_state=()),
+            state._replace(skip_state=()),
+        )
+        return tree.unflatten(treedef, F.where_zero(~skip, out)), kept._replace(
+            skip_state=skip_state
+        )
 
     return GradientTransformation(init, update)
+
+
+class MultiSteps:
+    """Optax's gradient-accumulation wrapper: :func:`multi_steps` as a class.
+
+    ``MultiSteps(opt, every_k_schedule, use_grad_mean=True,
+    should_skip_update_fn=None)`` has ``init``, ``update``, ``inner_opt``,
+    :meth:`has_updated` and :meth:`gradient_transformation`; the formula and
+    arguments are those of :func:`multi_steps`.
+
+    Example:
+        >>> import torch, fdl
+        >>> ms = MultiSteps(fdl.optim.sgd(lr=1.0), every_k_schedule=2)
+        >>> p = {"w": torch.zeros(1)}
+        >>> s = ms.init(p)
+        >>> _, s = ms.update({"w": torch.ones(1)}, s, p)
+        >>> bool(ms.has_updated(s))
+        False
+        >>> u, s = ms.update({"w": torch.ones(1)}, s, p)
+        >>> u["w"], bool(ms.has_updated(s))
+        (tensor([-1.]), True)
+    """
+
+    def __init__(
+        self,
+        opt: GradientTransformation,
+        every_k_schedule: int | Callable[[Tensor], Any],
+        use_grad_mean: bool = True,
+        should_skip_update_fn: ShouldSkipUpdateFunction | None = None,
+    ) -> None:
+        self._opt = opt
+        self._tx = multi_steps(opt, every_k_schedule, use_grad_mean, should_skip_update_fn)
+
+    @property
+    def inner_opt(self) -> GradientTransformation:
+        """The wrapped optimizer."""
+        return self._opt
+
+    def init(self, params: Params) -> MultiStepsState:
+        """The initial :class:`MultiStepsState`."""
+        return self._tx.init(params)
+
+    def update(
+        self, updates: Updates, state: MultiStepsState, params: Params | None = None
+    ) -> tuple[Updates, MultiStepsState]:
+        """Accumulate ``updates``; every k-th call, the inner optimizer's update."""
+        return self._tx.update(updates, state, params)
+
+    def has_updated(self, state: MultiStepsState) -> Tensor:
+        """Whether the last call applied the inner optimizer (a bool scalar tensor)."""
+        return (state.mini_step == 0) & (state.gradient_step > 0)
+
+    def gradient_transformation(self) -> GradientTransformation:
+        """The same as a :class:`~fdl.optim.GradientTransformation` (for ``chain``)."""
+        return self._tx
 
 
 class ApplyIfFiniteState(NamedTuple):
