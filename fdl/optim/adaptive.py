@@ -119,7 +119,8 @@ def scale_by_adam(
         bc1, bc2 = _bias_correction(beta1, t), _bias_correction(b2, t)
         bc2_sqrt = torch.sqrt(bc2)
         v_hat = v_max if amsgrad else v
-        if eps_root:  # sqrt(v / bc2 + eps_root) = sqrt(v + eps_root * bc2) / sqrt(bc2)
+        if isinstance(eps_root, Tensor) or eps_root:
+            # sqrt(v / bc2 + eps_root) = sqrt(v + eps_root * bc2) / sqrt(bc2)
             v_hat = F.shift(v_hat, eps_root * bc2)
         # m̂ / (sqrt(v̂) + eps), the denominator scaled by bc1 so that it takes one division
         u = F.div(m, F.root_affine(v_hat, bc1 / bc2_sqrt, eps * bc1))
@@ -294,7 +295,10 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         ratio = (
             (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
         )
-        rect = torch.sqrt(torch.clamp(ratio, min=0.0))
+        # sqrt(max(ratio, 0)) with a zero derivative where ratio <= 0 (the unused branch):
+        # sqrt'(0) = inf would turn the where's zero cotangent into NaN for a tensor beta2
+        positive = ratio > 0.0
+        rect = torch.where(positive, torch.sqrt(torch.where(positive, ratio, 1.0)), 0.0)
         m = _update_moment(g, mu, b1, order=1)
         v = _update_moment(g, nu, b2, order=2)
         m_hat = F.scale(m, 1.0 / bc1)
@@ -400,6 +404,8 @@ def scale_by_rss(
 
     def initial(params: Params) -> dict[str, Any]:
         s0 = initial_accumulator_value
+        if isinstance(s0, Tensor):  # a learned S_0: full_like takes numbers only
+            return {"sum_of_squares": tree.map(lambda p: torch.zeros_like(p) + s0.to(p), params)}
         return {"sum_of_squares": tree.map(lambda p: torch.full_like(p, s0), params)}
 
     return C.stateful(
