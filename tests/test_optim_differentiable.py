@@ -540,7 +540,7 @@ def _adam_eps_root(eps_root: float) -> Any:
     )
 
 
-def _meta_grad_with_dead_param(opt: Any) -> dict[str, Tensor]:
+def _meta_grad_with_dead_param(opt: Any, k: int = K) -> dict[str, Tensor]:
     """Second-order gradient where the parameter 'dead' sits at 0, where its gradient is 0.
 
     Its gradient ``g = dead`` is 0 at every step but depends on it, so ``v = 0``
@@ -553,7 +553,7 @@ def _meta_grad_with_dead_param(opt: Any) -> dict[str, Tensor]:
 
     def unrolled(p: dict[str, Tensor]) -> Tensor:
         state = opt.init(p)
-        for _ in range(K):
+        for _ in range(k):
             updates, state = opt.update(torch.func.grad(loss)(p), state, p)
             p = fdl.optim.apply_updates(p, updates)
         return loss(p) + p["dead"].sum()
@@ -602,6 +602,67 @@ def test_eps_root_formula() -> None:
     u, _ = tx.update({"w": g}, tx.init({"w": torch.zeros(3)}))
     m_hat, v_hat = g, g * g  # one step: the bias corrections undo the (1 - β) factors
     torch.testing.assert_close(u["w"], m_hat / (torch.sqrt(v_hat + 0.25) + 1e-3))
+
+
+# ---------------------------------------------------------------------------
+# non-differentiable points: what fdl does (docs/meta.md)
+# ---------------------------------------------------------------------------
+
+# entries whose update takes sqrt of a second moment that is exactly 0 where a gradient entry
+# is 0 at every step: sqrt'(0) = inf meets dv/dg = 0 and the meta-gradient there is NaN
+# (RAdam also before rectification: its unused adaptive branch is computed, then masked)
+SQRT_OF_ZERO = {
+    "adam",
+    "adamw-amsgrad",
+    "rmsprop",
+    "rmsprop-centered-momentum",
+    "nadam",
+    "radam",
+    "radam-rectified",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradient_entry(name: str) -> None:
+    """A parameter whose gradient is 0 at every step: NaN for ``SQRT_OF_ZERO``, finite otherwise.
+
+    Finite: SGD; Adagrad with ``initial_accumulator_value > 0`` (the root of
+    ``S_0 + g²``); Adadelta (``sqrt(E + ε)``); Adamax (``|g|`` has derivative 0
+    at 0, torch's ``abs`` rule). The other entries stay finite in every case.
+    """
+    factory, hp, _ = OPTIMIZERS[name]
+    got = _meta_grad_with_dead_param(factory(**hp), _steps(name))
+    assert all(torch.isfinite(got[k]).all() for k in "wb")
+    assert bool(torch.isnan(got["dead"]).all()) is (name in SQRT_OF_ZERO)
+
+
+def test_amsgrad_max_at_a_tie_splits_the_gradient() -> None:
+    """``max(v̂_{t-1}, v_t)`` at an exact tie: torch's rule sends half the cotangent to each side.
+
+    With ``g = 0`` the new ``v = β2 ν`` (exactly); a state with ``ν_max = β2 ν``
+    makes the tie. ``∂u/∂ν_max`` is then half of ``∂u/∂ν̂`` and ``∂u/∂ν`` is the
+    other half times ``β2``; away from a tie one of them is 0.
+    """
+    b2 = 0.5
+    tx = fdl.optim.scale_by_adam(0.9, b2, 1e-3, amsgrad=True)
+    g = {"w": torch.zeros(2)}
+    mu, nu = torch.tensor([0.3, -0.2]), torch.tensor([0.4, 0.1])
+
+    def u_of(nu: Tensor, nu_max: Tensor) -> Tensor:
+        state = fdl.optim.ScaleByAdamState(torch.tensor(1), {"w": mu}, {"w": nu}, {"w": nu_max})
+        return tx.update(g, state)[0]["w"].sum()
+
+    d_nu, d_max = torch.func.grad(u_of, argnums=(0, 1))(nu, b2 * nu)
+    # the full derivative w.r.t. v-hat, from the one-argument formula u(v-hat)
+    t = 2.0
+    m_hat = (0.9 * mu) / (1 - 0.9**t)
+    d_vhat = torch.func.grad(lambda vh: (m_hat / (torch.sqrt(vh / (1 - b2**t)) + 1e-3)).sum())(
+        b2 * nu
+    )
+    torch.testing.assert_close(d_max, 0.5 * d_vhat, rtol=1e-12, atol=0)
+    torch.testing.assert_close(d_nu, 0.5 * b2 * d_vhat, rtol=1e-12, atol=0)
+    d_nu, d_max = torch.func.grad(u_of, argnums=(0, 1))(nu, 2 * nu)  # no tie: all to nu_max
+    assert torch.equal(d_nu, torch.zeros(2)) and bool((d_max != 0).all())
 
 
 # ---------------------------------------------------------------------------
@@ -662,6 +723,24 @@ def test_maml_example_quick(tmp_path: pathlib.Path) -> None:
     # adaptation helps the meta-learned initialisation even after a short meta-training
     assert results["maml"][-1] < results["maml"][0]
     assert (tmp_path / "maml_sinusoid.json").exists()
+
+
+def test_maml_example_adam_inner_compiled(tmp_path: pathlib.Path) -> None:
+    """``--inner adam --compile``: one fullgraph meta-step, no recompile, the eager results.
+
+    Backend ``eager`` (Dynamo's capture; building inductor kernels for this graph
+    is slow on a loaded machine). Adam's state is per task under ``vmap``.
+    """
+    mod = _load_example()
+    quick = ["--quick", "--inner", "adam", "--variants", "maml", "--iterations", "3"]
+    eager = mod.main([*quick, "--out", str(tmp_path / "eager")])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = mod.main(
+            [*quick, "--compile", "--backend", "eager", "--out", str(tmp_path / "compiled")]
+        )
+    assert all(math.isfinite(v) for v in eager["maml"])
+    assert eager["maml"][-1] < eager["maml"][0]  # Adam adaptation helps
+    torch.testing.assert_close(compiled["maml"], eager["maml"], rtol=1e-5, atol=1e-6)
 
 
 def test_docs_meta_blocks_run() -> None:
