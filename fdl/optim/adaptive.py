@@ -295,10 +295,7 @@ def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gra
         ratio = (
             (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
         )
-        # sqrt(max(ratio, 0)) with a zero derivative where ratio <= 0 (the unused branch):
-        # sqrt'(0) = inf would turn the where's zero cotangent into NaN for a tensor beta2
-        positive = ratio > 0.0
-        rect = torch.where(positive, torch.sqrt(torch.where(positive, ratio, 1.0)), 0.0)
+        rect = torch.sqrt(torch.clamp(ratio, min=0.0))
         m = _update_moment(g, mu, b1, order=1)
         v = _update_moment(g, nu, b2, order=2)
         m_hat = F.scale(m, 1.0 / bc1)
