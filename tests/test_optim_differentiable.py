@@ -1,8 +1,9 @@
 """Differentiating through fdl's optimizer updates (meta-learning, hypergradients).
 
-The quantity is ``L(θ_k)``, the loss after ``k = 3`` steps of ``opt.update`` and
-``apply_updates`` from ``θ_0``; its gradient with respect to ``θ_0`` (through
-every step's gradient: second order) and to hyperparameters passed as tensors.
+The quantity is ``L(θ_k)``, the loss after ``k = 2`` steps (6 for one RAdam
+entry) of ``opt.update`` and ``apply_updates`` from ``θ_0``; its gradient with
+respect to ``θ_0`` (through every step's gradient: second order) and to
+hyperparameters passed as tensors.
 Each path is compared with an independent reference:
 
 * **finite differences** in float64, the fourth-order central formula
@@ -20,7 +21,9 @@ Each path is compared with an independent reference:
 Paths: ``torch.func.grad`` (the per-leaf path: foreach ops have no functorch
 rule), eager autograd (the ``torch._foreach_*`` path, with its in-place steps on
 fresh buffers, which must stop where autograd saved them), the per-leaf path
-forced eagerly, and ``torch.compile`` of the unrolled loss.
+forced eagerly, and ``torch.compile`` of the meta-gradient (one compile per
+optimizer, every hyperparameter a tensor input: params, hyperparameters and
+the absence of recompiles checked together).
 
 A test here fails when a path detaches: ``test_detaching_path_is_caught`` shows
 the comparison rejects an update whose gradient was cut. Writing into a buffer
