@@ -1,8 +1,9 @@
 """Differentiating through fdl's optimizer updates (meta-learning, hypergradients).
 
-The quantity is ``L(θ_k)``, the loss after ``k = 3`` steps of ``opt.update`` and
-``apply_updates`` from ``θ_0``; its gradient with respect to ``θ_0`` (through
-every step's gradient: second order) and to hyperparameters passed as tensors.
+The quantity is ``L(θ_k)``, the loss after ``k = 2`` steps (6 for one RAdam
+entry) of ``opt.update`` and ``apply_updates`` from ``θ_0``; its gradient with
+respect to ``θ_0`` (through every step's gradient: second order) and to
+hyperparameters passed as tensors.
 Each path is compared with an independent reference:
 
 * **finite differences** in float64, the fourth-order central formula
@@ -20,7 +21,9 @@ Each path is compared with an independent reference:
 Paths: ``torch.func.grad`` (the per-leaf path: foreach ops have no functorch
 rule), eager autograd (the ``torch._foreach_*`` path, with its in-place steps on
 fresh buffers, which must stop where autograd saved them), the per-leaf path
-forced eagerly, and ``torch.compile`` of the unrolled loss.
+forced eagerly, and ``torch.compile`` of the meta-gradient (one compile per
+optimizer, every hyperparameter a tensor input: params, hyperparameters and
+the absence of recompiles checked together).
 
 A test here fails when a path detaches: ``test_detaching_path_is_caught`` shows
 the comparison rejects an update whose gradient was cut. Writing into a buffer
@@ -47,46 +50,96 @@ import fdl
 from fdl.optim import _foreach
 
 Tensor = torch.Tensor
-K = 3  # unrolled steps
+K = 2  # unrolled steps (the second one reads the state the first one wrote)
 H = 1e-3  # finite-difference step
 RTOL, ATOL = 1e-8, 1e-9
 
-# name -> (factory(**hyperparameters) -> optimizer, hyperparameters, the tensor-able names)
+
+def _betas(opt: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
+    """A factory taking ``b1``, ``b2`` as separate hyperparameters (``betas=(b1, b2)``)."""
+    return lambda lr, b1, b2, **h: opt(lr, (b1, b2), **h, **fixed)
+
+
+# name -> (factory(**hyperparameters) -> optimizer, hyperparameters, the tensor-able names).
+# Every float hyperparameter is tensor-able (eps is 1e-3 so that its derivative is not tiny).
 OPTIMIZERS: dict[str, tuple[Callable[..., Any], dict[str, float], tuple[str, ...]]] = {
     "sgd": (fdl.optim.sgd, {"lr": 0.1}, ("lr",)),
     "sgd-momentum-dampening-wd": (
-        lambda **h: fdl.optim.sgd(**h, dampening=0.3),
-        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1},
-        ("lr", "momentum", "weight_decay"),
+        fdl.optim.sgd,
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1},
+        ("lr", "momentum", "dampening", "weight_decay"),
     ),
     "sgd-nesterov": (
         lambda **h: fdl.optim.sgd(**h, nesterov=True),
-        {"lr": 0.1, "momentum": 0.8},
-        ("lr", "momentum"),
+        {"lr": 0.1, "momentum": 0.8, "weight_decay": 0.1},
+        ("lr", "momentum", "weight_decay"),
     ),
     "adam": (
-        lambda lr, b1, b2, weight_decay: fdl.optim.adam(lr, (b1, b2), weight_decay=weight_decay),
-        {"lr": 0.1, "b1": 0.9, "b2": 0.99, "weight_decay": 0.05},
-        ("lr", "b1", "b2", "weight_decay"),
+        _betas(fdl.optim.adam),
+        {"lr": 0.1, "b1": 0.9, "b2": 0.99, "eps": 1e-3, "weight_decay": 0.05},
+        ("lr", "b1", "b2", "eps", "weight_decay"),
     ),
     "adamw-amsgrad": (
-        lambda lr, b1, b2, weight_decay: fdl.optim.adamw(
-            lr, (b1, b2), weight_decay=weight_decay, amsgrad=True
-        ),
-        {"lr": 0.1, "b1": 0.8, "b2": 0.9, "weight_decay": 0.1},
-        ("lr", "b1", "b2", "weight_decay"),
+        _betas(fdl.optim.adamw, amsgrad=True),
+        {"lr": 0.1, "b1": 0.8, "b2": 0.9, "eps": 1e-3, "weight_decay": 0.1},
+        ("lr", "b1", "b2", "eps", "weight_decay"),
     ),
-    "rmsprop": (fdl.optim.rmsprop, {"lr": 0.01, "weight_decay": 0.1}, ("lr", "weight_decay")),
+    "rmsprop": (
+        fdl.optim.rmsprop,
+        {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "weight_decay": 0.1},
+        ("lr", "alpha", "eps", "weight_decay"),
+    ),
     "rmsprop-centered-momentum": (
         lambda **h: fdl.optim.rmsprop(**h, centered=True),
-        {"lr": 0.01, "momentum": 0.5},
-        ("lr", "momentum"),
+        {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "momentum": 0.5},
+        ("lr", "alpha", "eps", "momentum"),
     ),
-    "adagrad": (lambda **h: fdl.optim.adagrad(**h, lr_decay=0.1), {"lr": 0.1}, ("lr",)),
-    "adamax": (fdl.optim.adamax, {"lr": 0.1}, ("lr",)),
-    "nadam": (fdl.optim.nadam, {"lr": 0.1}, ("lr",)),
-    "radam": (fdl.optim.radam, {"lr": 0.1}, ("lr",)),  # rho_t <= 5 for t <= 5: m-hat branch
-    "adadelta": (fdl.optim.adadelta, {"lr": 1.0}, ("lr",)),
+    "adagrad": (
+        fdl.optim.adagrad,
+        {
+            "lr": 0.1,
+            "lr_decay": 0.1,
+            "weight_decay": 0.1,
+            "initial_accumulator_value": 0.1,
+            "eps": 1e-3,
+        },
+        ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
+    ),
+    "adamax": (
+        _betas(fdl.optim.adamax),
+        {"lr": 0.1, "b1": 0.9, "b2": 0.99, "eps": 1e-3, "weight_decay": 0.05},
+        ("lr", "b1", "b2", "eps", "weight_decay"),
+    ),
+    "nadam": (
+        _betas(fdl.optim.nadam),
+        {
+            "lr": 0.1,
+            "b1": 0.9,
+            "b2": 0.99,
+            "eps": 1e-3,
+            "weight_decay": 0.05,
+            "momentum_decay": 4e-3,
+        },
+        ("lr", "b1", "b2", "eps", "weight_decay", "momentum_decay"),
+    ),
+    # rho_t <= 5 for t <= 5: the m-hat branch, where beta2 and eps have derivative 0
+    "radam": (
+        _betas(fdl.optim.radam),
+        {"lr": 0.1, "b1": 0.9, "b2": 0.99, "eps": 1e-3, "weight_decay": 0.05},
+        ("lr", "b1", "b2", "eps", "weight_decay"),
+    ),
+    # six steps (STEPS): the sixth is rectified (rho_6 = 5.39 at beta2 = 0.9, 5.38 / 5.40 at
+    # the finite-difference points), so beta2 and eps enter through r_t and sqrt(v)
+    "radam-rectified": (
+        _betas(fdl.optim.radam, decoupled_weight_decay=True),
+        {"lr": 0.05, "b1": 0.9, "b2": 0.9, "eps": 1e-3, "weight_decay": 0.05},
+        ("lr", "b1", "b2", "eps", "weight_decay"),
+    ),
+    "adadelta": (
+        fdl.optim.adadelta,
+        {"lr": 1.0, "rho": 0.9, "eps": 1e-3, "weight_decay": 0.05},
+        ("lr", "rho", "eps", "weight_decay"),
+    ),
     "rprop": (lambda **h: fdl.optim.rprop(**h, etas=(0.4, 1.3)), {"lr": 0.05}, ("lr",)),
     "asgd": (
         lambda **h: fdl.optim.asgd(**h, t0=1.0),
@@ -103,9 +156,14 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Any], dict[str, float], tuple[str, ...
         ("lr", "momentum", "weight_decay"),
     ),
 }
+STEPS = {"radam-rectified": 6}  # entries that need more than K steps
 NAMES = list(OPTIMIZERS)
 HYPER = [(n, h) for n in NAMES for h in OPTIMIZERS[n][2]]
-COMPILED = ["sgd-nesterov", "adam"]  # compiles are slow: one momentum and one adaptive rule
+INDUCTOR = ["sgd-nesterov", "adam"]  # also compiled by inductor (slow): one momentum, one adaptive
+
+
+def _steps(name: str) -> int:
+    return STEPS.get(name, K)
 
 
 def test_registry_covers_every_optimizer() -> None:
@@ -145,11 +203,11 @@ def _grad_eager(p: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]
 
 
 def _unrolled(
-    opt: Any, p: dict[str, Tensor], grad_fn: Callable[..., Any], data: Any = None
+    opt: Any, p: dict[str, Tensor], grad_fn: Callable[..., Any], data: Any = None, k: int = K
 ) -> Tensor:
     _, x, y = _data() if data is None else (None, *data)
     state = opt.init(p)
-    for _ in range(K):
+    for _ in range(k):
         updates, state = opt.update(grad_fn(p, x, y), state, p)
         p = fdl.optim.apply_updates(p, updates)
     return _loss(p, x, y)
@@ -163,7 +221,7 @@ def _value(name: str, hp: dict[str, Any], p: dict[str, Tensor]) -> Tensor:
     """``L(θ_K)`` with float hyperparameters (the finite-difference reference's function)."""
     factory = OPTIMIZERS[name][0]
     with torch.no_grad():
-        return _unrolled(factory(**hp), p, _func_grad)
+        return _unrolled(factory(**hp), p, _func_grad, k=_steps(name))
 
 
 def _fd(f: Callable[[float], Tensor], x: float) -> float:
@@ -216,7 +274,7 @@ def test_func_grad_wrt_params(name: str) -> None:
     """``torch.func.grad`` through K updates: the per-leaf path."""
     factory, hp, _ = OPTIMIZERS[name]
     p0, _, _ = _data()
-    got = torch.func.grad(lambda p: _unrolled(factory(**hp), p, _func_grad))(p0)
+    got = torch.func.grad(lambda p: _unrolled(factory(**hp), p, _func_grad, k=_steps(name)))(p0)
     _assert_close(got, _reference(name))
 
 
@@ -229,7 +287,7 @@ def test_autograd_wrt_params(name: str, per_leaf: bool) -> None:
     p = {k: v.clone().requires_grad_() for k, v in p0.items()}
     assert _foreach.use_foreach(list(p.values())) is True  # plain tensors take the foreach path
     with _foreach._per_leaf() if per_leaf else _nullcontext():
-        loss = _unrolled(factory(**hp), p, _grad_eager)
+        loss = _unrolled(factory(**hp), p, _grad_eager, k=_steps(name))
     got = dict(zip(p, torch.autograd.grad(loss, list(p.values())), strict=True))
     _assert_close(got, _reference(name))
 
@@ -242,21 +300,59 @@ class _nullcontext:
         return None
 
 
-@pytest.mark.parametrize("name", COMPILED)
-def test_compiled_unrolled_wrt_params(name: str) -> None:
-    """``torch.compile`` of the meta-gradient: ``torch.func.grad`` of the unrolled loss.
+def _meta_gradient(name: str) -> Callable[..., Any]:
+    """``(θ_0, hyperparameters, x, y) -> (dL/dθ_0, dL/dh)``, every tensor-able one an input."""
+    factory, hp, _ = OPTIMIZERS[name]
+
+    def unrolled(q: dict[str, Tensor], h: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return _unrolled(factory(**{**hp, **h}), q, _func_grad, (x, y), k=_steps(name))
+
+    return torch.func.grad(unrolled, argnums=(0, 1))
+
+
+def _check_compiled(name: str, backend: str) -> None:
+    """One compile per optimizer: params and all hyperparameters checked, then no recompile.
 
     The compiled update code path (``is_compiling()``: per-leaf ops, materialized
-    scalars) runs inside the transform. Compiling the unrolled loss alone and
-    differentiating it with autograd needs a double backward through the compiled
-    graph, which AOTAutograd does not support (a RuntimeError, not a wrong value).
+    scalars, no validation) runs inside the transform. A second call with other
+    hyperparameter values and other data must reuse the graph (hyperparameters
+    are tensors) and equal the eager transform. Compiling the unrolled loss alone
+    and differentiating it with autograd needs a double backward through the
+    compiled graph, which AOTAutograd does not support (a RuntimeError, not a
+    wrong value).
     """
-    factory, hp, _ = OPTIMIZERS[name]
+    _, hp, tensor_names = OPTIMIZERS[name]
     p0, x, y = _data()
-    opt = factory(**hp)
-    meta_grad = torch.func.grad(lambda q, x, y: _unrolled(opt, q, _func_grad, (x, y)))
-    fn = torch.compile(meta_grad, fullgraph=True)
-    _assert_close(fn(p0, x, y), _reference(name))
+    torch._dynamo.reset()  # the compiled closures share one code object: no stale entries
+    fn = torch.compile(_meta_gradient(name), backend=backend, fullgraph=True)
+    hyper = {h: torch.tensor(hp[h]) for h in tensor_names}
+    got_params, got_hyper = fn(p0, hyper, x, y)
+    _assert_close(got_params, _reference(name))
+    expected = {h: torch.tensor(_hyper_reference(name, h)) for h in tensor_names}
+    _assert_close(got_hyper, expected)
+    other = {h: v * 0.9 for h, v in hyper.items()}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = fn(p0, other, 1.1 * x, y)
+    _assert_close(again, _meta_gradient(name)(p0, other, 1.1 * x, y), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in INDUCTOR])
+def test_compiled_meta_gradient(name: str) -> None:
+    """``torch.compile(fullgraph=True)`` of the meta-gradient, for every optimizer.
+
+    Backend ``eager``: Dynamo captures fdl's compiled code path in one graph (no
+    graph break, no recompile for new hyperparameter values), which eager
+    kernels run. AOTAutograd and inductor's kernels cost about ten times more
+    to build per optimizer; :func:`test_compiled_inductor` runs them (and this
+    capture) for the two others.
+    """
+    _check_compiled(name, "eager")
+
+
+@pytest.mark.parametrize("name", INDUCTOR)
+def test_compiled_inductor(name: str) -> None:
+    """The same with inductor's generated kernels, for one momentum and one adaptive rule."""
+    _check_compiled(name, "inductor")
 
 
 @pytest.mark.parametrize("name", ["sgd-nesterov", "adam"])
@@ -318,24 +414,55 @@ def test_jacrev_and_vjp_wrt_params() -> None:
 # ---------------------------------------------------------------------------
 
 
+_FD_HYPER: dict[tuple[str, str], float] = {}
+
+
+def _hyper_reference(name: str, hyper: str) -> float:
+    """d L(θ_K) / d hyperparameter by finite differences of the float path (cached)."""
+    if (name, hyper) not in _FD_HYPER:
+        hp = OPTIMIZERS[name][1]
+        p0, _, _ = _data()
+        _FD_HYPER[name, hyper] = _fd(lambda v: _value(name, {**hp, hyper: v}, p0), hp[hyper])
+    return _FD_HYPER[name, hyper]
+
+
 @pytest.mark.parametrize(("name", "hyper"), HYPER)
 def test_grad_wrt_tensor_hyperparameter(name: str, hyper: str) -> None:
     """d L(θ_K) / d hyperparameter, by ``torch.func.grad`` and by eager autograd."""
     factory, hp, _ = OPTIMIZERS[name]
     p0, _, _ = _data()
-    value = hp[hyper]
-    expected = _fd(lambda v: _value(name, {**hp, hyper: v}, p0), value)
+    expected = torch.tensor(_hyper_reference(name, hyper))
+    k = _steps(name)
 
     def loss_of(h: Tensor) -> Tensor:
-        return _unrolled(factory(**{**hp, hyper: h}), p0, _func_grad)
+        return _unrolled(factory(**{**hp, hyper: h}), p0, _func_grad, k=k)
 
-    got = torch.func.grad(loss_of)(torch.tensor(value))
-    torch.testing.assert_close(got, torch.tensor(expected), rtol=RTOL, atol=ATOL)
+    got = torch.func.grad(loss_of)(torch.tensor(hp[hyper]))
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
-    h = torch.tensor(value, requires_grad=True)
+    h = torch.tensor(hp[hyper], requires_grad=True)
     p = {k: v.clone().requires_grad_() for k, v in p0.items()}
-    (got_eager,) = torch.autograd.grad(_unrolled(factory(**{**hp, hyper: h}), p, _grad_eager), h)
-    torch.testing.assert_close(got_eager, torch.tensor(expected), rtol=RTOL, atol=ATOL)
+    loss = _unrolled(factory(**{**hp, hyper: h}), p, _grad_eager, k=k)
+    (got_eager,) = torch.autograd.grad(loss, h)
+    torch.testing.assert_close(got_eager, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tensor_hyperparameters_without_grad_match_floats(name: str) -> None:
+    """Tensors that need no gradient take the eager foreach path and give the float values."""
+    factory, hp, tensor_names = OPTIMIZERS[name]
+    p0, x, y = _data()
+    as_tensors = {**hp, **{h: torch.tensor(hp[h]) for h in tensor_names}}
+    runs = []
+    for hyper in (hp, as_tensors):
+        opt = factory(**hyper)
+        p, state = p0, opt.init(p0)
+        for _ in range(_steps(name)):
+            updates, state = opt.update(_func_grad(p, x, y), state, p)
+            p = fdl.optim.apply_updates(p, updates)
+        runs.append(p)
+    # the same formula with the scalars as float64 tensors instead of numbers: rounding only
+    _assert_close(runs[1], runs[0], rtol=1e-13, atol=1e-15)
 
 
 def test_tensor_hyperparameter_is_validated() -> None:
@@ -352,17 +479,20 @@ def test_tensor_hyperparameter_is_validated() -> None:
 # ---------------------------------------------------------------------------
 
 
-def _textbook_sgd_nesterov(p: dict[str, Tensor], lr: float, mu: float) -> Tensor:
+def _textbook_sgd_nesterov(p: dict[str, Tensor], lr: float, mu: float, wd: float) -> Tensor:
     _, x, y = _data()
     buf: dict[str, Tensor] = {}
     for t in range(K):
         g = _grad_eager(p, x, y)
+        g = {k: g[k] + wd * p[k] for k in p}
         buf = {k: g[k] if t == 0 else mu * buf[k] + g[k] for k in p}
         p = {k: p[k] - lr * (g[k] + mu * buf[k]) for k in p}
     return _loss(p, x, y)
 
 
-def _textbook_adam(p: dict[str, Tensor], lr: float, b1: float, b2: float, wd: float) -> Tensor:
+def _textbook_adam(
+    p: dict[str, Tensor], lr: float, b1: float, b2: float, eps: float, wd: float
+) -> Tensor:
     _, x, y = _data()
     m = {k: torch.zeros_like(v) for k, v in p.items()}
     v2 = {k: torch.zeros_like(v) for k, v in p.items()}
@@ -372,8 +502,7 @@ def _textbook_adam(p: dict[str, Tensor], lr: float, b1: float, b2: float, wd: fl
         m = {k: b1 * m[k] + (1 - b1) * g[k] for k in p}
         v2 = {k: b2 * v2[k] + (1 - b2) * g[k] ** 2 for k in p}
         p = {
-            k: p[k] - lr * (m[k] / (1 - b1**t)) / (torch.sqrt(v2[k] / (1 - b2**t)) + 1e-8)
-            for k in p
+            k: p[k] - lr * (m[k] / (1 - b1**t)) / (torch.sqrt(v2[k] / (1 - b2**t)) + eps) for k in p
         }
     return _loss(p, x, y)
 
@@ -381,8 +510,16 @@ def _textbook_adam(p: dict[str, Tensor], lr: float, b1: float, b2: float, wd: fl
 @pytest.mark.parametrize(
     ("name", "textbook"),
     [
-        ("sgd-nesterov", lambda p, hp: _textbook_sgd_nesterov(p, hp["lr"], hp["momentum"])),
-        ("adam", lambda p, hp: _textbook_adam(p, hp["lr"], hp["b1"], hp["b2"], hp["weight_decay"])),
+        (
+            "sgd-nesterov",
+            lambda p, hp: _textbook_sgd_nesterov(p, hp["lr"], hp["momentum"], hp["weight_decay"]),
+        ),
+        (
+            "adam",
+            lambda p, hp: _textbook_adam(
+                p, **{k: hp[k] for k in ("lr", "b1", "b2", "eps")}, wd=hp["weight_decay"]
+            ),
+        ),
     ],
 )
 def test_matches_textbook_unrolled_autograd(name: str, textbook: Callable[..., Tensor]) -> None:
@@ -423,7 +560,7 @@ def _adam_eps_root(eps_root: float) -> Any:
     )
 
 
-def _meta_grad_with_dead_param(opt: Any) -> dict[str, Tensor]:
+def _meta_grad_with_dead_param(opt: Any, k: int = K) -> dict[str, Tensor]:
     """Second-order gradient where the parameter 'dead' sits at 0, where its gradient is 0.
 
     Its gradient ``g = dead`` is 0 at every step but depends on it, so ``v = 0``
@@ -436,7 +573,7 @@ def _meta_grad_with_dead_param(opt: Any) -> dict[str, Tensor]:
 
     def unrolled(p: dict[str, Tensor]) -> Tensor:
         state = opt.init(p)
-        for _ in range(K):
+        for _ in range(k):
             updates, state = opt.update(torch.func.grad(loss)(p), state, p)
             p = fdl.optim.apply_updates(p, updates)
         return loss(p) + p["dead"].sum()
@@ -485,6 +622,67 @@ def test_eps_root_formula() -> None:
     u, _ = tx.update({"w": g}, tx.init({"w": torch.zeros(3)}))
     m_hat, v_hat = g, g * g  # one step: the bias corrections undo the (1 - β) factors
     torch.testing.assert_close(u["w"], m_hat / (torch.sqrt(v_hat + 0.25) + 1e-3))
+
+
+# ---------------------------------------------------------------------------
+# non-differentiable points: what fdl does (docs/meta.md)
+# ---------------------------------------------------------------------------
+
+# entries whose update takes sqrt of a second moment that is exactly 0 where a gradient entry
+# is 0 at every step: sqrt'(0) = inf meets dv/dg = 0 and the meta-gradient there is NaN
+# (RAdam also before rectification: its unused adaptive branch is computed, then masked)
+SQRT_OF_ZERO = {
+    "adam",
+    "adamw-amsgrad",
+    "rmsprop",
+    "rmsprop-centered-momentum",
+    "nadam",
+    "radam",
+    "radam-rectified",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradient_entry(name: str) -> None:
+    """A parameter whose gradient is 0 at every step: NaN for ``SQRT_OF_ZERO``, finite otherwise.
+
+    Finite: SGD; Adagrad with ``initial_accumulator_value > 0`` (the root of
+    ``S_0 + g²``); Adadelta (``sqrt(E + ε)``); Adamax (``|g|`` has derivative 0
+    at 0, torch's ``abs`` rule). The other entries stay finite in every case.
+    """
+    factory, hp, _ = OPTIMIZERS[name]
+    got = _meta_grad_with_dead_param(factory(**hp), _steps(name))
+    assert all(torch.isfinite(got[k]).all() for k in "wb")
+    assert bool(torch.isnan(got["dead"]).all()) is (name in SQRT_OF_ZERO)
+
+
+def test_amsgrad_max_at_a_tie_splits_the_gradient() -> None:
+    """``max(v̂_{t-1}, v_t)`` at an exact tie: torch's rule sends half the cotangent to each side.
+
+    With ``g = 0`` the new ``v = β2 ν`` (exactly); a state with ``ν_max = β2 ν``
+    makes the tie. ``∂u/∂ν_max`` is then half of ``∂u/∂ν̂`` and ``∂u/∂ν`` is the
+    other half times ``β2``; away from a tie one of them is 0.
+    """
+    b2 = 0.5
+    tx = fdl.optim.scale_by_adam(0.9, b2, 1e-3, amsgrad=True)
+    g = {"w": torch.zeros(2)}
+    mu, nu = torch.tensor([0.3, -0.2]), torch.tensor([0.4, 0.1])
+
+    def u_of(nu: Tensor, nu_max: Tensor) -> Tensor:
+        state = fdl.optim.ScaleByAdamState(torch.tensor(1), {"w": mu}, {"w": nu}, {"w": nu_max})
+        return tx.update(g, state)[0]["w"].sum()
+
+    d_nu, d_max = torch.func.grad(u_of, argnums=(0, 1))(nu, b2 * nu)
+    # the full derivative w.r.t. v-hat, from the one-argument formula u(v-hat)
+    t = 2.0
+    m_hat = (0.9 * mu) / (1 - 0.9**t)
+    d_vhat = torch.func.grad(lambda vh: (m_hat / (torch.sqrt(vh / (1 - b2**t)) + 1e-3)).sum())(
+        b2 * nu
+    )
+    torch.testing.assert_close(d_max, 0.5 * d_vhat, rtol=1e-12, atol=0)
+    torch.testing.assert_close(d_nu, 0.5 * b2 * d_vhat, rtol=1e-12, atol=0)
+    d_nu, d_max = torch.func.grad(u_of, argnums=(0, 1))(nu, 2 * nu)  # no tie: all to nu_max
+    assert torch.equal(d_nu, torch.zeros(2)) and bool((d_max != 0).all())
 
 
 # ---------------------------------------------------------------------------
@@ -545,6 +743,32 @@ def test_maml_example_quick(tmp_path: pathlib.Path) -> None:
     # adaptation helps the meta-learned initialisation even after a short meta-training
     assert results["maml"][-1] < results["maml"][0]
     assert (tmp_path / "maml_sinusoid.json").exists()
+
+
+def test_maml_example_adam_inner_compiled() -> None:
+    """``--inner adam --compile``: one fullgraph meta-step, no recompile, the eager step's values.
+
+    Backend ``eager`` (Dynamo's capture; building inductor kernels for this graph
+    is slow on a loaded machine). Adam's state is per task under ``vmap``.
+    """
+    mod = _load_example()
+    args = mod.main.__globals__["argparse"].Namespace(
+        meta_lr=1e-3, shots=3, inner_steps=1, inner_lr=0.01, inner="adam", compile=False
+    )
+    outer, eager_step = mod.make_meta_step("maml", args)
+    args.compile, args.backend = True, "eager"
+    _, compiled_step = mod.make_meta_step("maml", args)
+    params = mod.MODEL.init(fdl.random.key(0))
+    state = outer.init(params)
+    q_eager, q_compiled, s_eager, s_compiled = params, params, state, state
+    for i in range(2):  # the second call: new data, new state, same graph
+        x, y, _ = mod.sample_tasks(fdl.random.key(i + 1), 2, 6)
+        q_eager, s_eager = eager_step(q_eager, s_eager, x, y)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            q_compiled, s_compiled = compiled_step(q_compiled, s_compiled, x, y)
+    assert all(torch.isfinite(t).all() for t in fdl.tree.leaves(q_eager))
+    _assert_close((q_compiled, s_compiled), (q_eager, s_eager), rtol=1e-10, atol=1e-12)
+    assert not torch.equal(q_eager["0"]["weight"], params["0"]["weight"])  # the step moved it
 
 
 def test_docs_meta_blocks_run() -> None:

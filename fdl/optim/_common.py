@@ -30,6 +30,7 @@ __all__ = [
     "check_nonneg",
     "check_unit_interval",
     "leaves_of",
+    "nonzero_value",
     "scheduled",
     "state_leaves",
     "stateful",
@@ -195,18 +196,28 @@ def scheduled(value: Any, count: Tensor) -> Any:
 # ---------------------------------------------------------------------------
 
 
+def _unreadable(value: Tensor) -> bool:
+    """True for a traced tensor (``torch.compile``, ``torch.func`` transforms): no value to read."""
+    return not _eager.validating() or torch._C._functorch.is_functorch_wrapped_tensor(value)
+
+
 def _number(name: str, value: Any, expected: str) -> float | None:
     if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
         # a tensor hyperparameter (one that may be learned): its value is checked when it
-        # can be read; inside torch.func transforms or while torch.compile traces (an
-        # injected hyperparameter, fdl.optim.inject_hyperparams) it is a traced value
-        # (None: unchecked)
-        if not _eager.validating() or torch._C._functorch.is_functorch_wrapped_tensor(value):
+        # can be read; traced (compiled, inside torch.func transforms) it is unchecked: None
+        if _unreadable(value):
             return None
         return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Invalid {name} value: {value!r} (expected {expected})")
     return float(value)
+
+
+def nonzero_value(value: Any) -> bool:
+    """True for a non-zero number or readable tensor; False for 0 and for a traced tensor."""
+    if isinstance(value, Tensor):
+        return not _unreadable(value) and bool(value.detach() != 0)
+    return value != 0
 
 
 def check_nonneg(name: str, value: Any) -> None:
@@ -231,8 +242,8 @@ def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not _eager.validating() or torch._C._functorch.is_functorch_wrapped_tensor(lr):
-            return  # a traced value (torch.func transforms, torch.compile): unchecked
+        if _unreadable(lr):
+            return  # a traced value (compiled, inside torch.func transforms): unchecked
         value = float(lr.detach())
     elif isinstance(lr, int | float) and not isinstance(lr, bool):
         value = float(lr)

@@ -119,7 +119,8 @@ def scale_by_adam(
         bc1, bc2 = _bias_correction(beta1, t), _bias_correction(b2, t)
         bc2_sqrt = torch.sqrt(bc2)
         v_hat = v_max if amsgrad else v
-        if eps_root:  # sqrt(v / bc2 + eps_root) = sqrt(v + eps_root * bc2) / sqrt(bc2)
+        if isinstance(eps_root, Tensor) or eps_root:
+            # sqrt(v / bc2 + eps_root) = sqrt(v + eps_root * bc2) / sqrt(bc2)
             v_hat = F.shift(v_hat, eps_root * bc2)
         # m̂ / (sqrt(v̂) + eps), the denominator scaled by bc1 so that it takes one division
         u = F.div(m, F.root_affine(v_hat, bc1 / bc2_sqrt, eps * bc1))
@@ -400,6 +401,8 @@ def scale_by_rss(
 
     def initial(params: Params) -> dict[str, Any]:
         s0 = initial_accumulator_value
+        if isinstance(s0, Tensor):  # a learned S_0: full_like takes numbers only
+            return {"sum_of_squares": tree.map(lambda p: torch.zeros_like(p) + s0.to(p), params)}
         return {"sum_of_squares": tree.map(lambda p: torch.full_like(p, s0), params)}
 
     return C.stateful(

@@ -121,7 +121,7 @@ def sgd(
     _reject_extra("sgd", unsupported)
     # None: a schedule or a tensor (a momentum that may be learned; never 0 here)
     fixed = None if callable(momentum) or isinstance(momentum, torch.Tensor) else momentum
-    if nesterov and ((fixed is not None and fixed <= 0) or dampening != 0):
+    if nesterov and ((fixed is not None and fixed <= 0) or C.nonzero_value(dampening)):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     core = [] if fixed == 0 else [trace(momentum, nesterov=nesterov, dampening=dampening)]
     return _optimizer("sgd", lr, core, maximize, weight_decay)
@@ -268,7 +268,7 @@ def rmsprop(
 def _decayed_lr(lr: ScalarOrSchedule, lr_decay: float) -> ScalarOrSchedule:
     """Adagrad's ``η / (1 + (t-1) δ)`` as a schedule of the step count ``t-1``."""
     C.check_nonneg("lr_decay", lr_decay)  # no block sees it
-    if lr_decay == 0:
+    if not _nonzero(lr_decay):
         return lr
     C.check_lr(lr)  # scale_by_learning_rate sees the schedule below, not lr itself
     base: Callable[[torch.Tensor], Any] = lr if callable(lr) else (lambda count: lr)

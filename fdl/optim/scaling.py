@@ -176,7 +176,9 @@ class TraceState(NamedTuple):
 
 
 def trace(
-    decay: float | Callable[[Tensor], Tensor], nesterov: bool = False, dampening: float = 0.0
+    decay: float | Tensor | Callable[[Tensor], Tensor],
+    nesterov: bool = False,
+    dampening: float | Tensor = 0.0,
 ) -> GradientTransformation:
     r"""Momentum as in ``torch.optim.SGD``.
 
@@ -212,7 +214,7 @@ def trace(
 
     def step(g: list[Tensor], state: TraceState, trace: list[Tensor]) -> Any:
         mu = C.scheduled(decay, state.count)
-        if dampening == 0.0:
+        if not isinstance(dampening, Tensor) and dampening == 0.0:
             # from a zero buffer, decay * 0 + g == g exactly: the first step needs no branch
             new = F.decayed_sum(trace, mu, g)
         else:
