@@ -141,6 +141,8 @@ from fdl.optim.wrappers import (
     masked,
     multi_steps,
     set_to_zero,
+    skip_large_updates,
+    skip_not_finite,
 )
 
 # the building blocks are listed in their own modules
