@@ -664,9 +664,15 @@ def kl_div(
 
 
 # the rest of torch.nn.functional's losses, one module per family
-from fdl import _ctc, _likelihood_losses, _margin_losses  # noqa: E402
+from fdl import _ctc, _likelihood_losses, _linear_cross_entropy, _margin_losses  # noqa: E402
 from fdl._ctc import *  # noqa: E402, F403
 from fdl._likelihood_losses import *  # noqa: E402, F403
+from fdl._linear_cross_entropy import *  # noqa: E402, F403
 from fdl._margin_losses import *  # noqa: E402, F403
 
-__all__ += [*_ctc.__all__, *_likelihood_losses.__all__, *_margin_losses.__all__]
+__all__ += [
+    *_ctc.__all__,
+    *_likelihood_losses.__all__,
+    *_linear_cross_entropy.__all__,
+    *_margin_losses.__all__,
+]

@@ -32,6 +32,7 @@ from fdl.nn.embedding_bag import *  # noqa: F403
 from fdl.nn.feature_dropout import *  # noqa: F403
 from fdl.nn.fractional_pool import *  # noqa: F403
 from fdl.nn.instance_norm import *  # noqa: F403
+from fdl.nn.linear_cross_entropy import *  # noqa: F403
 from fdl.nn.local_response_norm import *  # noqa: F403
 from fdl.nn.padding import *  # noqa: F403
 from fdl.nn.piecewise_activations import *  # noqa: F403
