@@ -3,16 +3,16 @@
 Shared by :mod:`fdl.losses` (the function) and :mod:`fdl.nn` (the
 ``LinearCrossEntropyLoss`` layer). The loss is fdl's own
 :func:`fdl.losses.cross_entropy` of ``logits = input @ W^T + b``; with ``chunk_size``
-the batch is processed in chunks under :func:`torch.utils.checkpoint.checkpoint`, so
-only one chunk's logits exist at a time, in the forward and in the backward pass.
+the batch is processed in chunks by a custom autograd function that keeps no logits and
+recomputes each chunk's in the backward pass, so only one chunk's logits exist at a time.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from fdl import _loss_common as _c
 from fdl.nn.functional import linear
@@ -75,6 +75,74 @@ def _example_weights(target: Tensor, weight: Tensor | None, ignore_index: int, d
     return torch.where(valid, weight[safe], weight.new_zeros(()))
 
 
+def _chunk_losses(
+    x: Tensor,
+    w2: Tensor,
+    b2: Tensor | None,
+    t: Tensor,
+    weight: Tensor | None,
+    spec: tuple,
+    reduction: str = "none",
+) -> Tensor:
+    """fdl's cross-entropy of the logits of rows ``x``."""
+    c, out_features, ii, eps = spec
+    logits = _logits(x, w2, b2, (*x.shape[:-1], c, *out_features))
+    return _cross_entropy()(
+        logits, t, weight=weight, ignore_index=ii, reduction=reduction, label_smoothing=eps
+    )
+
+
+class _ChunkedLosses(torch.autograd.Function):
+    """Per-example losses ``(N, *d)`` taken ``chunk`` rows at a time.
+
+    The forward keeps no logits; the backward recomputes each chunk's logits and
+    takes their vector-Jacobian product with ``torch.func.vjp``, so at most one
+    chunk's logits exist at any time. Differentiable in ``x``, ``w2``, ``b2`` only.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w2, b2, t, weight, spec, chunk):  # noqa: D102
+        with torch.no_grad():
+            parts = [
+                _chunk_losses(x[i : i + chunk], w2, b2, t[i : i + chunk], weight, spec)
+                for i in range(0, x.shape[0], chunk)
+            ]
+        return torch.cat(parts)  # (N, *d)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:  # noqa: D102
+        x, w2, b2, t, weight, spec, chunk = inputs
+        ctx.save_for_backward(x, w2, b2, t, weight)
+        ctx.spec, ctx.chunk = spec, chunk
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:  # noqa: D102
+        x, w2, b2, t, weight = ctx.saved_tensors
+        spec, chunk = ctx.spec, ctx.chunk
+        gxs, gw, gb = [], torch.zeros_like(w2), None if b2 is None else torch.zeros_like(b2)
+        for i in range(0, x.shape[0], chunk):
+            xc, tc = x[i : i + chunk], t[i : i + chunk]
+            if b2 is None:
+                _, vjp = torch.func.vjp(
+                    lambda xc, w2, tc=tc: _chunk_losses(xc, w2, None, tc, weight, spec), xc, w2
+                )
+                gx, gwc = vjp(grad[i : i + chunk])
+            else:
+                _, vjp = torch.func.vjp(
+                    lambda xc, w2, b2, tc=tc: _chunk_losses(xc, w2, b2, tc, weight, spec),
+                    xc,
+                    w2,
+                    b2,
+                )
+                gx, gwc, gbc = vjp(grad[i : i + chunk])
+                gb = gb + gbc
+            gxs.append(gx)
+            gw = gw + gwc
+        return torch.cat(gxs), gw, gb, None, None, None, None
+
+
 def linear_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
@@ -99,8 +167,8 @@ def linear_cross_entropy(
     ``ignore_index`` must be ``None``).
 
     With ``chunk_size``, rows ``input[i:i + chunk_size]`` are processed one chunk at a
-    time, each under :func:`torch.utils.checkpoint.checkpoint`: a chunk's logits are
-    freed after its loss is taken and recomputed in the backward pass, so peak memory
+    time: a chunk's logits are freed after its per-example losses are taken and
+    recomputed in the backward pass (a ``torch.func.vjp`` per chunk), so peak memory
     holds one ``(chunk_size, C, *d)`` block instead of ``(N, C, *d)``. ``'sum'`` adds
     the chunks' sums, ``'mean'`` divides that by ``sum_i w[t_i]`` over non-ignored
     ``i`` (class indices) or by the number of examples (probabilities), ``'none'``
@@ -127,7 +195,10 @@ def linear_cross_entropy(
     Note:
         torch's ``options=LinearCrossEntropyOptions(...)`` selects its fused chunked
         kernel; fdl takes ``chunk_size`` instead, which works with every reduction,
-        ``label_smoothing``, K-dimensional weights and higher-order gradients.
+        ``label_smoothing``, K-dimensional weights, higher-order gradients,
+        ``torch.func.grad``/``vmap`` and ``torch.compile``. Chunked, it differentiates
+        ``input``, ``linear_weight`` and ``linear_bias`` only (a ``target`` or ``weight``
+        that requires grad raises ``ValueError``), as torch's chunked path.
         torch raises ``RuntimeError`` on bad shapes; fdl raises ``ValueError``.
 
     Example:
@@ -162,33 +233,18 @@ def linear_cross_entropy(
     flat = math.prod(out_features, start=c)
     w2 = linear_weight.reshape(flat, input.shape[-1])  # (C, *d, in) -> (C * prod(d), in)
     b2 = None if linear_bias is None else linear_bias.reshape(flat)  # (C * prod(d),)
-    ce = _cross_entropy()
-
-    def loss_of(x: Tensor, t: Tensor, red: str) -> Tensor:
-        logits = _logits(x, w2, b2, (*x.shape[:-1], c, *out_features))
-        return ce(
-            logits,
-            t,
-            weight=weight,
-            ignore_index=ii,
-            reduction=red,
-            label_smoothing=label_smoothing,
-        )
-
+    spec = (c, out_features, ii, label_smoothing)
     n = input.shape[0] if input.dim() == 2 else 0
     if chunk_size is None or input.dim() == 1 or chunk_size >= n:
-        return loss_of(input, target, reduction)
+        return _chunk_losses(input, w2, b2, target, weight, spec, reduction)
+    for arg, value in (("target", target), ("weight", weight)):
+        if value is not None and value.requires_grad:
+            raise ValueError(f"{name}: chunk_size gives no gradient for {arg}; detach it")
 
-    red = "none" if reduction == "none" else "sum"
-    parts = [
-        checkpoint(
-            loss_of, input[i : i + chunk_size], target[i : i + chunk_size], red, use_reentrant=False
-        )
-        for i in range(0, n, chunk_size)
-    ]
+    losses = _ChunkedLosses.apply(input, w2, b2, target, weight, spec, chunk_size)  # (N, *d)
     if reduction == "none":
-        return torch.cat(parts)
-    total = torch.stack(parts).sum()
+        return losses
+    total = losses.sum()
     if reduction == "sum":
         return total
     if probabilities:

@@ -112,9 +112,12 @@ def test_all_ignored_mean_is_nan_like_torch():
         assert torch.isnan(got) and torch.isnan(F.linear_cross_entropy(x, w, t))
 
 
-def _max_saved_numel(chunk_size):
-    x, w, _, t, _ = _case({}, torch.float64)
-    x.requires_grad_(True)
+def _max_saved_numel(chunk_size, classes=50):
+    """The largest tensor autograd saves for the backward pass (logits: N * classes)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, IN, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(classes, IN, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, classes, (N,), generator=g)
     sizes = []
     with torch.autograd.graph.saved_tensors_hooks(
         lambda s: sizes.append(s.numel()) or s, lambda s: s
@@ -124,8 +127,43 @@ def _max_saved_numel(chunk_size):
 
 
 def test_chunking_never_saves_the_full_logits():
-    assert _max_saved_numel(None) >= N * C  # the test can see the full logits ...
-    assert _max_saved_numel(2) < N * C  # ... and chunking keeps them out of the graph
+    assert _max_saved_numel(None) >= N * 50  # the test sees the full logits ...
+    assert _max_saved_numel(2) < N * 50  # ... and chunking keeps them out of the graph
+
+
+def test_chunked_works_under_torch_func_grad():
+    x, w, b, t, kw = _case({"bias": True, "class_weight": True}, torch.float64)
+    want = torch.func.grad(lambda w: F.linear_cross_entropy(x, w, t, linear_bias=b, **kw))(w)
+    got = torch.func.grad(
+        lambda w: fdl.losses.linear_cross_entropy(x, w, t, linear_bias=b, chunk_size=3, **kw)
+    )(w)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_per_example_gradients_under_vmap_of_grad():
+    g = torch.Generator().manual_seed(2)
+    xs = torch.randn(3, N, IN, generator=g, dtype=torch.float64)
+    w = torch.randn(C, IN, generator=g, dtype=torch.float64)
+    ts = torch.randint(0, C, (3, N), generator=g)
+
+    def per_example(loss):
+        return torch.func.vmap(lambda xi, ti: torch.func.grad(lambda w: loss(xi, w, ti))(w))
+
+    got = per_example(
+        lambda x, w, t: fdl.losses.linear_cross_entropy(x, w, t, chunk_size=3, label_smoothing=0.2)
+    )(xs, ts)
+    want = per_example(lambda x, w, t: F.linear_cross_entropy(x, w, t, label_smoothing=0.2))(xs, ts)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_refuses_target_and_weight_gradients():
+    x, w, _, t, _ = _case({"prob": True}, torch.float64)
+    with pytest.raises(ValueError, match="no gradient for target"):
+        fdl.losses.linear_cross_entropy(x, w, t.requires_grad_(True), chunk_size=2)
+    x, w, _, t, _ = _case({}, torch.float64)
+    cw = torch.ones(C, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="no gradient for weight"):
+        fdl.losses.linear_cross_entropy(x, w, t, weight=cw, chunk_size=2)
 
 
 def test_chunked_second_order_gradient_equals_unchunked():
