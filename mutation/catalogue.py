@@ -1658,11 +1658,11 @@ CATALOGUE: list[Mutant] = [
     Mutant(
         "nn.containers.children_share_key",
         "nn",
-        "ModuleList/ModuleDict give every child the container's key (identical children alike)",
-        "            p = layer.init(keys[i])\n",
-        "            p = layer.init(key)\n",
+        "ModuleList/ModuleDict/Sequential give every child the container's key",
+        "        p = layer.init(keys[i])\n",
+        "        p = layer.init(key)\n",
         CONTAINERS,
-        file="containers_list.py",
+        file="container.py",
         select="independent_key",
     ),
     # ---------------------------------------------------------------- testing

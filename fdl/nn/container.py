@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fdl import random as _random
@@ -11,6 +11,30 @@ from fdl.nn._base import Layer, Params, State
 from fdl.nn._layer_utils import split_key
 
 __all__ = ["Sequential"]
+
+
+def _init_children(children: Sequence[tuple[str, Layer]], key: _random.Key) -> Params:
+    """Child ``i``'s ``init`` with ``split(key, len(children))[i]``, keyed by name.
+
+    Children without params get no entry (as in torch's ``state_dict``).
+    """
+    keys = split_key(key, max(len(children), 1))
+    params = {}
+    for i, (name, layer) in enumerate(children):
+        p = layer.init(keys[i])
+        if p:
+            params[name] = p
+    return params
+
+
+def _init_children_state(children: Sequence[tuple[str, Layer]]) -> State:
+    """The stateful children's ``init_state()``, keyed by name."""
+    state = {}
+    for name, layer in children:
+        s = layer.init_state() if layer.stateful else {}
+        if s:
+            state[name] = s
+    return state
 
 
 class Sequential(Layer):
@@ -127,22 +151,11 @@ class Sequential(Layer):
 
     def init(self, key: _random.Key) -> Params:
         """Each child's ``init`` with its own key (``split(key, len(self))[i]``)."""
-        keys = split_key(key, max(len(self._layers), 1))
-        params = {}
-        for i, (name, layer) in enumerate(self._layers):
-            p = layer.init(keys[i])
-            if p:
-                params[name] = p
-        return params
+        return _init_children(self._layers, key)
 
     def init_state(self) -> State:
         """The stateful children's ``init_state()``, keyed by child name."""
-        state = {}
-        for name, layer in self._layers:
-            s = layer.init_state() if layer.stateful else {}
-            if s:
-                state[name] = s
-        return state
+        return _init_children_state(self._layers)
 
     def apply(
         self,

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from fdl import _eager
 from fdl import random as _random
 from fdl.nn._base import Layer, Params, State
-from fdl.nn._layer_utils import split_key
+from fdl.nn.container import _init_children, _init_children_state
 
 __all__ = ["ModuleDict", "ModuleList"]
 
@@ -79,22 +79,11 @@ class _Children(Layer):
         Children without params get no entry, as in :class:`~fdl.nn.Sequential`
         (and as in torch's ``state_dict``).
         """
-        keys = split_key(key, max(len(self._items), 1))
-        params = {}
-        for i, (name, layer) in enumerate(self._items):
-            p = layer.init(keys[i])
-            if p:
-                params[name] = p
-        return params
+        return _init_children(self._items, key)
 
     def init_state(self) -> State:
         """The stateful children's ``init_state()``, keyed by child name."""
-        state = {}
-        for name, layer in self._items:
-            s = layer.init_state() if layer.stateful else {}
-            if s:
-                state[name] = s
-        return state
+        return _init_children_state(self._items)
 
     def apply(self, params: Params, x: Any, **kwargs: Any) -> NoReturn:
         """Not defined, as torch's containers have no ``forward``: loop over the children."""
