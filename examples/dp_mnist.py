@@ -95,6 +95,12 @@ def parse_args(
     ap.add_argument("--clip", type=float, default=1.0, help="max per-example grad norm C")
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--momentum", type=float, default=0.0)
+    ap.add_argument(
+        "--lr-decay",
+        choices=("none", "cosine"),
+        default="none",
+        help="cosine: anneal lr to 0 over the run's steps (torch's CosineAnnealingLR)",
+    )
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -127,7 +133,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def loss_fn(p, x, y):
         return fdl.losses.cross_entropy(model.apply(p, x), y)
 
-    opt = fdl.optim.sgd(lr=args.lr, momentum=args.momentum)
+    lr = args.lr
+    if args.lr_decay == "cosine":
+        lr = fdl.optim.schedules.CosineAnnealingLR(args.lr, T_max=args.epochs * steps_per_epoch)
+    opt = fdl.optim.sgd(lr=lr, momentum=args.momentum)
     opt_state = opt.init(params)
     step = fdl.privacy.make_dp_train_step(
         loss_fn,
@@ -147,7 +156,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print(
         f"n={n} q={q:.5f} steps/epoch={steps_per_epoch} padded batch={max_size} "
-        f"sigma={args.sigma} C={args.clip} lr={args.lr} momentum={args.momentum}",
+        f"sigma={args.sigma} C={args.clip} lr={args.lr} ({args.lr_decay} decay) "
+        f"momentum={args.momentum}",
         flush=True,
     )
     out = Path(args.out)

@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     model = initial_model(args.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    # the same cosine annealing as fdl's, stepped once per logical step (fdl's step count)
+    scheduler = None
+    if args.lr_decay == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=args.epochs * steps_fdl
+        )
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x_train, y_train),
         batch_size=args.batch_size,
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             losses.append(float(loss.detach()))
             total_steps += 1
             if total_steps == args.max_steps:
