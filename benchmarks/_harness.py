@@ -9,8 +9,11 @@ several repeats, and medians.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import json
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -151,3 +154,43 @@ def allocator_note() -> str:
 def threads_note() -> str:
     """The torch thread count and the allocator setting, to state beside every table."""
     return f"torch threads: {torch.get_num_threads()}; allocator: {allocator_note()}"
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0  # kB
+    raise KeyError(field)
+
+
+def peak_mem_child(fn: Callable[[], Any]) -> float:
+    """Peak resident-set growth (MB) over the set-up state while calling ``fn`` twice (Linux).
+
+    Run it in a fresh process per peer: the first call does the lazy initialisation,
+    then the peak (``VmHWM``) is reset to the current RSS and two more calls are made.
+    """
+    torch.set_num_threads(1)
+    fn()  # first call: lazy initialisation
+    gc.collect()
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    fn()
+    fn()
+    return _status_mb("VmHWM") - base
+
+
+def peak_mem(module: str, peer: str, batch: int, *, timeout: float = 900) -> float | None:
+    """``python -m <module> --mem PEER BATCH`` in a fresh process: its printed ``peak_mb``.
+
+    The child runs under glibc's default allocator policy (it never calls
+    ``fdl.allocator.keep_freed_memory()``): with freed memory kept, the first call's
+    memory would stay mapped and the peak would not grow. ``None`` if the child fails.
+    """
+    cmd = [sys.executable, "-m", module, "--mem", peer, str(batch)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+    except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
+        return None

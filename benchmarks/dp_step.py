@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 import fdl
-from benchmarks._harness import Result, format_table, result, threads_note
-from benchmarks.per_sample import _fdl_model, _peak_mem_child, _torch_model, measure_cpu
+from benchmarks._harness import (
+    Result,
+    format_table,
+    peak_mem,
+    peak_mem_child,
+    result,
+    threads_note,
+)
+from benchmarks.per_sample import _fdl_model, _torch_model, measure_cpu
 
 PEERS = [
     "fdl dp step",
@@ -137,15 +142,6 @@ def _make(peer: str, batch: int) -> Callable[[], Any]:
     return dp_step
 
 
-def _peak_mem(peer: str, batch: int) -> float | None:
-    cmd = [sys.executable, "-m", "benchmarks.dp_step", "--mem", peer, str(batch)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
-        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
-    except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
-        return None
-
-
 def run(quick: bool = False, memory: bool = True) -> list[Result]:
     """Time every peer at batch 64, 256 and 1024 (64 only if ``quick``), one thread, CPU time."""
     torch.manual_seed(0)
@@ -157,7 +153,7 @@ def run(quick: bool = False, memory: bool = True) -> list[Result]:
         repeats = 2 if quick else (3 if batch >= 1024 else 5)
         timings = {peer: measure_cpu(fn, warmup=2, repeats=repeats) for peer, fn in fns.items()}
         for peer in PEERS:
-            mem = _peak_mem(peer, batch) if memory else None
+            mem = peak_mem("benchmarks.dp_step", peer, batch) if memory else None
             note = f"peak RSS +{mem:.0f} MB" if mem is not None else ""
             extra = {"targets": _TARGETS.get(peer, [])}
             results.append(
@@ -167,7 +163,7 @@ def run(quick: bool = False, memory: bool = True) -> list[Result]:
 
 
 def _mem_child(peer: str, batch: int) -> float:
-    return _peak_mem_child(peer, batch, make=_make)
+    return peak_mem_child(_make(peer, batch))
 
 
 if __name__ == "__main__":

@@ -30,10 +30,7 @@ Run::
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import subprocess
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,7 +39,15 @@ from typing import Any
 import torch
 
 import fdl
-from benchmarks._harness import Result, Timing, format_table, result, threads_note
+from benchmarks._harness import (
+    Result,
+    Timing,
+    format_table,
+    peak_mem,
+    peak_mem_child,
+    result,
+    threads_note,
+)
 
 PEERS = [
     "batch gradient",
@@ -259,41 +264,6 @@ def measure_cpu(fn: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
     return Timing(times)
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return float(line.split()[1]) / 1024.0  # kB
-    raise KeyError(field)
-
-
-def _peak_mem_child(
-    peer: str, batch: int, make: Callable[[str, int], Callable[[], Any]] | None = None
-) -> float:
-    """Peak resident-set growth over the set-up state while calling the peer twice (Linux)."""
-    torch.set_num_threads(1)
-    fn = (make or _make)(peer, batch)
-    fn()  # first call: lazy initialisation
-    gc.collect()
-    base = _status_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
-    fn()
-    fn()
-    return _status_mb("VmHWM") - base
-
-
-def _peak_mem(peer: str, batch: int) -> float | None:
-    cmd = [sys.executable, "-m", "benchmarks.per_sample", "--mem", peer, str(batch)]
-    # glibc's default policy in the child (it does not keep freed memory): with freed memory
-    # kept (fdl/allocator.py) the first call's memory stays mapped and the peak would not grow
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
-    except (subprocess.SubprocessError, ValueError, KeyError, IndexError):
-        return None
-
-
 def run(quick: bool = False, memory: bool = True) -> list[Result]:
     """Time every peer at batch 64 (and 256 unless ``quick``), one thread, CPU time."""
     torch.manual_seed(0)
@@ -308,7 +278,7 @@ def run(quick: bool = False, memory: bool = True) -> list[Result]:
             repeats = 2 if quick else (3 if slow else 7)
             timings[peer] = measure_cpu(fn, warmup=1 if slow else 2, repeats=repeats)
         for peer in PEERS:
-            mem = _peak_mem(peer, batch) if memory else None
+            mem = peak_mem("benchmarks.per_sample", peer, batch, timeout=600) if memory else None
             note = f"peak RSS +{mem:.0f} MB" if mem is not None else ""
             extra = {"targets": _TARGETS.get(peer, [])}
             results.append(
@@ -361,7 +331,7 @@ if __name__ == "__main__":
     ap.add_argument("--mem", nargs=2, metavar=("PEER", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mem:
-        print(json.dumps({"peak_mb": _peak_mem_child(args.mem[0], int(args.mem[1]))}))
+        print(json.dumps({"peak_mb": peak_mem_child(_make(args.mem[0], int(args.mem[1])))}))
     else:
         res = run(quick=args.quick, memory=not args.no_memory)
         if args.sequences:

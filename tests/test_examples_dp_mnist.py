@@ -129,3 +129,18 @@ def test_the_control_starts_from_fdls_weights(
         torch.testing.assert_close(module(x), model.apply(params, x), rtol=1e-5, atol=1e-5)
     other = dp_mnist_opacus.initial_model(4)
     assert not torch.equal(other.conv1.weight, module.conv1.weight)
+
+
+@needs_mnist
+@pytest.mark.parametrize("script", ["dp_mnist", "dp_mnist_opacus"])
+def test_cosine_lr_decay_changes_the_run_and_only_after_the_first_step(
+    script: str, request: pytest.FixtureRequest, quick_runs: dict, tmp_path: Path
+) -> None:
+    example = request.getfixturevalue(script)
+    (constant,) = _without_time(_runs(example, quick_runs, tmp_path)[0])
+    decayed = example.main([*QUICK, "--lr-decay", "cosine", "--out", str(tmp_path / "cos.json")])
+    (cosine,) = _without_time(decayed)
+    # the same batches and noise; the smaller later rates give other weights
+    assert cosine["steps"] == constant["steps"]
+    assert cosine["train_loss"] != constant["train_loss"]
+    assert json.loads((tmp_path / "cos.json").read_text())["args"]["lr_decay"] == "cosine"
