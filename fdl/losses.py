@@ -59,11 +59,11 @@ def _reduce_weighted(loss: Tensor, weight: Tensor | None, reduction: str) -> Ten
     return _c.reduce(loss, reduction)
 
 
-def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:
-    if input.shape != target.shape:
+def _check_same_shape(name: str, input: Tensor, other: Tensor, arg: str = "target") -> None:
+    """``ValueError`` unless ``other`` (the argument called ``arg``) has ``input``'s shape."""
+    if other.shape != input.shape:
         raise ValueError(
-            f"{name}: target shape {tuple(target.shape)} must equal input shape "
-            f"{tuple(input.shape)}"
+            f"{name}: {arg} shape {tuple(other.shape)} must equal input shape {tuple(input.shape)}"
         )
 
 
@@ -71,15 +71,8 @@ def _elementwise_args(name: str, input: Tensor, target: Tensor, weight: Tensor |
     """The checks of the elementwise losses: tensors, equal shapes, a same-shape weight."""
     _c.check_tensors(name, input=input, target=target, weight=weight)
     _check_same_shape(name, input, target)
-    _check_weight_shape(name, input, weight)
-
-
-def _check_weight_shape(name: str, input: Tensor, weight: Tensor | None) -> None:
-    if weight is not None and weight.shape != input.shape:
-        raise ValueError(
-            f"{name}: weight shape {tuple(weight.shape)} must equal input shape "
-            f"{tuple(input.shape)}"
-        )
+    if weight is not None:
+        _check_same_shape(name, input, weight, "weight")
 
 
 # --------------------------------------------------------------------------- regression
