@@ -183,14 +183,25 @@ def multilabel_soft_margin_loss(
     return _c.reduce(loss, reduction)
 
 
-def _class_scores(name: str, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """``(N, C)`` scores and ``(N, ...)`` targets; 1-d (or 0-d) input is one sample."""
+def _reduce_per_sample(
+    name: str,
+    input: Tensor,
+    target: Tensor,
+    reduction: str,
+    per_sample: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """``per_sample(x, t)`` of ``(N, C)`` scores ``x`` and ``(N, ...)`` targets ``t``, reduced.
+
+    A 1-d (or 0-d) ``input`` is one sample: it is scored as ``(1, C)`` and its ``'none'``
+    loss is a scalar ``()``.
+    """
     if input.dim() > 2:
         raise ValueError(f"{name}: input must be (C,) or (N, C), got {tuple(input.shape)}")
     unbatched = input.dim() < 2
     if unbatched:
         input, target = input.reshape(1, -1), target.reshape(1, -1)  # (1, C)
-    return input, target, unbatched
+    loss = per_sample(input, target)  # (N,)
+    return _c.reduce(loss.reshape(()) if unbatched else loss, reduction)
 
 
 def multilabel_margin_loss(
@@ -231,21 +242,21 @@ def multilabel_margin_loss(
             f"{name}: target must be an integer tensor of input's shape {tuple(input.shape)}, "
             f"got {target.dtype} {tuple(target.shape)}"
         )
-    x, t, unbatched = _class_scores(name, input, target)
-    n, c = x.shape
-    if _c.any_true((t < -1) | (t >= c)):
-        raise ValueError(f"{name}: target values must be in [-1, {c - 1}]")
-    listed = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()  # (N, C): before the first -1
-    labels = torch.where(listed, t, 0)  # (N, C)
-    is_label = torch.zeros(n, c, dtype=torch.int64, device=x.device)
-    is_label = is_label.scatter_add(1, labels, listed.to(torch.int64)) > 0  # (N, C)
-    x_label = x.gather(1, labels)  # (N, C): the score of the j-th listed label
-    z = 1 - x_label[:, :, None] + x[:, None, :]  # (N, j, i)
-    keep = listed[:, :, None] & ~is_label[:, None, :] & (z > 0)  # (N, j, i)
-    loss = torch.where(keep, z, 0.0).sum((1, 2)) / c  # (N,)
-    if unbatched:
-        loss = loss.reshape(())
-    return _c.reduce(loss, reduction)
+
+    def hinges(x: Tensor, t: Tensor) -> Tensor:
+        n, c = x.shape
+        if _c.any_true((t < -1) | (t >= c)):
+            raise ValueError(f"{name}: target values must be in [-1, {c - 1}]")
+        listed = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()  # (N, C): before first -1
+        labels = torch.where(listed, t, 0)  # (N, C)
+        is_label = torch.zeros(n, c, dtype=torch.int64, device=x.device)
+        is_label = is_label.scatter_add(1, labels, listed.to(torch.int64)) > 0  # (N, C)
+        x_label = x.gather(1, labels)  # (N, C): the score of the j-th listed label
+        z = 1 - x_label[:, :, None] + x[:, None, :]  # (N, j, i)
+        keep = listed[:, :, None] & ~is_label[:, None, :] & (z > 0)  # (N, j, i)
+        return torch.where(keep, z, 0.0).sum((1, 2)) / c  # (N,)
+
+    return _reduce_per_sample(name, input, target, reduction, hinges)
 
 
 def multi_margin_loss(
@@ -290,21 +301,21 @@ def multi_margin_loss(
         raise ValueError(f"{name}: only p == 1 and p == 2 are supported, got {p!r}")
     if weight is not None and weight.dim() != 1:
         raise ValueError(f"{name}: weight must be one-dimensional, got {tuple(weight.shape)}")
-    x, t, unbatched = _class_scores(name, input, target)
-    n, c = x.shape
-    t = t.reshape(n)
-    if _c.any_true((t < 0) | (t >= c)):
-        raise ValueError(f"{name}: target values must be in [0, {c - 1}]")
-    x_true = x.gather(1, t[:, None])  # (N, 1)
-    z = margin - x_true + x  # (N, C)
-    not_true = torch.arange(c, device=x.device)[None, :] != t[:, None]  # (N, C)
-    h = torch.where(not_true & (z > 0), z if p == 1 else z * z, 0.0)
-    if weight is not None:
-        h = h * weight[t][:, None]
-    loss = h.sum(1) / c  # (N,)
-    if unbatched:
-        loss = loss.reshape(())
-    return _c.reduce(loss, reduction)
+
+    def hinges(x: Tensor, t: Tensor) -> Tensor:
+        n, c = x.shape
+        t = t.reshape(n)
+        if _c.any_true((t < 0) | (t >= c)):
+            raise ValueError(f"{name}: target values must be in [0, {c - 1}]")
+        x_true = x.gather(1, t[:, None])  # (N, 1)
+        z = margin - x_true + x  # (N, C)
+        not_true = torch.arange(c, device=x.device)[None, :] != t[:, None]  # (N, C)
+        h = torch.where(not_true & (z > 0), z if p == 1 else z * z, 0.0)
+        if weight is not None:
+            h = h * weight[t][:, None]
+        return h.sum(1) / c  # (N,)
+
+    return _reduce_per_sample(name, input, target, reduction, hinges)
 
 
 _COSINE_EPS = 1e-12
@@ -375,6 +386,26 @@ def _check_triplet(name: str, anchor: Tensor, positive: Tensor, negative: Tensor
         )
 
 
+def _triplet_hinge(
+    dist: Callable[[Tensor, Tensor], Tensor],
+    anchor: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float,
+    swap: bool,
+    reduction: str,
+) -> Tensor:
+    """``max(0, margin + dist(a, p) - dist(a, n))``, reduced.
+
+    With ``swap``, ``dist(a, n)`` becomes ``min(dist(a, n), dist(p, n))``.
+    """
+    d_pos = dist(anchor, positive)
+    d_neg = dist(anchor, negative)
+    if swap:
+        d_neg = torch.minimum(d_neg, dist(positive, negative))
+    return _c.reduce((margin + d_pos - d_neg).clamp_min(0), reduction)
+
+
 def triplet_margin_with_distance_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -413,11 +444,7 @@ def triplet_margin_with_distance_loss(
     _check_triplet(name, anchor, positive, negative, margin)
     reduction = _c.reduction_of(name, reduction)
     dist = pairwise_distance if distance_function is None else distance_function
-    d_pos = dist(anchor, positive)
-    d_neg = dist(anchor, negative)
-    if swap:
-        d_neg = torch.minimum(d_neg, dist(positive, negative))
-    return _c.reduce((margin + d_pos - d_neg).clamp_min(0), reduction)
+    return _triplet_hinge(dist, anchor, positive, negative, margin, swap, reduction)
 
 
 def triplet_margin_loss(
@@ -465,8 +492,4 @@ def triplet_margin_loss(
     def dist(x1: Tensor, x2: Tensor) -> Tensor:
         return pairwise_distance(x1, x2, p, eps)
 
-    d_pos = dist(anchor, positive)
-    d_neg = dist(anchor, negative)
-    if swap:
-        d_neg = torch.minimum(d_neg, dist(positive, negative))
-    return _c.reduce((margin + d_pos - d_neg).clamp_min(0), reduction)
+    return _triplet_hinge(dist, anchor, positive, negative, margin, swap, reduction)

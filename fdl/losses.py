@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from fdl import _eager
 from fdl import _loss_common as _c
 from fdl.nn.functional import log_softmax, logsigmoid
 
@@ -60,11 +59,11 @@ def _reduce_weighted(loss: Tensor, weight: Tensor | None, reduction: str) -> Ten
     return _c.reduce(loss, reduction)
 
 
-def _check_same_shape(name: str, input: Tensor, target: Tensor) -> None:
-    if input.shape != target.shape:
+def _check_same_shape(name: str, input: Tensor, other: Tensor, arg: str = "target") -> None:
+    """``ValueError`` unless ``other`` (the argument called ``arg``) has ``input``'s shape."""
+    if other.shape != input.shape:
         raise ValueError(
-            f"{name}: target shape {tuple(target.shape)} must equal input shape "
-            f"{tuple(input.shape)}"
+            f"{name}: {arg} shape {tuple(other.shape)} must equal input shape {tuple(input.shape)}"
         )
 
 
@@ -72,29 +71,8 @@ def _elementwise_args(name: str, input: Tensor, target: Tensor, weight: Tensor |
     """The checks of the elementwise losses: tensors, equal shapes, a same-shape weight."""
     _c.check_tensors(name, input=input, target=target, weight=weight)
     _check_same_shape(name, input, target)
-    _check_weight_shape(name, input, weight)
-
-
-def _check_weight_shape(name: str, input: Tensor, weight: Tensor | None) -> None:
-    if weight is not None and weight.shape != input.shape:
-        raise ValueError(
-            f"{name}: weight shape {tuple(weight.shape)} must equal input shape "
-            f"{tuple(input.shape)}"
-        )
-
-
-def _any_true(cond: Tensor) -> bool:
-    """Whether any element of ``cond`` is true, where that is knowable without tracing.
-
-    Returns ``False`` (check skipped) inside ``torch.compile``, ``vmap`` and on
-    the meta device, where a tensor's values cannot be inspected.
-    """
-    if not _eager.validating():
-        return False
-    try:
-        return bool(cond.any())
-    except (RuntimeError, NotImplementedError):
-        return False
+    if weight is not None:
+        _check_same_shape(name, input, weight, "weight")
 
 
 # --------------------------------------------------------------------------- regression
@@ -328,7 +306,7 @@ def binary_cross_entropy(
     if weight is not None:
         _check_broadcast_weight(name, input, weight, "weight")
     for arg, value in (("input", input), ("target", target)):
-        if _any_true(~((value >= 0) & (value <= 1))):  # NaN fails too, as in torch
+        if _c.any_true(~((value >= 0) & (value <= 1))):  # NaN fails too, as in torch
             raise ValueError(f"{name}: every element of {arg} must be in [0, 1]")
     loss = _BinaryCrossEntropy.apply(input, target)
     if weight is not None:
@@ -427,7 +405,7 @@ def _check_index_target(
     if unbatched:
         target = target.unsqueeze(0)
     c = input.shape[1]
-    if _any_true(((target < 0) | (target >= c)) & (target != ignore_index)):
+    if _c.any_true(((target < 0) | (target >= c)) & (target != ignore_index)):
         raise ValueError(
             f"{name}: target class indices must be in [0, {c}) (or equal ignore_index="
             f"{ignore_index}); got values from {int(target.min())} to {int(target.max())}"
