@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from fdl import _eager
+
 Tensor = torch.Tensor
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -68,7 +70,7 @@ def any_true(cond: Tensor) -> bool:
     ``False`` (the check is skipped) inside ``torch.compile``, ``vmap`` and on the meta
     device, where values cannot be inspected.
     """
-    if torch.compiler.is_compiling():
+    if not _eager.validating():
         return False
     try:
         return bool(cond.any())
