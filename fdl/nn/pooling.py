@@ -53,6 +53,13 @@ class _MaxPool(_Pool):
     ceil_mode: bool = False
 
 
+class _AvgPool(_Pool):
+    """Fields shared by :class:`AvgPool1d` and :class:`AvgPool2d`."""
+
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+
 class MaxPool1d(_MaxPool, fn=_F.max_pool1d):
     """Max over windows of ``(N, C, L)``, as ``torch.nn.MaxPool1d``.
 
@@ -95,7 +102,7 @@ class MaxPool2d(_MaxPool, fn=_F.max_pool2d):
     _n: ClassVar[int] = 2
 
 
-class AvgPool1d(_Pool, fn=_F.avg_pool1d):
+class AvgPool1d(_AvgPool, fn=_F.avg_pool1d):
     """Mean over windows of ``(N, C, L)``, as ``torch.nn.AvgPool1d``.
 
     ``L_out = floor((L + 2 padding - kernel_size) / stride + 1)``; with
@@ -114,11 +121,8 @@ class AvgPool1d(_Pool, fn=_F.avg_pool1d):
 
     _n: ClassVar[int] = 1
 
-    ceil_mode: bool = False
-    count_include_pad: bool = True
 
-
-class AvgPool2d(_Pool, fn=_F.avg_pool2d):
+class AvgPool2d(_AvgPool, fn=_F.avg_pool2d):
     """Mean over windows of ``(N, C, H, W)``, as ``torch.nn.AvgPool2d``.
 
     ``H_out = floor((H + 2 padding[0] - kH) / stride[0] + 1)``; the divisor is the
@@ -138,8 +142,6 @@ class AvgPool2d(_Pool, fn=_F.avg_pool2d):
 
     _n: ClassVar[int] = 2
 
-    ceil_mode: bool = False
-    count_include_pad: bool = True
     divisor_override: int | None = None
 
     def _check_fields(self) -> None:
