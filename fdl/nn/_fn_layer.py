@@ -1,15 +1,18 @@
 """``_FnLayer``: the base of the parameter-free layers whose ``apply`` is one functional call.
 
-The activations, the pools of :mod:`fdl.nn.pooling_nd`, the shuffles and the resampling
-layers are each a name for one function of :mod:`fdl.nn.functional` with its keyword
-arguments fixed at construction. The subclass names the function with a class keyword
-and declares those arguments as its fields, under the function's own argument names::
+The activations, the pools, the shuffles and the resampling layers are each a name for one
+function of :mod:`fdl.nn.functional` with its keyword arguments fixed at construction. The
+subclass names the function with a class keyword and declares those arguments as its
+fields, under the function's own argument names::
 
     class Softplus(_FnLayer, fn=_F.softplus):
         beta: float = 1.0
         threshold: float = 20.0
 
     Softplus(2.0).apply({}, x) == _F.softplus(x, beta=2.0, threshold=20.0)
+
+Layers whose call takes more than the input (the unpools' ``indices``, the keyed dropouts'
+``key``) override ``apply`` and pass :meth:`_FnLayer._kwargs` on.
 """
 
 from __future__ import annotations
