@@ -11,61 +11,39 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-
 from fdl.nn import _functional_feature_dropout as _F
 from fdl.nn._base import OptKey, Params, Tensor
+from fdl.nn._fn_layer import _FnLayer
 from fdl.nn.dropout import _DropoutRate
 
 __all__ = ["AlphaDropout", "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout"]
 
 
-class _KeyedDropout(_DropoutRate):
-    """The keyed dropout layers' apply; ``fn`` is the functional form (fields: ``_DropoutRate``)."""
-
-    fn: ClassVar[Callable[..., torch.Tensor]]
+class _KeyedDropout(_DropoutRate, _FnLayer):
+    """The keyed dropout layers' apply; ``fn`` (a class keyword) is the functional form."""
 
     def apply(
         self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
     ) -> Tensor:
         """Same shape in and out; ``key`` required when ``train=True`` and ``0 < p < 1``."""
-        return type(self).fn(x, self.p, train, key=key)
+        return self._fn(x, **self._kwargs(), training=train, key=key)
 
 
-@dataclass(frozen=True)
-class Dropout1d(_KeyedDropout):
+class Dropout1d(_KeyedDropout, fn=_F.dropout1d):
     """Zero whole channels of ``(N, C, L)`` / ``(C, L)`` with probability ``p``."""
 
-    fn = staticmethod(_F.dropout1d)
 
-
-@dataclass(frozen=True)
-class Dropout2d(_KeyedDropout):
+class Dropout2d(_KeyedDropout, fn=_F.dropout2d):
     """Zero whole channels of ``(N, C, H, W)`` / ``(C, H, W)`` with probability ``p``."""
 
-    fn = staticmethod(_F.dropout2d)
 
-
-@dataclass(frozen=True)
-class Dropout3d(_KeyedDropout):
+class Dropout3d(_KeyedDropout, fn=_F.dropout3d):
     """Zero whole channels of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` with probability ``p``."""
 
-    fn = staticmethod(_F.dropout3d)
 
-
-@dataclass(frozen=True)
-class AlphaDropout(_KeyedDropout):
+class AlphaDropout(_KeyedDropout, fn=_F.alpha_dropout):
     """Alpha dropout (keeps SELU's mean and variance), one draw per element."""
 
-    fn = staticmethod(_F.alpha_dropout)
 
-
-@dataclass(frozen=True)
-class FeatureAlphaDropout(_KeyedDropout):
+class FeatureAlphaDropout(_KeyedDropout, fn=_F.feature_alpha_dropout):
     """Alpha dropout with one draw per channel of ``(N, C, *)``."""
-
-    fn = staticmethod(_F.feature_alpha_dropout)

@@ -15,64 +15,45 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import field
+from typing import Any
 
 import torch
 
 from fdl.nn import _functional_fractional_pool as _F
-from fdl.nn._base import Layer, OptKey, Params, Tensor
+from fdl.nn._base import OptKey, Params, Tensor
+from fdl.nn._fn_layer import _FnLayer
 
 __all__ = ["FractionalMaxPool2d", "FractionalMaxPool3d"]
 
 
-class _FractionalMaxPool(Layer):
-    """Shared fields, checks and apply; ``n`` is the number of spatial dimensions."""
+class _FractionalMaxPool(_FnLayer):
+    """Shared fields, checks and apply (``fn``: the functional of their dimension)."""
 
-    n: ClassVar[int] = 0
     kernel_size: int | Sequence[int]
     output_size: int | Sequence[int] | None = None
     output_ratio: float | Sequence[float] | None = None
     return_indices: bool = False
     _random_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         name = type(self).__name__
         if (self.output_size is None) == (self.output_ratio is None):
             raise ValueError(f"{name}: give exactly one of output_size and output_ratio")
         if self.output_ratio is not None:
             r = self.output_ratio
-            ratios = (r,) * self.n if isinstance(r, (int, float)) else tuple(r)
+            ratios = (r,) if isinstance(r, (int, float)) else tuple(r)
             if not all(0 < v < 1 for v in ratios):
                 raise ValueError(f"{name}: output_ratio must be in (0, 1), got {r}")
-        for f in ("kernel_size", "output_size", "output_ratio"):
-            v = getattr(self, f)
-            if isinstance(v, list):
-                object.__setattr__(self, f, tuple(v))
 
     def apply(self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False) -> Any:
         """``(N, C, *spatial) -> (N, C, *out)`` (or ``(values, indices)``); ``key`` required."""
-        pool = _F.fractional_max_pool2d if self.n == 2 else _F.fractional_max_pool3d
-        return pool(
-            x,
-            self.kernel_size,
-            self.output_size,
-            self.output_ratio,
-            self.return_indices,
-            self._random_samples,
-            key=key,
-        )
+        return self._fn(x, **self._kwargs(), key=key)
 
 
-@dataclass(frozen=True)
-class FractionalMaxPool2d(_FractionalMaxPool):
+class FractionalMaxPool2d(_FractionalMaxPool, fn=_F.fractional_max_pool2d):
     """Fractional max pooling of ``(N, C, H, W)`` / ``(C, H, W)``."""
 
-    n: ClassVar[int] = 2
 
-
-@dataclass(frozen=True)
-class FractionalMaxPool3d(_FractionalMaxPool):
+class FractionalMaxPool3d(_FractionalMaxPool, fn=_F.fractional_max_pool3d):
     """Fractional max pooling of ``(N, C, D, H, W)`` / ``(C, D, H, W)``."""
-
-    n: ClassVar[int] = 3

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from fdl.nn import _functional_norms as _F
-from fdl.nn.piecewise_activations import _Pointwise
+from fdl.nn._fn_layer import _FnLayer
 
 __all__ = ["CrossMapLRN2d", "LocalResponseNorm"]
 
 
-@dataclass(frozen=True)
-class LocalResponseNorm(_Pointwise):
+class LocalResponseNorm(_FnLayer, fn=_F.local_response_norm):
     """``y = x / (k + alpha / size * sum of x**2 over size channels) ** beta``; ``(N, C, *)``.
 
     See :func:`fdl.nn.functional.local_response_norm` for the window.
@@ -28,9 +25,6 @@ class LocalResponseNorm(_Pointwise):
     alpha: float = 1e-4
     beta: float = 0.75
     k: float = 1.0
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
 
 
 def _cross_map_window(channels: int, size: int) -> torch.Tensor:
@@ -53,8 +47,7 @@ def _cross_map_window(channels: int, size: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 
 
-@dataclass(frozen=True)
-class CrossMapLRN2d(_Pointwise):
+class CrossMapLRN2d(_FnLayer):
     """torch's legacy cross-channel LRN of ``(N, C, H, W)``.
 
     ``y = x * (k + alpha / size * s) ** -beta``,

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -42,11 +41,23 @@ __all__ = [
 
 
 class _Pad(Layer):
-    """Shared ``apply``: ``pad(x, padding, mode, value)``, with torch's rank check."""
+    """Shared ``apply``: ``pad(x, padding, mode, value)``, with torch's rank check.
+
+    ``dims`` (the padded trailing dimensions) and ``mode`` are class keywords.
+    """
 
     dims: ClassVar[int]
     mode: ClassVar[str]
     padding: Any
+
+    def __init_subclass__(
+        cls, dims: int | None = None, mode: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if dims is not None:
+            cls.dims = dims
+        if mode is not None:
+            cls.mode = mode
 
     def _pads(self) -> tuple[int, ...]:
         p = self.padding
@@ -60,11 +71,8 @@ class _Pad(Layer):
             f"got {p!r}"
         )
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         self._pads()
-
-    def _value(self) -> float | None:
-        return None
 
     def param_shapes(self) -> Params:
         """``{}``: no parameters."""
@@ -83,148 +91,83 @@ class _Pad(Layer):
                 f"{name}: expected a {self.dims + 1}-d or {self.dims + 2}-d input, "
                 f"got {tuple(x.shape)}"
             )
-        return _F.pad(x, self._pads(), self.mode, self._value())
+        value = getattr(self, "value", None)  # ConstantPad's fill; None (zeros) for the others
+        return _F.pad(x, self._pads(), self.mode, value)
 
 
-class _ConstantPad(_Pad):
-    mode = "constant"
-    value: float
-
-    def _value(self) -> float | None:
-        return self.value
+class _Pad1d(_Pad, dims=1):
+    padding: int | tuple[int, int]
 
 
-@dataclass(frozen=True)
-class ConstantPad1d(_ConstantPad):
+class _Pad2d(_Pad, dims=2):
+    padding: int | tuple[int, int, int, int]
+
+
+class _Pad3d(_Pad, dims=3):
+    padding: int | tuple[int, int, int, int, int, int]
+
+
+class ConstantPad1d(_Pad1d, mode="constant"):
     """Pad the last dimension with ``value``; ``padding`` int or ``(left, right)``."""
 
-    padding: int | tuple[int, int]
     value: float
-    dims = 1
 
 
-@dataclass(frozen=True)
-class ConstantPad2d(_ConstantPad):
+class ConstantPad2d(_Pad2d, mode="constant"):
     """Pad the last 2 dimensions with ``value``; ``(left, right, top, bottom)``."""
 
-    padding: int | tuple[int, int, int, int]
     value: float
-    dims = 2
 
 
-@dataclass(frozen=True)
-class ConstantPad3d(_ConstantPad):
+class ConstantPad3d(_Pad3d, mode="constant"):
     """Pad the last 3 dimensions with ``value``; ``(left, right, top, bottom, front, back)``."""
 
-    padding: int | tuple[int, int, int, int, int, int]
     value: float
-    dims = 3
 
 
-class _ZeroPad(_Pad):
-    mode = "constant"
-
-
-@dataclass(frozen=True)
-class ZeroPad1d(_ZeroPad):
+class ZeroPad1d(_Pad1d, mode="constant"):
     """Pad the last dimension with zeros."""
 
-    padding: int | tuple[int, int]
-    dims = 1
 
-
-@dataclass(frozen=True)
-class ZeroPad2d(_ZeroPad):
+class ZeroPad2d(_Pad2d, mode="constant"):
     """Pad the last 2 dimensions with zeros."""
 
-    padding: int | tuple[int, int, int, int]
-    dims = 2
 
-
-@dataclass(frozen=True)
-class ZeroPad3d(_ZeroPad):
+class ZeroPad3d(_Pad3d, mode="constant"):
     """Pad the last 3 dimensions with zeros."""
 
-    padding: int | tuple[int, int, int, int, int, int]
-    dims = 3
 
-
-@dataclass(frozen=True)
-class ReflectionPad1d(_Pad):
+class ReflectionPad1d(_Pad1d, mode="reflect"):
     """Reflect at the edges of the last dimension (edge not repeated; pads < size)."""
 
-    padding: int | tuple[int, int]
-    dims = 1
-    mode = "reflect"
 
-
-@dataclass(frozen=True)
-class ReflectionPad2d(_Pad):
+class ReflectionPad2d(_Pad2d, mode="reflect"):
     """Reflect at the edges of the last 2 dimensions."""
 
-    padding: int | tuple[int, int, int, int]
-    dims = 2
-    mode = "reflect"
 
-
-@dataclass(frozen=True)
-class ReflectionPad3d(_Pad):
+class ReflectionPad3d(_Pad3d, mode="reflect"):
     """Reflect at the edges of the last 3 dimensions."""
 
-    padding: int | tuple[int, int, int, int, int, int]
-    dims = 3
-    mode = "reflect"
 
-
-@dataclass(frozen=True)
-class ReplicationPad1d(_Pad):
+class ReplicationPad1d(_Pad1d, mode="replicate"):
     """Repeat the edge values of the last dimension."""
 
-    padding: int | tuple[int, int]
-    dims = 1
-    mode = "replicate"
 
-
-@dataclass(frozen=True)
-class ReplicationPad2d(_Pad):
+class ReplicationPad2d(_Pad2d, mode="replicate"):
     """Repeat the edge values of the last 2 dimensions."""
 
-    padding: int | tuple[int, int, int, int]
-    dims = 2
-    mode = "replicate"
 
-
-@dataclass(frozen=True)
-class ReplicationPad3d(_Pad):
+class ReplicationPad3d(_Pad3d, mode="replicate"):
     """Repeat the edge values of the last 3 dimensions."""
 
-    padding: int | tuple[int, int, int, int, int, int]
-    dims = 3
-    mode = "replicate"
 
-
-@dataclass(frozen=True)
-class CircularPad1d(_Pad):
+class CircularPad1d(_Pad1d, mode="circular"):
     """Wrap the last dimension around (pads <= size)."""
 
-    padding: int | tuple[int, int]
-    dims = 1
-    mode = "circular"
 
-
-@dataclass(frozen=True)
-class CircularPad2d(_Pad):
+class CircularPad2d(_Pad2d, mode="circular"):
     """Wrap the last 2 dimensions around."""
 
-    padding: int | tuple[int, int, int, int]
-    dims = 2
-    mode = "circular"
 
-
-@dataclass(frozen=True)
-class CircularPad3d(_Pad):
+class CircularPad3d(_Pad3d, mode="circular"):
     """Wrap the last 3 dimensions around."""
-
-    padding: int | tuple[int, int, int, int, int, int]
-    dims = 3
-    mode = "circular"

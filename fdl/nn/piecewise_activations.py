@@ -22,6 +22,7 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_piecewise as _F
 from fdl.nn._base import Layer, OptKey, Params, Tensor
+from fdl.nn._fn_layer import _FnLayer
 
 __all__ = [
     "Hardshrink",
@@ -36,105 +37,55 @@ __all__ = [
 ]
 
 
-class _Pointwise(Layer):
-    """Shared ``apply`` of the parameter-free activation layers: ``y = f(x)``."""
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def apply(
-        self, params: Params, x: torch.Tensor, *, key: Any = None, train: bool = False
-    ) -> torch.Tensor:
-        """``y = f(x)``; any input shape (see the class for its own constraints).
-
-        Args:
-            params: ``{}`` (what ``init`` returns).
-            x: the input.
-            key: unused.
-            train: unused.
-
-        Returns:
-            The activation's output.
-        """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: expected a tensor input, got {type(x)}")
-        return self._forward(x)
-
-
-@dataclass(frozen=True)
-class Hardtanh(_Pointwise):
+class Hardtanh(_FnLayer, fn=_F.hardtanh):
     """``y = clamp(x, min_val, max_val)``; see :func:`fdl.nn.functional.hardtanh`."""
 
     min_val: float = -1.0
     max_val: float = 1.0
     inplace: bool = False
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         if self.max_val <= self.min_val:
             raise ValueError(
                 f"Hardtanh: max_val ({self.max_val}) must be greater than min_val ({self.min_val})"
             )
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.hardtanh(x, self.min_val, self.max_val)
 
-
-@dataclass(frozen=True)
-class ReLU6(_Pointwise):
+class ReLU6(_FnLayer, fn=_F.relu6):
     """``y = clamp(x, 0, 6)``; see :func:`fdl.nn.functional.relu6`."""
 
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.relu6(x)
 
-
-@dataclass(frozen=True)
-class Hardsigmoid(_Pointwise):
+class Hardsigmoid(_FnLayer, fn=_F.hardsigmoid):
     """``y = clamp(x / 6 + 1/2, 0, 1)``; see :func:`fdl.nn.functional.hardsigmoid`."""
 
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.hardsigmoid(x)
 
-
-@dataclass(frozen=True)
-class Hardswish(_Pointwise):
+class Hardswish(_FnLayer, fn=_F.hardswish):
     """``y = x * hardsigmoid(x)``; see :func:`fdl.nn.functional.hardswish`."""
 
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.hardswish(x)
 
-
-@dataclass(frozen=True)
-class Hardshrink(_Pointwise):
+class Hardshrink(_FnLayer, fn=_F.hardshrink):
     """``y = x`` where ``|x| > lambd``, else 0; see :func:`fdl.nn.functional.hardshrink`."""
 
     lambd: float = 0.5
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.hardshrink(x, self.lambd)
 
-
-@dataclass(frozen=True)
-class Softshrink(_Pointwise):
+class Softshrink(_FnLayer, fn=_F.softshrink):
     """``y = sign(x) * max(|x| - lambd, 0)``; see :func:`fdl.nn.functional.softshrink`."""
 
     lambd: float = 0.5
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         if self.lambd < 0:
             raise ValueError(f"Softshrink: lambd must be >= 0, got {self.lambd}")
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.softshrink(x, self.lambd)
 
-
-@dataclass(frozen=True)
-class Threshold(_Pointwise):
+class Threshold(_FnLayer, fn=_F.threshold):
     """``y = x`` where ``x > threshold``, else ``value``; see :func:`fdl.nn.functional.threshold`.
 
     Example:
@@ -146,9 +97,6 @@ class Threshold(_Pointwise):
     threshold: float
     value: float
     inplace: bool = False
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.threshold(x, self.threshold, self.value)
 
 
 @dataclass(frozen=True)
@@ -206,7 +154,6 @@ class PReLU(Layer):
         return _F.prelu(x, params["weight"])
 
 
-@dataclass(frozen=True)
 class RReLU(Layer):
     """Randomised leaky ReLU, as ``torch.nn.RReLU``.
 
@@ -232,7 +179,7 @@ class RReLU(Layer):
     upper: float = 1.0 / 3
     inplace: bool = False
 
-    def __post_init__(self) -> None:
+    def _check_fields(self) -> None:
         if not 0 <= self.lower <= self.upper:
             raise ValueError(f"RReLU: needs 0 <= lower <= upper, got {self.lower}, {self.upper}")
 

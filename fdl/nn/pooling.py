@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from fdl.nn import _functional_layers as _F
 from fdl.nn._base import Layer, OptKey, Params, Tensor, field
+from fdl.nn._fn_layer import _FnLayer
 from fdl.nn._layer_utils import check_input, int_tuple
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "MaxPool1d", "MaxPool2d"]
@@ -13,11 +14,12 @@ __all__ = ["AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "MaxPool1d", "MaxPool2
 _Size = tuple[int, ...]
 
 
-class _Pool(Layer):
-    """The window fields and checks shared by the pooling layers (``_n`` spatial dims).
+class _Pool(_FnLayer):
+    """The window fields, checks and ``apply`` shared by the pooling layers (``_n`` spatial dims).
 
     ``stride=None`` (the default) becomes ``kernel_size``; every window argument is
-    stored as a tuple of ``_n`` ints.
+    stored as a tuple of ``_n`` ints. ``apply`` checks the input's rank, then calls ``fn``
+    (a class keyword) with the fields by name.
     """
 
     _n: ClassVar[int] = 2
@@ -35,27 +37,30 @@ class _Pool(Layer):
                     f"got padding={self.padding}, kernel_size={self.kernel_size}"
                 )
 
-    def _check_input(self, x: Tensor) -> None:
+    def apply(self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False) -> Any:
+        """``(N, C, *spatial) -> (N, C, *spatial_out)``; max pools with ``return_indices``
+        return ``(values, indices)``."""
         spatial = "L" if self._n == 1 else "H, W"
         check_input(self, x, (self._n + 1, self._n + 2), f"(N, C, {spatial}) or (C, {spatial})")
+        return self._forward(x)
 
 
 class _MaxPool(_Pool):
-    """Fields and ``apply`` shared by :class:`MaxPool1d` and :class:`MaxPool2d`."""
+    """Fields shared by :class:`MaxPool1d` and :class:`MaxPool2d`."""
 
     dilation: _Size = field(default=1, converter=int_tuple())
     return_indices: bool = False
     ceil_mode: bool = False
 
-    def apply(self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False) -> Any:
-        """``(N, C, *spatial) -> (N, C, *spatial_out)``, or ``(values, indices)``."""
-        self._check_input(x)
-        pool = _F.max_pool1d if self._n == 1 else _F.max_pool2d
-        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        return pool(x, k, s, p, d, self.ceil_mode, self.return_indices)
+
+class _AvgPool(_Pool):
+    """Fields shared by :class:`AvgPool1d` and :class:`AvgPool2d`."""
+
+    ceil_mode: bool = False
+    count_include_pad: bool = True
 
 
-class MaxPool1d(_MaxPool):
+class MaxPool1d(_MaxPool, fn=_F.max_pool1d):
     """Max over windows of ``(N, C, L)``, as ``torch.nn.MaxPool1d``.
 
     ``L_out = floor((L + 2 padding - dilation (kernel_size - 1) - 1) / stride + 1)``
@@ -76,7 +81,7 @@ class MaxPool1d(_MaxPool):
     _n: ClassVar[int] = 1
 
 
-class MaxPool2d(_MaxPool):
+class MaxPool2d(_MaxPool, fn=_F.max_pool2d):
     """Max over windows of ``(N, C, H, W)``, as ``torch.nn.MaxPool2d``.
 
     ``H_out = floor((H + 2 padding[0] - dilation[0] (kH - 1) - 1) / stride[0] + 1)``
@@ -97,7 +102,7 @@ class MaxPool2d(_MaxPool):
     _n: ClassVar[int] = 2
 
 
-class AvgPool1d(_Pool):
+class AvgPool1d(_AvgPool, fn=_F.avg_pool1d):
     """Mean over windows of ``(N, C, L)``, as ``torch.nn.AvgPool1d``.
 
     ``L_out = floor((L + 2 padding - kernel_size) / stride + 1)``; with
@@ -116,19 +121,8 @@ class AvgPool1d(_Pool):
 
     _n: ClassVar[int] = 1
 
-    ceil_mode: bool = False
-    count_include_pad: bool = True
 
-    def apply(
-        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
-    ) -> Tensor:
-        """``(N, C, L) -> (N, C, L_out)``."""
-        self._check_input(x)
-        k, s, p = self.kernel_size, self.stride, self.padding
-        return _F.avg_pool1d(x, k, s, p, self.ceil_mode, self.count_include_pad)
-
-
-class AvgPool2d(_Pool):
+class AvgPool2d(_AvgPool, fn=_F.avg_pool2d):
     """Mean over windows of ``(N, C, H, W)``, as ``torch.nn.AvgPool2d``.
 
     ``H_out = floor((H + 2 padding[0] - kH) / stride[0] + 1)``; the divisor is the
@@ -148,23 +142,12 @@ class AvgPool2d(_Pool):
 
     _n: ClassVar[int] = 2
 
-    ceil_mode: bool = False
-    count_include_pad: bool = True
     divisor_override: int | None = None
 
     def _check_fields(self) -> None:
         super()._check_fields()
         if self.divisor_override is not None and self.divisor_override == 0:
             raise ValueError("AvgPool2d: divisor_override must be non-zero")
-
-    def apply(
-        self, params: Params, x: Tensor, *, key: OptKey = None, train: bool = False
-    ) -> Tensor:
-        """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        self._check_input(x)
-        k, s, p = self.kernel_size, self.stride, self.padding
-        divisor = self.divisor_override
-        return _F.avg_pool2d(x, k, s, p, self.ceil_mode, self.count_include_pad, divisor)
 
 
 def _output_size(value: Any, layer: Layer) -> Any:

@@ -14,14 +14,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from fdl.nn import _functional_pooling_nd as _F
-from fdl.nn._base import Layer, Params
-from fdl.nn.piecewise_activations import _Pointwise
+from fdl.nn._base import Params
+from fdl.nn._fn_layer import _FnLayer
 
 __all__ = [
     "AdaptiveAvgPool1d",
@@ -44,15 +43,7 @@ __all__ = [
 _Size = int | Sequence[int]
 
 
-def _hashable(layer: Any, *fields: str) -> None:
-    for f in fields:
-        v = getattr(layer, f)
-        if isinstance(v, list):
-            object.__setattr__(layer, f, tuple(v))
-
-
-@dataclass(frozen=True)
-class MaxPool3d(_Pointwise):
+class MaxPool3d(_FnLayer, fn=_F.max_pool3d):
     """Max over 3-d windows of ``(N, C, D, H, W)`` / ``(C, D, H, W)``; ``return_indices``
     gives ``(values, indices)``."""
 
@@ -63,23 +54,8 @@ class MaxPool3d(_Pointwise):
     return_indices: bool = False
     ceil_mode: bool = False
 
-    def __post_init__(self) -> None:
-        _hashable(self, "kernel_size", "stride", "padding", "dilation")
 
-    def _forward(self, x: torch.Tensor) -> Any:
-        return _F.max_pool3d(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.ceil_mode,
-            self.return_indices,
-        )
-
-
-@dataclass(frozen=True)
-class AvgPool3d(_Pointwise):
+class AvgPool3d(_FnLayer, fn=_F.avg_pool3d):
     """Mean over 3-d windows, with ``ceil_mode``, ``count_include_pad``, ``divisor_override``."""
 
     kernel_size: _Size
@@ -89,132 +65,70 @@ class AvgPool3d(_Pointwise):
     count_include_pad: bool = True
     divisor_override: int | None = None
 
-    def __post_init__(self) -> None:
-        _hashable(self, "kernel_size", "stride", "padding")
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.avg_pool3d(
-            x,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            self.count_include_pad,
-            self.divisor_override,
-        )
+class _AdaptivePool(_FnLayer):
+    """The field of the adaptive pools: the output's spatial size."""
+
+    output_size: Any
 
 
-@dataclass(frozen=True)
-class AdaptiveAvgPool1d(_Pointwise):
+class _AdaptiveMaxPool(_AdaptivePool):
+    """The fields of the adaptive max pools; ``return_indices`` as torch."""
+
+    return_indices: bool = False
+
+
+class AdaptiveAvgPool1d(_AdaptivePool, fn=_F.adaptive_avg_pool1d):
     """Mean over ``output_size`` adaptive windows of ``(N, C, L)`` / ``(C, L)``."""
 
     output_size: int
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.adaptive_avg_pool1d(x, self.output_size)
 
-
-@dataclass(frozen=True)
-class AdaptiveAvgPool3d(_Pointwise):
+class AdaptiveAvgPool3d(_AdaptivePool, fn=_F.adaptive_avg_pool3d):
     """Mean over adaptive windows of ``(N, C, D, H, W)`` / ``(C, D, H, W)``."""
 
-    output_size: Any
 
-    def __post_init__(self) -> None:
-        _hashable(self, "output_size")
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.adaptive_avg_pool3d(x, self.output_size)
-
-
-@dataclass(frozen=True)
-class AdaptiveMaxPool1d(_Pointwise):
+class AdaptiveMaxPool1d(_AdaptiveMaxPool, fn=_F.adaptive_max_pool1d):
     """Max over adaptive windows of ``(N, C, L)``; ``return_indices`` as torch."""
 
     output_size: int
-    return_indices: bool = False
-
-    def _forward(self, x: torch.Tensor) -> Any:
-        return _F.adaptive_max_pool1d(x, self.output_size, self.return_indices)
 
 
-@dataclass(frozen=True)
-class AdaptiveMaxPool2d(_Pointwise):
+class AdaptiveMaxPool2d(_AdaptiveMaxPool, fn=_F.adaptive_max_pool2d):
     """Max over adaptive windows of ``(N, C, H, W)``; ``return_indices`` as torch."""
 
-    output_size: Any
-    return_indices: bool = False
 
-    def __post_init__(self) -> None:
-        _hashable(self, "output_size")
-
-    def _forward(self, x: torch.Tensor) -> Any:
-        return _F.adaptive_max_pool2d(x, self.output_size, self.return_indices)
-
-
-@dataclass(frozen=True)
-class AdaptiveMaxPool3d(_Pointwise):
+class AdaptiveMaxPool3d(_AdaptiveMaxPool, fn=_F.adaptive_max_pool3d):
     """Max over adaptive windows of ``(N, C, D, H, W)``; ``return_indices`` as torch."""
 
-    output_size: Any
-    return_indices: bool = False
 
-    def __post_init__(self) -> None:
-        _hashable(self, "output_size")
+class _LPPool(_FnLayer):
+    """The fields of the power-mean pools: ``(sum_window x**norm_type) ** (1 / norm_type)``."""
 
-    def _forward(self, x: torch.Tensor) -> Any:
-        return _F.adaptive_max_pool3d(x, self.output_size, self.return_indices)
+    norm_type: float
+    kernel_size: _Size
+    stride: _Size | None = None
+    ceil_mode: bool = False
 
 
-@dataclass(frozen=True)
-class LPPool1d(_Pointwise):
+class LPPool1d(_LPPool, fn=_F.lp_pool1d):
     """``(sum_window x**norm_type) ** (1 / norm_type)`` over 1-d windows."""
 
-    norm_type: float
     kernel_size: int
     stride: int | None = None
-    ceil_mode: bool = False
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.lp_pool1d(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
 
 
-@dataclass(frozen=True)
-class LPPool2d(_Pointwise):
+class LPPool2d(_LPPool, fn=_F.lp_pool2d):
     """``(sum_window x**norm_type) ** (1 / norm_type)`` over 2-d windows."""
 
-    norm_type: float
-    kernel_size: _Size
-    stride: _Size | None = None
-    ceil_mode: bool = False
 
-    def __post_init__(self) -> None:
-        _hashable(self, "kernel_size", "stride")
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
-
-
-@dataclass(frozen=True)
-class LPPool3d(_Pointwise):
+class LPPool3d(_LPPool, fn=_F.lp_pool3d):
     """``(sum_window x**norm_type) ** (1 / norm_type)`` over 3-d windows."""
 
-    norm_type: float
-    kernel_size: _Size
-    stride: _Size | None = None
-    ceil_mode: bool = False
 
-    def __post_init__(self) -> None:
-        _hashable(self, "kernel_size", "stride")
+class _MaxUnpool(_FnLayer):
+    """Shared fields and apply of the unpools (``fn``: the functional of their dimension)."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.lp_pool3d(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
-
-
-class _MaxUnpool(Layer):
-    """Shared fields and apply of the unpools; ``n`` is the number of spatial dimensions."""
-
-    n: ClassVar[int] = 0
     kernel_size: _Size
     stride: _Size | None = None
     padding: _Size = 0
@@ -230,33 +144,22 @@ class _MaxUnpool(Layer):
         train: bool = False,
     ) -> torch.Tensor:
         """``x`` and the ``indices`` of the matching max pool -> the unpooled tensor."""
-        unpool = (_F.max_unpool1d, _F.max_unpool2d, _F.max_unpool3d)[self.n - 1]
-        return unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+        return self._fn(x, indices, **self._kwargs(), output_size=output_size)
 
 
-@dataclass(frozen=True)
-class MaxUnpool1d(_MaxUnpool):
+class MaxUnpool1d(_MaxUnpool, fn=_F.max_unpool1d):
     """Inverse of ``MaxPool1d``: ``apply(params, x, indices, output_size=None)``."""
 
-    n: ClassVar[int] = 1
 
-
-@dataclass(frozen=True)
-class MaxUnpool2d(_MaxUnpool):
+class MaxUnpool2d(_MaxUnpool, fn=_F.max_unpool2d):
     """Inverse of ``MaxPool2d``: ``apply(params, x, indices, output_size=None)``."""
 
-    n: ClassVar[int] = 2
 
-
-@dataclass(frozen=True)
-class MaxUnpool3d(_MaxUnpool):
+class MaxUnpool3d(_MaxUnpool, fn=_F.max_unpool3d):
     """Inverse of ``MaxPool3d``: ``apply(params, x, indices, output_size=None)``."""
 
-    n: ClassVar[int] = 3
 
-
-@dataclass(frozen=True)
-class Unfold(_Pointwise):
+class Unfold(_FnLayer, fn=_F.unfold):
     """Sliding local blocks: ``(N, C, H, W) -> (N, C * prod(kernel_size), L)``."""
 
     kernel_size: _Size
@@ -264,15 +167,8 @@ class Unfold(_Pointwise):
     padding: _Size = 0
     stride: _Size = 1
 
-    def __post_init__(self) -> None:
-        _hashable(self, "kernel_size", "dilation", "padding", "stride")
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-
-
-@dataclass(frozen=True)
-class Fold(_Pointwise):
+class Fold(_FnLayer, fn=_F.fold):
     """Sum sliding blocks into ``(N, C, *output_size)``: the adjoint of :class:`Unfold`."""
 
     output_size: _Size
@@ -280,11 +176,3 @@ class Fold(_Pointwise):
     dilation: _Size = 1
     padding: _Size = 0
     stride: _Size = 1
-
-    def __post_init__(self) -> None:
-        _hashable(self, "output_size", "kernel_size", "dilation", "padding", "stride")
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.fold(
-            x, self.output_size, self.kernel_size, self.dilation, self.padding, self.stride
-        )

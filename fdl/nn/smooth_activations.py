@@ -11,13 +11,11 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from fdl.nn import _functional_activations as _A
 from fdl.nn import _functional_smooth as _F
-from fdl.nn.piecewise_activations import _Pointwise
+from fdl.nn._fn_layer import _FnLayer
 
 __all__ = [
     "CELU",
@@ -33,94 +31,57 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class CELU(_Pointwise):
+class CELU(_FnLayer, fn=_F.celu):
     """``y = where(x > 0, x, alpha * (exp(x / alpha) - 1))``; see :func:`fdl.nn.functional.celu`."""
 
     alpha: float = 1.0
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.celu(x, self.alpha)
 
-
-@dataclass(frozen=True)
-class SELU(_Pointwise):
+class SELU(_FnLayer, fn=_F.selu):
     """``y = scale * elu(x, alpha)`` with SELU's constants; see :func:`fdl.nn.functional.selu`."""
 
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.selu(x)
 
-
-@dataclass(frozen=True)
-class GLU(_Pointwise):
+class GLU(_FnLayer, fn=_F.glu):
     """``a, b = split(x, 2, dim)``; ``y = a * sigmoid(b)``; ``dim`` halves."""
 
     dim: int = -1
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.glu(x, self.dim)
 
-
-@dataclass(frozen=True)
-class LogSigmoid(_Pointwise):
+class LogSigmoid(_FnLayer, fn=_A.logsigmoid):
     """``y = log(sigmoid(x))``, stable; see :func:`fdl.nn.functional.logsigmoid`."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _A.logsigmoid(x)
 
-
-@dataclass(frozen=True)
-class Mish(_Pointwise):
+class Mish(_FnLayer, fn=_F.mish):
     """``y = x * tanh(softplus(x))``; see :func:`fdl.nn.functional.mish`."""
 
     inplace: bool = False
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.mish(x)
 
-
-@dataclass(frozen=True)
-class Softplus(_Pointwise):
+class Softplus(_FnLayer, fn=_F.softplus):
     """``y = log(1 + exp(beta * x)) / beta``, linear above ``threshold``."""
 
     beta: float = 1.0
     threshold: float = 20.0
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.softplus(x, self.beta, self.threshold)
 
-
-@dataclass(frozen=True)
-class Softsign(_Pointwise):
+class Softsign(_FnLayer, fn=_F.softsign):
     """``y = x / (1 + |x|)``."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.softsign(x)
 
-
-@dataclass(frozen=True)
-class Tanhshrink(_Pointwise):
+class Tanhshrink(_FnLayer, fn=_F.tanhshrink):
     """``y = x - tanh(x)``."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.tanhshrink(x)
 
-
-@dataclass(frozen=True)
-class Softmin(_Pointwise):
+class Softmin(_FnLayer, fn=_F.softmin):
     """``y = softmax(-x, dim)`` (``None``: torch's legacy default dimension)."""
 
     dim: int | None = None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.softmin(x, self.dim)
 
-
-@dataclass(frozen=True)
-class Softmax2d(_Pointwise):
+class Softmax2d(_FnLayer):
     """Softmax over the channels of each location: ``(N, C, H, W)`` or ``(C, H, W)``, dim -3."""
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

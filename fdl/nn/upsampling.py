@@ -11,32 +11,21 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import torch
 
 from fdl.nn import _functional_upsampling as _F
-from fdl.nn._base import Layer, field
-from fdl.nn.piecewise_activations import _Pointwise
+from fdl.nn._fn_layer import _FnLayer
 
 __all__ = ["Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d"]
 
 
-def _hashable(value: Any, layer: Layer) -> Any:
-    """Lists become tuples, so that the layer stays hashable."""
-    return tuple(value) if isinstance(value, list) else value
-
-
-class _Resample(_Pointwise):
+class _Resample(_FnLayer):
     """The output ``size`` or ``scale_factor`` shared by the upsampling layers."""
 
-    size: int | Sequence[int] | None = field(default=None, converter=_hashable)
-    scale_factor: float | Sequence[float] | None = field(default=None, converter=_hashable)
+    size: int | Sequence[int] | None = None
+    scale_factor: float | Sequence[float] | None = None
 
 
-@dataclass(frozen=True)
-class Upsample(_Resample):
+class Upsample(_Resample, fn=_F.interpolate):
     """Resample ``(N, C, *spatial)`` to ``size`` or by ``scale_factor`` with ``mode``.
 
     Args:
@@ -51,28 +40,10 @@ class Upsample(_Resample):
     align_corners: bool | None = None
     recompute_scale_factor: bool | None = None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.interpolate(
-            x,
-            self.size,
-            self.scale_factor,
-            self.mode,
-            self.align_corners,
-            self.recompute_scale_factor,
-        )
 
-
-@dataclass(frozen=True)
-class UpsamplingNearest2d(_Resample):
+class UpsamplingNearest2d(_Resample, fn=_F.upsample_nearest):
     """``Upsample(size, scale_factor, mode='nearest')`` on ``(N, C, H, W)``."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.upsample_nearest(x, self.size, self.scale_factor)
 
-
-@dataclass(frozen=True)
-class UpsamplingBilinear2d(_Resample):
+class UpsamplingBilinear2d(_Resample, fn=_F.upsample_bilinear):
     """``Upsample(size, scale_factor, mode='bilinear', align_corners=True)`` on ``(N, C, H, W)``."""
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _F.upsample_bilinear(x, self.size, self.scale_factor)
