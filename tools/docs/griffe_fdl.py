@@ -6,10 +6,18 @@
 * An ``Args:`` section written in prose (its first line names no argument, e.g.
   "The constructor arguments of ``torch.nn.MaxPool2d``") is shown as a note
   titled "Arguments" instead of failing to parse as a parameter list.
+
+``LayerSignatures`` gives every ``fdl.nn`` layer its constructor signature: the layer base
+makes each subclass a frozen dataclass when the class is created, which a static reading of
+the source does not see (no ``@dataclass`` line), so the signature is read from the
+imported class.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import re
 from typing import Any
 
@@ -34,3 +42,65 @@ class FdlDocstrings(griffe.Extension):
             return
         value = _EXAMPLE.sub(r"\g<indent>Examples:", obj.docstring.value)
         obj.docstring.value = _ARGS.sub(_retitle_args, value)
+
+
+def _classes(obj: griffe.Object, seen: set[str]) -> Any:
+    """Every class defined under ``obj`` (aliases skipped), each once."""
+    if obj.path in seen:
+        return
+    seen.add(obj.path)
+    for member in list(obj.members.values()):
+        if not member.is_alias and (member.is_class or member.is_module):
+            yield from _classes(member, seen)
+    if obj.is_class:
+        yield obj
+
+
+def _runtime(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _parameter(p: inspect.Parameter) -> griffe.Parameter:
+    annotation = None if p.annotation is p.empty else p.annotation
+    if annotation is not None and not isinstance(annotation, str):
+        annotation = inspect.formatannotation(annotation)
+    return griffe.Parameter(
+        p.name,
+        annotation=annotation,
+        kind=griffe.ParameterKind(p.kind.description),
+        default=None if p.default is p.empty else repr(p.default),
+    )
+
+
+class LayerSignatures(griffe.Extension):
+    """An ``__init__`` for every ``fdl.nn.Layer`` subclass that has none in its source."""
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        if pkg.name != "fdl":
+            return
+        from fdl.nn import Layer
+
+        for cls in _classes(pkg, set()):
+            if "__init__" in cls.members:
+                continue
+            try:
+                runtime = _runtime(cls.path)
+            except Exception:  # not importable by that path: keep the static reading
+                continue
+            if not (
+                isinstance(runtime, type)
+                and issubclass(runtime, Layer)
+                and dataclasses.is_dataclass(runtime)
+            ):
+                continue
+            params = [_parameter(p) for p in inspect.signature(runtime).parameters.values()]
+            self_ = griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword)
+            init = griffe.Function(
+                "__init__",
+                lineno=cls.lineno,
+                endlineno=cls.lineno,
+                parameters=griffe.Parameters(self_, *params),
+                returns="None",
+            )
+            cls.set_member("__init__", init)
