@@ -247,25 +247,12 @@ def differences(
         'fc2.bias' is missing from the gradients
         'fc1.weight' has shape (3, 2) in the gradients, expected (2, 3) as in the params
     """
-    missing: list[str] = []
-    extra: list[str] = []
-    other: list[str] = []
-    _collect_differences(
-        got,
-        expected,
-        (),
-        missing,
-        extra,
-        other,
-        check_shapes,
-        check_dtypes,
-        got_name,
-        expected_name,
-    )
+    walk = _DifferenceWalk(got_name, expected_name, check_shapes, check_dtypes)
+    walk.visit(got, expected, ())
     return (
-        [f"'{p}' is missing from {got_name}" for p in missing]
-        + [f"'{p}' is in {got_name} but not in {expected_name}" for p in extra]
-        + other
+        [f"'{p}' is missing from {got_name}" for p in walk.missing]
+        + [f"'{p}' is in {got_name} but not in {expected_name}" for p in walk.extra]
+        + walk.other
     )
 
 
@@ -279,86 +266,70 @@ def _leaf_paths(node: Any, prefix: tuple) -> list[str]:
     return out or [path_str(prefix) or "<root>"]
 
 
-def _collect_differences(
-    a: Any,
-    b: Any,
-    prefix: tuple,
-    missing: list[str],
-    extra: list[str],
-    other: list[str],
-    check_shapes: bool,
-    check_dtypes: bool,
-    got_name: str,
-    expected_name: str,
-) -> None:
-    where = path_str(prefix) or "<root>"
-    ka, kb = _children(a), _children(b)
-    if ka is None and kb is None:
-        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-            if check_shapes and tuple(a.shape) != tuple(b.shape):
-                other.append(
-                    f"'{where}' has shape {tuple(a.shape)} in {got_name}, "
-                    f"expected {tuple(b.shape)} as in {expected_name}"
-                )
-            if check_dtypes and a.dtype != b.dtype:
-                other.append(
-                    f"'{where}' has dtype {a.dtype} in {got_name}, "
-                    f"expected {b.dtype} as in {expected_name}"
-                )
-        return
-    if ka is None or kb is None:
-        other.append(f"'{where}' is a {_kind(a)} in {got_name} but a {_kind(b)} in {expected_name}")
-        return
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        da, db = dict(ka), dict(kb)
-        for k, v in kb:
-            if k not in da:
-                missing.extend(_leaf_paths(v, prefix + (k,)))
-        for k, v in ka:
-            if k not in db:
-                extra.extend(_leaf_paths(v, prefix + (k,)))
-        for k, v in ka:
-            if k in db:
-                _collect_differences(
-                    v,
-                    db[k],
-                    prefix + (k,),
-                    missing,
-                    extra,
-                    other,
-                    check_shapes,
-                    check_dtypes,
-                    got_name,
-                    expected_name,
-                )
-        return
-    if type(a) is not type(b) and not (
-        isinstance(a, list | tuple)
-        and isinstance(b, list | tuple)
-        and not hasattr(a, "_fields")
-        and not hasattr(b, "_fields")
-    ):
-        other.append(f"'{where}' is a {_kind(a)} in {got_name} but a {_kind(b)} in {expected_name}")
-        return
-    if len(ka) != len(kb):
-        other.append(
-            f"'{where}' has {len(ka)} entries in {got_name}, expected {len(kb)} "
-            f"as in {expected_name}"
-        )
-        return
-    for (k, va), (_, vb) in zip(ka, kb, strict=True):
-        _collect_differences(
-            va,
-            vb,
-            prefix + (k,),
-            missing,
-            extra,
-            other,
-            check_shapes,
-            check_dtypes,
-            got_name,
-            expected_name,
-        )
+class _DifferenceWalk:
+    """One walk of :func:`differences`: the leaf paths missing, extra and otherwise differing."""
+
+    def __init__(
+        self, got_name: str, expected_name: str, check_shapes: bool, check_dtypes: bool
+    ) -> None:
+        self.got_name, self.expected_name = got_name, expected_name
+        self.check_shapes, self.check_dtypes = check_shapes, check_dtypes
+        self.missing: list[str] = []
+        self.extra: list[str] = []
+        self.other: list[str] = []
+
+    def visit(self, a: Any, b: Any, prefix: tuple) -> None:
+        got_name, expected_name, other = self.got_name, self.expected_name, self.other
+        where = path_str(prefix) or "<root>"
+        ka, kb = _children(a), _children(b)
+        if ka is None and kb is None:
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                if self.check_shapes and tuple(a.shape) != tuple(b.shape):
+                    other.append(
+                        f"'{where}' has shape {tuple(a.shape)} in {got_name}, "
+                        f"expected {tuple(b.shape)} as in {expected_name}"
+                    )
+                if self.check_dtypes and a.dtype != b.dtype:
+                    other.append(
+                        f"'{where}' has dtype {a.dtype} in {got_name}, "
+                        f"expected {b.dtype} as in {expected_name}"
+                    )
+            return
+        if ka is None or kb is None:
+            other.append(
+                f"'{where}' is a {_kind(a)} in {got_name} but a {_kind(b)} in {expected_name}"
+            )
+            return
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            da, db = dict(ka), dict(kb)
+            for k, v in kb:
+                if k not in da:
+                    self.missing.extend(_leaf_paths(v, prefix + (k,)))
+            for k, v in ka:
+                if k not in db:
+                    self.extra.extend(_leaf_paths(v, prefix + (k,)))
+            for k, v in ka:
+                if k in db:
+                    self.visit(v, db[k], prefix + (k,))
+            return
+        if type(a) is not type(b) and not (
+            isinstance(a, list | tuple)
+            and isinstance(b, list | tuple)
+            and not hasattr(a, "_fields")
+            and not hasattr(b, "_fields")
+        ):
+            other.append(
+                f"'{where}' is a {_kind(a)} in {got_name} but a {_kind(b)} in {expected_name}"
+            )
+            return
+        if len(ka) != len(kb):
+            other.append(
+                f"'{where}' has {len(ka)} entries in {got_name}, expected {len(kb)} "
+                f"as in {expected_name}"
+            )
+            return
+        for (k, va), (_, vb) in zip(ka, kb, strict=True):
+            self.visit(va, vb, prefix + (k,))
 
 
 def check_match(

@@ -11,6 +11,7 @@ modules only, by functions returning what fdl drew from its key.
 
 from __future__ import annotations
 
+import inspect
 import types
 
 import pytest
@@ -472,6 +473,44 @@ def test_noise_is_a_function_of_the_key(batch):
     assert torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(ValueError, match="key"):
         explain.vargrad(model.forward, x, 1)
+
+
+SHORTCUTS = [
+    (explain.smooth_grad, "smoothgrad"),
+    (explain.smooth_grad_sq, "smoothgrad_sq"),
+    (explain.vargrad, "vargrad"),
+]
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "nt_type"), SHORTCUTS, ids=lambda v: getattr(v, "__name__", v)
+)
+def test_shortcut_is_noise_tunnel_with_its_nt_type(shortcut, nt_type):
+    """Each shortcut is noise_tunnel(attribution, ...) with its nt_type, keywords passed on."""
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]], dtype=torch.float64)
+    f = lambda v: torch.tanh(v @ w.T)  # nonlinear: the three nt_types differ
+    x = torch.tensor([[0.3, -1.0, 0.7], [1.2, 0.1, -0.4]], dtype=torch.float64)
+    opts = dict(nt_samples=4, nt_samples_batch_size=3, stdevs=0.3, key=fdl.random.key(3))
+    got = shortcut(f, x, 1, **opts, abs=False)
+    tunnel = lambda t: explain.noise_tunnel(explain.saliency, f, x, 1, nt_type=t, **opts, abs=False)
+    torch.testing.assert_close(got, tunnel(nt_type), rtol=0, atol=0)
+    other = tunnel(next(t for t in explain.NT_TYPES if t != nt_type))
+    assert not torch.allclose(got, other)
+    assert shortcut.__name__ == shortcut.__qualname__ != "method"
+    params = inspect.signature(shortcut).parameters
+    assert list(params) == [
+        "forward",
+        "inputs",
+        "target",
+        "nt_samples",
+        "nt_samples_batch_size",
+        "stdevs",
+        "attribution",
+        "key",
+        "kwargs",
+    ]
+    assert params["attribution"].default is explain.saliency
+    assert (params["nt_samples"].default, params["stdevs"].default) == (5, 1.0)
 
 
 def test_smooth_grad_converges_to_the_expected_gradient():

@@ -108,109 +108,72 @@ def noise_tunnel(
     return mean_sq - mean * mean
 
 
-def smooth_grad(
-    forward: Callable[[Tensor], Tensor],
-    inputs: Tensor,
-    target: Target = None,
-    *,
-    nt_samples: int = 5,
-    nt_samples_batch_size: int | None = None,
-    stdevs: float = 1.0,
-    attribution: Attribution = saliency,
-    key: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
+_EXAMPLE = """
+    Example:
+        >>> import torch, fdl
+        >>> w = torch.tensor([[1.0, -2.0]])
+        >>> fdl.explain.{name}(lambda x: x @ w.T, torch.zeros(1, 2), 0, key=fdl.random.key(0))
+        {result}
+"""
+
+
+def _tunnel_method(name: str, nt_type: str, summary: str, result: str) -> Callable[..., Tensor]:
+    """The public shortcut ``name``: :func:`noise_tunnel` with ``nt_type`` fixed.
+
+    Its docstring is ``summary`` and an example on a linear ``forward`` whose
+    printed result is ``result``.
+    """
+
+    def method(
+        forward: Callable[[Tensor], Tensor],
+        inputs: Tensor,
+        target: Target = None,
+        *,
+        nt_samples: int = 5,
+        nt_samples_batch_size: int | None = None,
+        stdevs: float = 1.0,
+        attribution: Attribution = saliency,
+        key: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        return noise_tunnel(
+            attribution,
+            forward,
+            inputs,
+            target,
+            nt_type=nt_type,
+            nt_samples=nt_samples,
+            nt_samples_batch_size=nt_samples_batch_size,
+            stdevs=stdevs,
+            key=key,
+            **kwargs,
+        )
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = summary + _EXAMPLE.format(name=name, result=result)
+    return method
+
+
+smooth_grad = _tunnel_method(
+    "smooth_grad",
+    "smoothgrad",
     """SmoothGrad (Smilkov et al., 2017): ``mean_s attribution(x + stdevs * z_s)``.
 
     :func:`noise_tunnel` with ``nt_type="smoothgrad"``; ``attribution`` defaults to
     :func:`~fdl.explain.saliency` (with its ``abs=True``; pass ``abs=False`` for
-    the paper's signed gradients).
-
-    Example:
-        >>> import torch, fdl
-        >>> w = torch.tensor([[1.0, -2.0]])
-        >>> fdl.explain.smooth_grad(lambda x: x @ w.T, torch.zeros(1, 2), 0, stdevs=0.5,
-        ...                         key=fdl.random.key(0))   # linear: noise cancels
-        tensor([[1., 2.]])
-    """
-    return noise_tunnel(
-        attribution,
-        forward,
-        inputs,
-        target,
-        nt_type="smoothgrad",
-        nt_samples=nt_samples,
-        nt_samples_batch_size=nt_samples_batch_size,
-        stdevs=stdevs,
-        key=key,
-        **kwargs,
-    )
-
-
-def smooth_grad_sq(
-    forward: Callable[[Tensor], Tensor],
-    inputs: Tensor,
-    target: Target = None,
-    *,
-    nt_samples: int = 5,
-    nt_samples_batch_size: int | None = None,
-    stdevs: float = 1.0,
-    attribution: Attribution = saliency,
-    key: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """SmoothGrad-squared: ``mean_s attribution(x + stdevs * z_s)**2`` (:func:`noise_tunnel`).
-
-    Example:
-        >>> import torch, fdl
-        >>> w = torch.tensor([[1.0, -2.0]])
-        >>> fdl.explain.smooth_grad_sq(lambda x: x @ w.T, torch.zeros(1, 2), 0,
-        ...                            key=fdl.random.key(0))
-        tensor([[1., 4.]])
-    """
-    return noise_tunnel(
-        attribution,
-        forward,
-        inputs,
-        target,
-        nt_type="smoothgrad_sq",
-        nt_samples=nt_samples,
-        nt_samples_batch_size=nt_samples_batch_size,
-        stdevs=stdevs,
-        key=key,
-        **kwargs,
-    )
-
-
-def vargrad(
-    forward: Callable[[Tensor], Tensor],
-    inputs: Tensor,
-    target: Target = None,
-    *,
-    nt_samples: int = 5,
-    nt_samples_batch_size: int | None = None,
-    stdevs: float = 1.0,
-    attribution: Attribution = saliency,
-    key: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """VarGrad (Adebayo et al., 2018): ``mean_s a_s**2 - (mean_s a_s)**2`` (:func:`noise_tunnel`).
-
-    Example:
-        >>> import torch, fdl
-        >>> w = torch.tensor([[1.0, -2.0]])
-        >>> fdl.explain.vargrad(lambda x: x @ w.T, torch.zeros(1, 2), 0, key=fdl.random.key(0))
-        tensor([[0., 0.]])
-    """
-    return noise_tunnel(
-        attribution,
-        forward,
-        inputs,
-        target,
-        nt_type="vargrad",
-        nt_samples=nt_samples,
-        nt_samples_batch_size=nt_samples_batch_size,
-        stdevs=stdevs,
-        key=key,
-        **kwargs,
-    )
+    the paper's signed gradients). On a linear ``forward`` the noise cancels.
+    """,
+    "tensor([[1., 2.]])",
+)
+smooth_grad_sq = _tunnel_method(
+    "smooth_grad_sq",
+    "smoothgrad_sq",
+    "SmoothGrad-squared: ``mean_s attribution(x + stdevs * z_s)**2`` (:func:`noise_tunnel`).\n",
+    "tensor([[1., 4.]])",
+)
+vargrad = _tunnel_method(
+    "vargrad",
+    "vargrad",
+    "VarGrad (Adebayo et al., 2018): ``mean_s a_s**2 - (mean_s a_s)**2`` (:func:`noise_tunnel`).\n",
+    "tensor([[0., 0.]])",
+)
