@@ -27,6 +27,36 @@ def _init_children(children: Sequence[tuple[str, Layer]], key: _random.Key) -> P
     return params
 
 
+def _adopt_children(
+    owner: Layer, name: str, attribute: str, items: list[tuple[str, Layer]]
+) -> None:
+    """Check ``(child name, layer)`` pairs and store them as ``owner.<attribute>``.
+
+    Names must be non-empty, unique and free of ``'.'`` (they become dotted
+    ``state_dict`` keys); ``name`` starts the error messages. The shapes for
+    validation are computed now (on meta, cheaply) rather than on the first
+    ``apply``, which may run inside ``torch.func`` transforms.
+    """
+    seen: set[str] = set()
+    for key, layer in items:
+        if not isinstance(key, str) or not key or "." in key:
+            raise ValueError(
+                f"{name}: child names must be non-empty strings without '.', got {key!r}"
+            )
+        if key in seen:
+            raise ValueError(f"{name}: duplicate child name {key!r}")
+        seen.add(key)
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"{name}: child {key!r} must be an fdl.nn layer, got {type(layer).__name__}"
+            )
+    owner._init_attributes(**{attribute: tuple(items)})
+    for _, layer in items:
+        layer.param_shapes()
+    owner.param_shapes()
+    owner.state_shapes()
+
+
 def _init_children_state(children: Sequence[tuple[str, Layer]]) -> State:
     """The stateful children's ``init_state()``, keyed by name."""
     state = {}
@@ -90,23 +120,7 @@ class Sequential(Layer):
             items = list(args[0].items())
         else:
             items = [(str(i), layer) for i, layer in enumerate(args)]
-        for name, layer in items:
-            if not isinstance(name, str) or not name or "." in name:
-                raise ValueError(
-                    f"Sequential: child names must be non-empty strings without '.', got {name!r}"
-                )
-            if not isinstance(layer, Layer):
-                raise TypeError(
-                    f"Sequential: child {name!r} must be an fdl.nn layer, "
-                    f"got {type(layer).__name__}"
-                )
-        self._init_attributes(_layers=tuple(items))
-        # shapes for validation, computed now (on meta, cheaply) rather than on the
-        # first apply, which may run inside torch.func transforms
-        for _, layer in items:
-            layer.param_shapes()
-        self.param_shapes()
-        self.state_shapes()
+        _adopt_children(self, "Sequential", "_layers", items)
 
     # -- container protocol ------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from fdl import _eager
 from fdl import random as _random
 from fdl.nn._base import Layer, Params, State
-from fdl.nn.container import _init_children, _init_children_state
+from fdl.nn.container import _adopt_children, _init_children, _init_children_state
 
 __all__ = ["ModuleDict", "ModuleList"]
 
@@ -27,26 +27,7 @@ class _Children(Layer):
     _items: tuple[tuple[str, Layer], ...]
 
     def _set_children(self, items: list[tuple[str, Layer]]) -> None:
-        name = type(self).__name__
-        seen: set[str] = set()
-        for key, layer in items:
-            if not isinstance(key, str) or not key or "." in key:
-                raise ValueError(
-                    f"{name}: child names must be non-empty strings without '.', got {key!r}"
-                )
-            if key in seen:
-                raise ValueError(f"{name}: duplicate child name {key!r}")
-            seen.add(key)
-            if not isinstance(layer, Layer):
-                raise TypeError(
-                    f"{name}: child {key!r} must be an fdl.nn layer, got {type(layer).__name__}"
-                )
-        self._init_attributes(_items=tuple(items))
-        # shapes for validation now (on meta, cheaply), not inside a later transform
-        for _, layer in items:
-            layer.param_shapes()
-        self.param_shapes()
-        self.state_shapes()
+        _adopt_children(self, type(self).__name__, "_items", items)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -1,11 +1,9 @@
 """``InstanceNorm1d/2d/3d``: per-sample, per-channel normalisation, as ``torch.nn``.
 
-Running statistics (``track_running_stats=True``) live in an explicit state, as BatchNorm's::
-
-    norm = fdl.nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
-    params, state = norm.init(key), norm.init_state()
-    y, state = norm.apply(params, x, state=state, train=True)   # instance statistics
-    y, _ = norm.apply(params, x, state=state)                   # running statistics
+Running statistics (``track_running_stats=True``) live in an explicit state that goes in
+and comes out, as BatchNorm's (see :mod:`fdl.nn.normalization`): ``train=True`` normalises
+by the instance statistics and updates the running ones, ``train=False`` normalises by the
+running statistics. Without tracking the state is ``{}``.
 
 Example:
     >>> import torch, fdl
@@ -25,39 +23,24 @@ import torch
 
 from fdl import tree as _tree
 from fdl.nn import _functional_norms as _F
-from fdl.nn._base import Layer, Params, State
-from fdl.nn._layer_utils import affine_norm_params, running_stats
+from fdl.nn._base import Params, State
+from fdl.nn._layer_utils import affine_norm_params
+from fdl.nn.normalization import _RunningNorm
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _InstanceNorm(Layer):
+class _InstanceNorm(_RunningNorm):
     """Shared implementation; ``spatial`` is the number of spatial dimensions."""
 
-    stateful: ClassVar[bool] = True
     spatial: ClassVar[int]
 
-    num_features: int
-    eps: float = 1e-5
-    momentum: float | None = 0.1
     affine: bool = False
     track_running_stats: bool = False
-    device: Any = None
-    dtype: Any = None
-
-    def __post_init__(self) -> None:
-        if self.num_features <= 0:
-            raise ValueError(
-                f"{type(self).__name__}: num_features must be positive, got {self.num_features}"
-            )
 
     def init(self, key: Any = None) -> Params:
         """``{"weight": ones, "bias": zeros}`` ``(num_features,)`` with ``affine``, else ``{}``."""
         return affine_norm_params((self.num_features,), self.affine, True, self.device, self.dtype)
-
-    def init_state(self) -> State:
-        """``running_mean`` zeros, ``running_var`` ones, ``num_batches_tracked`` 0 if tracking."""
-        return running_stats(self.num_features, self.track_running_stats, self.device, self.dtype)
 
     def apply(
         self,
@@ -130,13 +113,8 @@ class _InstanceNorm(Layer):
             return y, state
         mu, var, count = _F.instance_stats(xb.detach())
         f = 0.0 if self.momentum is None else self.momentum
-        rm, rv = state["running_mean"], state["running_var"]
-        new_state = {
-            "running_mean": (1 - f) * rm + f * mu.mean(0).to(rm.dtype),
-            "running_var": (1 - f) * rv + f * (var * (count / (count - 1))).mean(0).to(rv.dtype),
-            "num_batches_tracked": state["num_batches_tracked"],
-        }
-        return y, new_state
+        unbiased = (var * (count / (count - 1))).mean(0)
+        return y, self._moving_average(state, f, mu.mean(0), unbiased, state["num_batches_tracked"])
 
 
 @dataclass(frozen=True)

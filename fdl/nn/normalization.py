@@ -127,12 +127,10 @@ class GroupNorm(Layer):
         return _F.group_norm(x, self.num_groups, params.get("weight"), params.get("bias"), self.eps)
 
 
-class _BatchNorm(Layer):
-    """Fields and ``apply`` of BatchNorm1d/2d (see the module docstring for the protocol)."""
+class _RunningNorm(Layer):
+    """Fields, checks, running state and its update, shared by the batch and instance norms."""
 
     stateful: ClassVar[bool] = True
-    _ranks: ClassVar[tuple[int, ...]] = ()
-    _shape_text: ClassVar[str] = ""
 
     num_features: int
     eps: float = 1e-5
@@ -141,8 +139,6 @@ class _BatchNorm(Layer):
     track_running_stats: bool = True
     device: Any = None
     dtype: Any = None
-    _: KW_ONLY
-    bias: bool = True
 
     def _check_fields(self) -> None:
         if self.num_features <= 0:
@@ -150,18 +146,40 @@ class _BatchNorm(Layer):
                 f"{type(self).__name__}: num_features must be positive, got {self.num_features}"
             )
 
-    def init(self, key: Any = None) -> Params:
-        """``{"weight": ones, "bias": zeros}`` of shape ``(num_features,)`` (``key`` unused)."""
-        return affine_norm_params(
-            (self.num_features,), self.affine, self.bias, self.device, self.dtype
-        )
-
     def init_state(self) -> State:
         """``running_mean`` zeros, ``running_var`` ones, ``num_batches_tracked`` 0 (int64).
 
         ``{}`` when ``track_running_stats=False``.
         """
         return running_stats(self.num_features, self.track_running_stats, self.device, self.dtype)
+
+    @staticmethod
+    def _moving_average(
+        state: State, f: Any, mean: torch.Tensor, var: torch.Tensor, tracked: torch.Tensor
+    ) -> State:
+        """``running = (1 - f) * running + f * new`` for ``mean`` and (unbiased) ``var``."""
+        rm, rv = state["running_mean"], state["running_var"]
+        return {
+            "running_mean": (1 - f) * rm + f * mean.to(rm.dtype),
+            "running_var": (1 - f) * rv + f * var.to(rv.dtype),
+            "num_batches_tracked": tracked,
+        }
+
+
+class _BatchNorm(_RunningNorm):
+    """``init`` and ``apply`` of BatchNorm1d/2d (see the module docstring for the protocol)."""
+
+    _ranks: ClassVar[tuple[int, ...]] = ()
+    _shape_text: ClassVar[str] = ""
+
+    _: KW_ONLY
+    bias: bool = True
+
+    def init(self, key: Any = None) -> Params:
+        """``{"weight": ones, "bias": zeros}`` of shape ``(num_features,)`` (``key`` unused)."""
+        return affine_norm_params(
+            (self.num_features,), self.affine, self.bias, self.device, self.dtype
+        )
 
     def apply(
         self,
@@ -218,16 +236,10 @@ class _BatchNorm(Layer):
         if not (train and self.track_running_stats):
             return y, state
         tracked = state["num_batches_tracked"] + 1
-        rm, rv = state["running_mean"], state["running_var"]
-        f = 1.0 / tracked.to(rm.dtype) if self.momentum is None else self.momentum
-        mu_d = mu.detach().to(rm.dtype)
-        unbiased = (var.detach() * (count / (count - 1))).to(rv.dtype)
-        new_state = {
-            "running_mean": (1 - f) * rm + f * mu_d,
-            "running_var": (1 - f) * rv + f * unbiased,
-            "num_batches_tracked": tracked,
-        }
-        return y, new_state
+        rm_dtype = state["running_mean"].dtype
+        f = 1.0 / tracked.to(rm_dtype) if self.momentum is None else self.momentum
+        unbiased = var.detach() * (count / (count - 1))
+        return y, self._moving_average(state, f, mu.detach(), unbiased, tracked)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -47,6 +46,9 @@ from fdl.nn._layer_utils import check_params_fast, split_key
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 
 Tensor = torch.Tensor
+_LSTMState = tuple[Tensor, Tensor]  # (h, c)
+_HX = TypeVar("_HX")  # the hidden state a layer's apply takes
+_Out = TypeVar("_Out")  # what its apply returns
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 # When the time loop runs as the opaque ``fdl::recurrent_scan`` operator: "compile" (only
 # while torch.compile traces, so compile time does not grow with the length), "always"
@@ -88,13 +90,56 @@ def _check_tensor(name: str, arg: str, x: Any) -> None:
         raise TypeError(f"{name}: {arg} must be a tensor, got {type(x).__name__}")
 
 
+class _Recurrent(Layer, Generic[_HX, _Out]):
+    """What every recurrent layer shares: torch's ``mode`` and ``apply``.
+
+    ``_HX`` is the hidden state ``apply`` takes (``h``, or ``(h, c)`` for the LSTMs),
+    ``_Out`` what it returns; each layer runs in its own ``_forward``.
+    """
+
+    # "RNN" (``nonlinearity`` picks RNN_TANH or RNN_RELU), "LSTM" or "GRU"
+    _mode: ClassVar[str] = ""
+    if TYPE_CHECKING:  # a field of RNNCell and RNN only
+
+        @property
+        def nonlinearity(self) -> str: ...
+
+    @property
+    def mode(self) -> str:
+        """torch's ``mode``: ``'RNN_TANH'``, ``'RNN_RELU'``, ``'LSTM'`` or ``'GRU'``."""
+        if self._mode == "RNN":
+            return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        return self._mode
+
+    def apply(
+        self,
+        params: Params,
+        input: Tensor,
+        hx: _HX | None = None,
+        *,
+        key: _random.Key | None = None,
+        train: bool = False,
+    ) -> _Out:
+        """Run the layer on ``input`` from the hidden state ``hx`` (zeros when ``None``).
+
+        Shapes and results are torch's (see the class docstring): a cell returns the new
+        hidden state, a sequence layer ``(output, final hidden state)``. ``key`` and
+        ``train`` drive the dropout between stacked layers (sequence layers only).
+        """
+        return self._forward(params, input, hx, key, train)
+
+    def _forward(
+        self, params: Params, input: Tensor, hx: Any, key: _random.Key | None, train: bool
+    ) -> Any:
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------- cells
 
 
-class _CellBase(Layer):
-    """Shared init/apply of the three cells (``mode`` picks the gate equations)."""
+class _CellBase(_Recurrent[_HX, _Out]):
+    """Shared init/forward of the three cells (``mode`` picks the gate equations)."""
 
-    _mode: ClassVar[str] = ""
     if TYPE_CHECKING:  # declared by each cell, in torch's argument order
         input_size: int
         hidden_size: int
@@ -102,20 +147,15 @@ class _CellBase(Layer):
         device: Any
         dtype: Any
 
-    def __post_init__(self) -> None:
-        self._check_args()
-
-    @property
-    def mode(self) -> str:
-        return self._mode
-
-    def _check_args(self) -> None:
+    def _check_fields(self) -> None:
         name = type(self).__name__
         if self.input_size <= 0 or self.hidden_size <= 0:
             raise ValueError(
                 f"{name}: input_size and hidden_size must be positive, got "
                 f"{self.input_size} and {self.hidden_size}"
             )
+        if self._mode == "RNN" and self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {self.nonlinearity}")
 
     def init(self, key: _random.Key) -> Params:
         """``weight_ih`` ``(G H, input_size)``, ``weight_hh`` ``(G H, H)``, ``bias_ih``/``bias_hh``.
@@ -131,7 +171,10 @@ class _CellBase(Layer):
             shapes.update(bias_ih=(gh,), bias_hh=(gh,))
         return _uniform_params(key, shapes, self.hidden_size, self.device, self.dtype)
 
-    def _run(self, params: Params, input: Tensor, hx: Any) -> Any:
+    def _forward(
+        self, params: Params, input: Tensor, hx: Any, key: _random.Key | None, train: bool
+    ) -> Any:
+        """One step (``key`` and ``train`` unused: a cell has no dropout)."""
         name = type(self).__name__
         check_params_fast(self, params)
         _check_tensor(name, "input", input)
@@ -165,8 +208,7 @@ class _CellBase(Layer):
         return new
 
 
-@dataclass(frozen=True)
-class RNNCell(_CellBase):
+class RNNCell(_CellBase[Tensor, Tensor]):
     r"""One Elman step :math:`h' = \tanh(x W_{ih}^\top + b_{ih} + h W_{hh}^\top + b_{hh})`.
 
     As ``torch.nn.RNNCell``; ``nonlinearity='relu'`` uses ``relu``. Params:
@@ -184,6 +226,8 @@ class RNNCell(_CellBase):
         torch.Size([2, 5])
     """
 
+    _mode: ClassVar[str] = "RNN"
+
     input_size: int
     hidden_size: int
     bias: bool = True
@@ -191,30 +235,18 @@ class RNNCell(_CellBase):
     device: Any = None
     dtype: Any = None
 
-    def __post_init__(self) -> None:
-        self._check_args()
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity: {self.nonlinearity}")
 
-    @property
-    def mode(self) -> str:
-        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+class _GatedCell(_CellBase[_HX, _HX]):
+    """The fields of LSTMCell and GRUCell (torch's arguments, in order)."""
 
-    def apply(
-        self,
-        params: Params,
-        input: Tensor,
-        hx: Tensor | None = None,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> Tensor:
-        """``(N, input_size), (N, H) -> (N, H)`` (or unbatched without ``N``)."""
-        return self._run(params, input, hx)
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    device: Any = None
+    dtype: Any = None
 
 
-@dataclass(frozen=True)
-class LSTMCell(_CellBase):
+class LSTMCell(_GatedCell[_LSTMState]):
     r"""One LSTM step, as ``torch.nn.LSTMCell``.
 
     :math:`(i, f, g, o) = x W_{ih}^\top + b_{ih} + h W_{hh}^\top + b_{hh}` (split in four),
@@ -235,27 +267,8 @@ class LSTMCell(_CellBase):
 
     _mode: ClassVar[str] = "LSTM"
 
-    input_size: int
-    hidden_size: int
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
 
-    def apply(
-        self,
-        params: Params,
-        input: Tensor,
-        hx: tuple[Tensor, Tensor] | None = None,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """``(N, input_size), ((N, H), (N, H)) -> ((N, H), (N, H))``."""
-        return self._run(params, input, hx)
-
-
-@dataclass(frozen=True)
-class GRUCell(_CellBase):
+class GRUCell(_GatedCell[Tensor]):
     r"""One GRU step, as ``torch.nn.GRUCell``.
 
     :math:`r = \sigma(x W_{ir}^\top + b_{ir} + h W_{hr}^\top + b_{hr})`,
@@ -273,48 +286,34 @@ class GRUCell(_CellBase):
 
     _mode: ClassVar[str] = "GRU"
 
-    input_size: int
-    hidden_size: int
-    bias: bool = True
-    device: Any = None
-    dtype: Any = None
-
-    def apply(
-        self,
-        params: Params,
-        input: Tensor,
-        hx: Tensor | None = None,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> Tensor:
-        """``(N, input_size), (N, H) -> (N, H)`` (or unbatched without ``N``)."""
-        return self._run(params, input, hx)
-
 
 # --------------------------------------------------------------------------- sequence layers
 
 
-class _RNNBase(Layer):
-    """Shared implementation of RNN/LSTM/GRU over a whole sequence."""
+class _RNNBase(_Recurrent[_HX, _Out]):
+    """Shared implementation of RNN/LSTM/GRU over a whole sequence.
+
+    The fields are LSTM's, torch's arguments in order; RNN and GRU make ``proj_size``
+    a constant 0, and RNN adds ``nonlinearity`` (last).
+    """
 
     input_size: int
     hidden_size: int
-    num_layers: int
-    bias: bool
-    batch_first: bool
-    dropout: float
-    bidirectional: bool
-    proj_size: int
-    device: Any
-    dtype: Any
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+    device: Any = None
+    dtype: Any = None
 
-    @property
-    def mode(self) -> str:
-        raise NotImplementedError
-
-    def _check_args(self) -> None:
+    def _check_fields(self) -> None:
         name = type(self).__name__
+        if self._mode == "RNN" and self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
         d = self.dropout
         if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 <= d <= 1:
             raise ValueError(
@@ -326,7 +325,7 @@ class _RNNBase(Layer):
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
                 f"dropout expects num_layers greater than 1, but got dropout={d} and "
                 f"num_layers={self.num_layers}",
-                stacklevel=3,
+                stacklevel=4,  # the constructor's caller
             )
         if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
             raise ValueError(f"{name}: hidden_size must be a positive int, got {self.hidden_size}")
@@ -487,8 +486,7 @@ _SEQ_DOC = """
 """
 
 
-@dataclass(frozen=True)
-class RNN(_RNNBase):
+class RNN(_RNNBase[Tensor, tuple[Tensor, Tensor]]):
     r"""Multi-layer Elman RNN, as ``torch.nn.RNN``.
 
     :math:`h_t = \tanh(x_t W_{ih}^\top + b_{ih} + h_{t-1} W_{hh}^\top + b_{hh})`
@@ -512,45 +510,13 @@ class RNN(_RNNBase):
         extra="nonlinearity: ``'tanh'`` or ``'relu'``.\n        ", proj=""
     )
 
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    nonlinearity: str = "tanh"
-    bias: bool = True
-    batch_first: bool = False
-    dropout: float = 0.0
-    bidirectional: bool = False
-    device: Any = None
-    dtype: Any = None
-
+    _mode: ClassVar[str] = "RNN"
     proj_size: ClassVar[int] = 0  # type: ignore[misc]
 
-    def __post_init__(self) -> None:
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(
-                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
-            )
-        self._check_args()
-
-    @property
-    def mode(self) -> str:
-        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
-
-    def apply(
-        self,
-        params: Params,
-        input: Tensor,
-        hx: Tensor | None = None,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """Run the sequence; returns ``(output, h_n)`` as torch."""
-        return self._forward(params, input, hx, key, train)
+    nonlinearity: str = "tanh"
 
 
-@dataclass(frozen=True)
-class LSTM(_RNNBase):
+class LSTM(_RNNBase[_LSTMState, tuple[Tensor, _LSTMState]]):
     r"""Multi-layer LSTM, optionally with projections, as ``torch.nn.LSTM``.
 
     :math:`(i, f, g, o) = x_t W_{ih}^\top + b_{ih} + h_{t-1} W_{hh}^\top + b_{hh}`
@@ -578,39 +544,10 @@ class LSTM(_RNNBase):
         proj="proj_size: ``P > 0`` adds ``weight_hr`` projections of ``h_t`` to ``P``.\n        ",
     )
 
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    bias: bool = True
-    batch_first: bool = False
-    dropout: float = 0.0
-    bidirectional: bool = False
-    proj_size: int = 0
-    device: Any = None
-    dtype: Any = None
-
-    def __post_init__(self) -> None:
-        self._check_args()
-
-    @property
-    def mode(self) -> str:
-        return "LSTM"
-
-    def apply(
-        self,
-        params: Params,
-        input: Tensor,
-        hx: tuple[Tensor, Tensor] | None = None,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Run the sequence; returns ``(output, (h_n, c_n))`` as torch."""
-        return self._forward(params, input, hx, key, train)
+    _mode: ClassVar[str] = "LSTM"
 
 
-@dataclass(frozen=True)
-class GRU(_RNNBase):
+class GRU(_RNNBase[Tensor, tuple[Tensor, Tensor]]):
     r"""Multi-layer GRU, as ``torch.nn.GRU``.
 
     :math:`r_t = \sigma(x_t W_{ir}^\top + b_{ir} + h_{t-1} W_{hr}^\top + b_{hr})`,
@@ -623,40 +560,14 @@ class GRU(_RNNBase):
     Example:
         >>> import fdl, torch
         >>> gru = fdl.nn.GRU(3, 5)
-        >>> out, h_n = gru.apply(gru.init(fdl.random.key(0)), torch.ones(7, 3))
+        >>> params = gru.init(fdl.random.key(0))
+        >>> out, h_n = gru.apply(params, torch.ones(7, 3))  # unbatched, from zeros
+        >>> out, h_n = gru.apply(params, torch.ones(4, 3), h_n)  # carry on from h_n
         >>> out.shape, h_n.shape
-        (torch.Size([7, 5]), torch.Size([1, 5]))
+        (torch.Size([4, 5]), torch.Size([1, 5]))
     """
 
     __doc__ = (__doc__ or "") + _SEQ_DOC.format(extra="", proj="")
 
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    bias: bool = True
-    batch_first: bool = False
-    dropout: float = 0.0
-    bidirectional: bool = False
-    device: Any = None
-    dtype: Any = None
-
+    _mode: ClassVar[str] = "GRU"
     proj_size: ClassVar[int] = 0  # type: ignore[misc]
-
-    def __post_init__(self) -> None:
-        self._check_args()
-
-    @property
-    def mode(self) -> str:
-        return "GRU"
-
-    def apply(
-        self,
-        params: Params,
-        input: Tensor,
-        hx: Tensor | None = None,
-        *,
-        key: _random.Key | None = None,
-        train: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """Run the sequence; returns ``(output, h_n)`` as torch."""
-        return self._forward(params, input, hx, key, train)

@@ -32,8 +32,7 @@ path may return zeros there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -165,7 +164,6 @@ def _check_block_args(layer: _BlockLayer) -> None:
         raise AssertionError("embed_dim must be divisible by num_heads")
 
 
-@dataclass(frozen=True)
 class TransformerEncoderLayer(_BlockLayer):
     """Self-attention and feed-forward block, as ``torch.nn.TransformerEncoderLayer``.
 
@@ -233,7 +231,6 @@ class TransformerEncoderLayer(_BlockLayer):
         return x
 
 
-@dataclass(frozen=True)
 class TransformerDecoderLayer(_BlockLayer):
     """Self-attention, cross-attention and feed-forward block, as torch's.
 
@@ -299,24 +296,47 @@ class TransformerDecoderLayer(_BlockLayer):
         return x
 
 
-def _stack_init(layer: Layer, num_layers: int, norm: Layer | None, key: _random.Key) -> Params:
-    # torch deep-copies one initialised layer: every copy starts from the same weights
-    k_layer, k_norm = split_key(key)
-    first = layer.init(k_layer)
-    params: Params = {"layers": {str(i): _tree.map(torch.clone, first) for i in range(num_layers)}}
-    if norm is not None:
-        p = norm.init(k_norm)
-        if p:
-            params["norm"] = p
-    return params
+class _Stack(Layer):
+    """``num_layers`` copies of one layer, then an optional final norm, as torch's stacks."""
+
+    _repeated: ClassVar[str] = ""  # the field holding the repeated layer
+    if TYPE_CHECKING:  # fields of each stack, in torch's argument order
+
+        @property
+        def num_layers(self) -> int: ...
+
+        @property
+        def norm(self) -> Layer | None: ...
+
+    def _layer(self) -> Layer:
+        return getattr(self, self._repeated)
+
+    def init(self, key: _random.Key) -> Params:
+        """One draw of the layer's ``init`` copied to every layer, and the norm's params."""
+        # torch deep-copies one initialised layer: every copy starts from the same weights
+        k_layer, k_norm = split_key(key)
+        first = self._layer().init(k_layer)
+        params: Params = {
+            "layers": {str(i): _tree.map(torch.clone, first) for i in range(self.num_layers)}
+        }
+        if self.norm is not None:
+            p = self.norm.init(k_norm)
+            if p:
+                params["norm"] = p
+        return params
+
+    def _run(
+        self, params: Params, x: Tensor, key: _random.Key | None, train: bool, *args: Any, **kw: Any
+    ) -> Tensor:
+        """Layer ``i`` (with ``split(key, num_layers)[i]``) on ``x`` in order, then the norm."""
+        keys = _random.split(key, self.num_layers) if key is not None else None
+        for i in range(self.num_layers):
+            k = None if keys is None else keys[i]
+            x = self._layer().apply(params["layers"][str(i)], x, *args, key=k, train=train, **kw)
+        return x if self.norm is None else self.norm.apply(params.get("norm", {}), x)
 
 
-def _apply_norm(norm: Layer | None, params: Params, x: Tensor) -> Tensor:
-    return x if norm is None else norm.apply(params.get("norm", {}), x)
-
-
-@dataclass(frozen=True)
-class TransformerEncoder(Layer):
+class TransformerEncoder(_Stack):
     """A stack of ``num_layers`` encoder layers and an optional final norm, as torch's.
 
     Params: ``layers.0``, ``layers.1``, ... (each ``encoder_layer``'s params) and
@@ -345,15 +365,13 @@ class TransformerEncoder(Layer):
         torch.Size([5, 3, 8])
     """
 
+    _repeated: ClassVar[str] = "encoder_layer"
+
     encoder_layer: Layer
     num_layers: int
     norm: Layer | None = None
     enable_nested_tensor: bool = True
     mask_check: bool = True
-
-    def init(self, key: _random.Key) -> Params:
-        """One draw of ``encoder_layer.init`` copied to every layer, and the norm's params."""
-        return _stack_init(self.encoder_layer, self.num_layers, self.norm, key)
 
     def apply(
         self,
@@ -367,19 +385,13 @@ class TransformerEncoder(Layer):
         train: bool = False,
     ) -> Tensor:
         """Run the layers in order, then the norm."""
-        keys = _random.split(key, self.num_layers) if key is not None else None
-        x = src
-        for i in range(self.num_layers):
-            x = self.encoder_layer.apply(
-                params["layers"][str(i)], x, src_mask=mask,
-                src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal),
-                key=None if keys is None else keys[i], train=train,
-            )  # fmt: skip
-        return _apply_norm(self.norm, params, x)
+        return self._run(
+            params, src, key, train, src_mask=mask,
+            src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal),
+        )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TransformerDecoder(Layer):
+class TransformerDecoder(_Stack):
     """A stack of ``num_layers`` decoder layers and an optional final norm, as torch's.
 
     Params ``layers.0``, ... and ``norm``, as :class:`TransformerEncoder`.
@@ -396,13 +408,11 @@ class TransformerDecoder(Layer):
         torch.Size([4, 3, 8])
     """
 
+    _repeated: ClassVar[str] = "decoder_layer"
+
     decoder_layer: Layer
     num_layers: int
     norm: Layer | None = None
-
-    def init(self, key: _random.Key) -> Params:
-        """One draw of ``decoder_layer.init`` copied to every layer, and the norm's params."""
-        return _stack_init(self.decoder_layer, self.num_layers, self.norm, key)
 
     def apply(
         self,
@@ -420,20 +430,14 @@ class TransformerDecoder(Layer):
         train: bool = False,
     ) -> Tensor:
         """Run the layers in order over ``tgt`` with ``memory``, then the norm."""
-        keys = _random.split(key, self.num_layers) if key is not None else None
-        x = tgt
-        for i in range(self.num_layers):
-            x = self.decoder_layer.apply(
-                params["layers"][str(i)], x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
-                tgt_key_padding_mask=tgt_key_padding_mask,
-                memory_key_padding_mask=memory_key_padding_mask,
-                tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal,
-                key=None if keys is None else keys[i], train=train,
-            )  # fmt: skip
-        return _apply_norm(self.norm, params, x)
+        return self._run(
+            params, tgt, key, train, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+            tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal,
+        )  # fmt: skip
 
 
-@dataclass(frozen=True)
 class Transformer(Layer):
     """Encoder-decoder Transformer, as ``torch.nn.Transformer``.
 
