@@ -6,10 +6,15 @@
 * An ``Args:`` section written in prose (its first line names no argument, e.g.
   "The constructor arguments of ``torch.nn.MaxPool2d``") is shown as a note
   titled "Arguments" instead of failing to parse as a parameter list.
+* A public function made by a factory (``dropout2d = _dropout_fn(...)``), which the static
+  reading sees as a plain attribute without a docstring, is read from the imported module
+  instead, so it is shown with its signature and docstring like a ``def``.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from typing import Any
 
@@ -34,3 +39,26 @@ class FdlDocstrings(griffe.Extension):
             return
         value = _EXAMPLE.sub(r"\g<indent>Examples:", obj.docstring.value)
         obj.docstring.value = _ARGS.sub(_retitle_args, value)
+
+    def on_module_members(self, *, mod: griffe.Module, agent: Any, **kwargs: Any) -> None:
+        if not isinstance(agent, griffe.Visitor):
+            return
+        made: griffe.Module | None = None
+        for name, member in list(mod.members.items()):
+            if member.is_alias or not member.is_attribute or member.docstring is not None:
+                continue
+            try:
+                obj = getattr(importlib.import_module(mod.path), name)
+            except Exception:  # not importable here: keep the static reading
+                continue
+            if not (inspect.isfunction(obj) and obj.__module__ == mod.path and obj.__doc__):
+                continue
+            if made is None:
+                made = griffe.inspect(
+                    mod.path,
+                    docstring_parser=agent.docstring_parser,
+                    docstring_options=agent.docstring_options,
+                )
+            function = made[name]
+            function.lineno, function.endlineno = member.lineno, member.endlineno
+            mod.set_member(name, function)
