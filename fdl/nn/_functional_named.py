@@ -1,16 +1,21 @@
-"""Naming the public functions that a factory makes for a family (``dropout1d/2d/3d``, ...).
+"""Naming the public functions that a factory makes for a family (``max_unpool1d/2d/3d``, ...).
 
-A family shares one signature and one body; its factory defines the function once and
-:func:`named` gives each member the name and docstring a ``def`` of its own would have,
-so ``help``, doctests and the API reference see one function per public name.
+A family shares one signature and one body. :func:`with_first` makes each member from one
+function whose first argument tells the members apart (the number of spatial dimensions,
+say); :func:`named` gives a function a factory made the name and docstring a ``def`` of
+its own would have, so ``help``, ``inspect.signature``, doctests and the API reference see
+one function per public name.
 """
 
 from __future__ import annotations
 
+import inspect
+import types
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _F = TypeVar("_F", bound=Callable[..., object])
+_R = TypeVar("_R")
 
 
 def named(fn: _F, name: str, doc: str) -> _F:
@@ -18,3 +23,22 @@ def named(fn: _F, name: str, doc: str) -> _F:
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc
     return fn
+
+
+def with_first(impl: Callable[..., _R], first: Any, name: str, doc: str) -> Callable[..., _R]:
+    """``impl`` with its first argument fixed to ``first``, as the public function ``name``.
+
+    Its signature (``inspect.signature``, the API reference) is ``impl``'s without the first
+    parameter, and it belongs to ``impl``'s module (its globals), where doctest looks for it.
+    """
+
+    def forward(*args: Any, **kwargs: Any) -> _R:
+        return impl(first, *args, **kwargs)
+
+    code, closure = forward.__code__, forward.__closure__
+    member = types.FunctionType(code, impl.__globals__, name, None, closure)  # type: ignore[attr-defined]
+    signature = inspect.signature(impl)
+    member.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:]
+    )
+    return named(member, name, doc)

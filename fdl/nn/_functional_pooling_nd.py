@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as _torch_functional
 
+from fdl.nn._functional_named import with_first
+
 # torch's stubs overload these kernels on Literal flags and narrow size types; fdl passes
 # its arguments through unchanged, so the kernels are called untyped
 _torch_F: Any = _torch_functional
@@ -130,8 +132,8 @@ def _lp_pool(
     input: Tensor,
     norm_type: float,
     kernel_size: _Size,
-    stride: _Size | None,
-    ceil_mode: bool,
+    stride: _Size | None = None,
+    ceil_mode: bool = False,
 ) -> Tensor:
     k = _tuple(kernel_size, n)
     assert k is not None
@@ -143,43 +145,20 @@ def _lp_pool(
     return (torch.sign(a) * torch.relu(torch.abs(a))).mul(window).pow(1.0 / norm_type)
 
 
-def lp_pool1d(
-    input: Tensor,
-    norm_type: float,
-    kernel_size: int,
-    stride: int | None = None,
-    ceil_mode: bool = False,
-) -> Tensor:
+lp_pool1d = with_first(
+    _lp_pool,
+    1,
+    "lp_pool1d",
     """Power-average pooling over 1-d windows: ``(sum_window x**p) ** (1/p)``.
 
     Example:
         >>> import torch
         >>> lp_pool1d(torch.tensor([[[3.0, 4.0]]]), 2, 2)
         tensor([[[5.]]])
-    """
-    return _lp_pool(1, input, norm_type, kernel_size, stride, ceil_mode)
-
-
-def lp_pool2d(
-    input: Tensor,
-    norm_type: float,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    ceil_mode: bool = False,
-) -> Tensor:
-    """Power-average pooling over 2-d windows."""
-    return _lp_pool(2, input, norm_type, kernel_size, stride, ceil_mode)
-
-
-def lp_pool3d(
-    input: Tensor,
-    norm_type: float,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    ceil_mode: bool = False,
-) -> Tensor:
-    """Power-average pooling over 3-d windows."""
-    return _lp_pool(3, input, norm_type, kernel_size, stride, ceil_mode)
+    """,
+)
+lp_pool2d = with_first(_lp_pool, 2, "lp_pool2d", """Power-average pooling over 2-d windows.""")
+lp_pool3d = with_first(_lp_pool, 3, "lp_pool3d", """Power-average pooling over 3-d windows.""")
 
 
 def _max_unpool(
@@ -187,9 +166,9 @@ def _max_unpool(
     input: Tensor,
     indices: Tensor,
     kernel_size: _Size,
-    stride: _Size | None,
-    padding: _Size,
-    output_size: Sequence[int] | None,
+    stride: _Size | None = None,
+    padding: _Size = 0,
+    output_size: Sequence[int] | None = None,
 ) -> Tensor:
     name = f"max_unpool{n}d"
     if input.dim() not in (n + 1, n + 2) or indices.shape != input.shape:
@@ -219,14 +198,10 @@ def _max_unpool(
     return y.squeeze(0) if unbatched else y
 
 
-def max_unpool1d(
-    input: Tensor,
-    indices: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    output_size: Sequence[int] | None = None,
-) -> Tensor:
+max_unpool1d = with_first(
+    _max_unpool,
+    1,
+    "max_unpool1d",
     """Inverse of ``max_pool1d``: each value goes to its index, zeros elsewhere.
 
     Output length ``(L - 1) stride - 2 padding + kernel_size`` unless ``output_size``.
@@ -235,32 +210,20 @@ def max_unpool1d(
         >>> import torch
         >>> max_unpool1d(torch.tensor([[[5.0]]]), torch.tensor([[[1]]]), 2)
         tensor([[[0., 5.]]])
-    """
-    return _max_unpool(1, input, indices, kernel_size, stride, padding, output_size)
-
-
-def max_unpool2d(
-    input: Tensor,
-    indices: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    output_size: Sequence[int] | None = None,
-) -> Tensor:
-    """Inverse of ``max_pool2d`` (indices flat over ``H_out * W_out``)."""
-    return _max_unpool(2, input, indices, kernel_size, stride, padding, output_size)
-
-
-def max_unpool3d(
-    input: Tensor,
-    indices: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    output_size: Sequence[int] | None = None,
-) -> Tensor:
-    """Inverse of ``max_pool3d`` (indices flat over ``D_out * H_out * W_out``)."""
-    return _max_unpool(3, input, indices, kernel_size, stride, padding, output_size)
+    """,
+)
+max_unpool2d = with_first(
+    _max_unpool,
+    2,
+    "max_unpool2d",
+    """Inverse of ``max_pool2d`` (indices flat over ``H_out * W_out``).""",
+)
+max_unpool3d = with_first(
+    _max_unpool,
+    3,
+    "max_unpool3d",
+    """Inverse of ``max_pool3d`` (indices flat over ``D_out * H_out * W_out``).""",
+)
 
 
 def unfold(
