@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as _torch_F
 
+from fdl.nn._functional_named import with_first
+
 __all__ = ["conv3d", "conv_transpose1d", "conv_transpose3d", "one_hot"]
 
 Tensor = torch.Tensor
@@ -30,7 +32,8 @@ def conv3d(
     return _torch_F.conv3d(input, weight, bias, stride, padding, dilation, groups)
 
 
-def conv_transpose1d(
+def _conv_transpose(
+    n: int,
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
@@ -40,26 +43,16 @@ def conv_transpose1d(
     groups: int = 1,
     dilation: _Size = 1,
 ) -> Tensor:
-    """Transposed 1-d convolution (torch's kernel)."""
-    return _torch_F.conv_transpose1d(
-        input, weight, bias, stride, padding, output_padding, groups, dilation
-    )
+    kernel = (_torch_F.conv_transpose1d, _torch_F.conv_transpose2d, _torch_F.conv_transpose3d)
+    return kernel[n - 1](input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
-def conv_transpose3d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: _Size = 1,
-    padding: _Size = 0,
-    output_padding: _Size = 0,
-    groups: int = 1,
-    dilation: _Size = 1,
-) -> Tensor:
-    """Transposed 3-d convolution (torch's kernel)."""
-    return _torch_F.conv_transpose3d(
-        input, weight, bias, stride, padding, output_padding, groups, dilation
-    )
+conv_transpose1d = with_first(
+    _conv_transpose, 1, "conv_transpose1d", """Transposed 1-d convolution (torch's kernel)."""
+)
+conv_transpose3d = with_first(
+    _conv_transpose, 3, "conv_transpose3d", """Transposed 3-d convolution (torch's kernel)."""
+)
 
 
 def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
