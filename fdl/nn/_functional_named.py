@@ -10,6 +10,7 @@ one function per public name.
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,14 +30,15 @@ def with_first(impl: Callable[..., _R], first: Any, name: str, doc: str) -> Call
     """``impl`` with its first argument fixed to ``first``, as the public function ``name``.
 
     Its signature (``inspect.signature``, the API reference) is ``impl``'s without the first
-    parameter, and it belongs to ``impl``'s module (its globals), where doctest looks for it.
+    parameter, and it belongs to the module that calls ``with_first`` (it takes that module's
+    globals, as a ``def`` there would), where doctest and the API reference look for it.
     """
 
     def forward(*args: Any, **kwargs: Any) -> _R:
         return impl(first, *args, **kwargs)
 
     code, closure = forward.__code__, forward.__closure__
-    member = types.FunctionType(code, impl.__globals__, name, None, closure)  # type: ignore[attr-defined]
+    member = types.FunctionType(code, sys._getframe(1).f_globals, name, None, closure)
     signature = inspect.signature(impl)
     member.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=list(signature.parameters.values())[1:]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as _torch_functional
 
+from fdl.nn._functional_layers import _avg_pool, _max_pool
 from fdl.nn._functional_named import with_first
 
 # torch's stubs overload these kernels on Literal flags and narrow size types; fdl passes
@@ -52,36 +53,23 @@ def _tuple(v: _Size | None, n: int) -> tuple[int, ...] | None:
     return (int(v),) * n if isinstance(v, int) else tuple(int(x) for x in v)
 
 
-def max_pool3d(
-    input: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    dilation: _Size = 1,
-    ceil_mode: bool = False,
-    return_indices: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+max_pool3d = with_first(
+    _max_pool,
+    3,
+    "max_pool3d",
     """Max over 3-d windows of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` (torch's kernel).
 
     Example:
         >>> import torch
         >>> max_pool3d(torch.arange(8.0).reshape(1, 1, 2, 2, 2), 2).flatten()
         tensor([7.])
-    """
-    return _torch_F.max_pool3d(
-        input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
-    )
+    """,
+)
 
-
-def avg_pool3d(
-    input: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
-) -> Tensor:
+avg_pool3d = with_first(
+    _avg_pool,
+    3,
+    "avg_pool3d",
     """Mean over 3-d windows (torch's kernel).
 
     ``ceil_mode``, ``count_include_pad`` and ``divisor_override`` as in torch.
@@ -90,10 +78,8 @@ def avg_pool3d(
         >>> import torch
         >>> avg_pool3d(torch.arange(8.0).reshape(1, 1, 2, 2, 2), 2).flatten()
         tensor([3.5000])
-    """
-    return _torch_F.avg_pool3d(
-        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-    )
+    """,
+)
 
 
 def adaptive_avg_pool1d(input: Tensor, output_size: int) -> Tensor:
