@@ -84,7 +84,8 @@ def bilinear(
     return y if bias is None else y + bias
 
 
-def conv1d(
+def _conv(
+    n: int,
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -93,6 +94,22 @@ def conv1d(
     dilation: _Size = 1,
     groups: int = 1,
 ) -> torch.Tensor:
+    """``conv{n}d``: torch's kernel."""
+    kernel = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+    return kernel(input, weight, bias, stride, padding, dilation, groups)
+
+
+# the arguments both convolution docstrings share, for ``{args}``
+_CONV_ARGS = """bias: ``(C_out,)`` or ``None``.
+        stride: step of the window (int or tuple).
+        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
+        dilation: spacing between kernel elements.
+        groups: blocked connections from input to output channels."""
+
+conv1d = with_first(
+    _conv,
+    1,
+    "conv1d",
     r"""1-d cross-correlation :math:`y_{n,o,l} = b_o + \sum_{c,j} w_{o,c,j}\, x_{n,c,l s + j d}`.
 
     (``x`` zero-padded, ``c`` over the input channels of ``o``'s group; kernel ``F.conv1d``)
@@ -100,11 +117,7 @@ def conv1d(
     Args:
         input: ``(N, C_in, L)`` or unbatched ``(C_in, L)``.
         weight: ``(C_out, C_in / groups, kL)``.
-        bias: ``(C_out,)`` or ``None``.
-        stride: step of the window (int or tuple).
-        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
-        dilation: spacing between kernel elements.
-        groups: blocked connections from input to output channels.
+        {args}
 
     Returns:
         ``(N, C_out, L_out)`` with
@@ -114,19 +127,13 @@ def conv1d(
         >>> import torch
         >>> conv1d(torch.ones(1, 2, 5), torch.ones(3, 2, 3)).shape
         torch.Size([1, 3, 3])
-    """
-    return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
+    """.replace("{args}", _CONV_ARGS),
+)
 
-
-def conv2d(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    stride: _Size = 1,
-    padding: _Size | str = 0,
-    dilation: _Size = 1,
-    groups: int = 1,
-) -> torch.Tensor:
+conv2d = with_first(
+    _conv,
+    2,
+    "conv2d",
     r"""2-d cross-correlation :math:`y_{n,o} = b_o + \sum_{c} w_{o,c} \star x_{n,c}`.
 
     (:math:`\star` is 2-d cross-correlation with ``stride``, ``dilation`` and zero
@@ -135,11 +142,7 @@ def conv2d(
     Args:
         input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
         weight: ``(C_out, C_in / groups, kH, kW)``.
-        bias: ``(C_out,)`` or ``None``.
-        stride: step of the window (int or tuple).
-        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
-        dilation: spacing between kernel elements.
-        groups: blocked connections from input to output channels.
+        {args}
 
     Returns:
         ``(N, C_out, H_out, W_out)`` with
@@ -150,11 +153,12 @@ def conv2d(
         >>> conv2d(torch.ones(1, 1, 28, 28), torch.ones(32, 1, 3, 3), padding=1).shape
         torch.Size([1, 32, 28, 28])
 
-    """
-    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    """.replace("{args}", _CONV_ARGS),
+)
 
 
-def conv_transpose2d(
+def _conv_transpose(
+    n: int,
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -164,6 +168,15 @@ def conv_transpose2d(
     groups: int = 1,
     dilation: _Size = 1,
 ) -> torch.Tensor:
+    """``conv_transpose{n}d``: torch's kernel."""
+    kernel = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+    return kernel(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+conv_transpose2d = with_first(
+    _conv_transpose,
+    2,
+    "conv_transpose2d",
     """Transposed 2-d convolution: the gradient of ``conv2d`` with respect to its input.
 
     (kernel: ``F.conv_transpose2d``)
@@ -186,10 +199,8 @@ def conv_transpose2d(
         >>> import torch
         >>> conv_transpose2d(torch.ones(1, 2, 4, 4), torch.ones(2, 3, 3, 3), stride=2).shape
         torch.Size([1, 3, 9, 9])
-    """
-    return F.conv_transpose2d(
-        input, weight, bias, stride, padding, output_padding, groups, dilation
-    )
+    """,
+)
 
 
 def _max_pool(
