@@ -131,18 +131,23 @@ def _lp_pool(
     return (torch.sign(a) * torch.relu(torch.abs(a))).mul(window).pow(1.0 / norm_type)
 
 
-lp_pool1d = with_first(
-    _lp_pool,
-    1,
-    "lp_pool1d",
+def lp_pool1d(
+    input: Tensor,
+    norm_type: float,
+    kernel_size: int,
+    stride: int | None = None,
+    ceil_mode: bool = False,
+) -> Tensor:
     """Power-average pooling over 1-d windows: ``(sum_window x**p) ** (1/p)``.
 
     Example:
         >>> import torch
         >>> lp_pool1d(torch.tensor([[[3.0, 4.0]]]), 2, 2)
         tensor([[[5.]]])
-    """,
-)
+    """
+    return _lp_pool(1, input, norm_type, kernel_size, stride, ceil_mode)
+
+
 lp_pool2d = with_first(_lp_pool, 2, "lp_pool2d", """Power-average pooling over 2-d windows.""")
 lp_pool3d = with_first(_lp_pool, 3, "lp_pool3d", """Power-average pooling over 3-d windows.""")
 
