@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -43,14 +45,14 @@ class FdlDocstrings(griffe.Extension):
     def on_module_members(self, *, mod: griffe.Module, agent: Any, **kwargs: Any) -> None:
         if not isinstance(agent, griffe.Visitor):
             return
+        module = _runtime_module(mod)
+        if module is None:
+            return
         made: griffe.Module | None = None
         for name, member in list(mod.members.items()):
             if member.is_alias or not member.is_attribute or member.docstring is not None:
                 continue
-            try:
-                obj = getattr(importlib.import_module(mod.path), name)
-            except Exception:  # not importable here: keep the static reading
-                continue
+            obj = getattr(module, name, None)
             if not (inspect.isfunction(obj) and obj.__module__ == mod.path and obj.__doc__):
                 continue
             if made is None:
@@ -62,3 +64,23 @@ class FdlDocstrings(griffe.Extension):
             function = made[name]
             function.lineno, function.endlineno = member.lineno, member.endlineno
             mod.set_member(name, function)
+
+
+def _runtime_module(mod: griffe.Module) -> Any:
+    """The imported module of the file griffe read (its tree first on ``sys.path``), or None.
+
+    None where the module cannot be imported here, or where the import finds another copy
+    of the package (an installed one), whose functions would not be this tree's.
+    """
+    filepath = mod.filepath
+    if not isinstance(filepath, Path):
+        return None
+    root = filepath.parents[mod.path.count(".") + (filepath.name == "__init__.py")]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(mod.path)
+    except Exception:  # not importable here: keep the static reading
+        return None
+    file = getattr(module, "__file__", None)
+    return module if file is not None and Path(file).resolve() == filepath.resolve() else None
