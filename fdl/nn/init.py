@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from fdl import random as _random
-from fdl.nn._functional_named import with_first
+from fdl.nn._functional_named import with_first as _with_first
 
 __all__ = [
     "calculate_gain",
@@ -259,7 +259,7 @@ _XAVIER_ARGS = """Args:
     Returns:
         A new tensor of ``shape``."""
 
-kaiming_uniform = with_first(
+kaiming_uniform = _with_first(
     _kaiming,
     "uniform",
     "kaiming_uniform",
@@ -279,7 +279,7 @@ kaiming_uniform = with_first(
     """.replace("{args}", _KAIMING_ARGS),
 )
 
-kaiming_normal = with_first(
+kaiming_normal = _with_first(
     _kaiming,
     "normal",
     "kaiming_normal",
@@ -313,7 +313,7 @@ def _xavier(
     return normal(key, shape, 0.0, std, dtype=dtype, device=device)
 
 
-xavier_uniform = with_first(
+xavier_uniform = _with_first(
     _xavier,
     "uniform",
     "xavier_uniform",
@@ -329,7 +329,7 @@ xavier_uniform = with_first(
     """.replace("{args}", _XAVIER_ARGS),
 )
 
-xavier_normal = with_first(
+xavier_normal = _with_first(
     _xavier,
     "normal",
     "xavier_normal",
@@ -358,7 +358,7 @@ def _constant(
     return fill(_shape(shape), dtype=dtype, device=_device(key, device))
 
 
-zeros = with_first(
+zeros = _with_first(
     _constant,
     torch.zeros,
     "zeros",
@@ -370,7 +370,7 @@ zeros = with_first(
     """,
 )
 
-ones = with_first(
+ones = _with_first(
     _constant,
     torch.ones,
     "ones",
