@@ -1,65 +1,35 @@
 """``conv3d``, ``conv_transpose1d``, ``conv_transpose3d`` and ``one_hot``.
 
-The convolutions are kernels: these call torch's, with torch's arguments, so the names live
-in :mod:`fdl.nn.functional` beside fdl's ``conv1d``/``conv2d``/``conv_transpose2d``.
+The convolutions are kernels: these are members of the families of fdl's
+``conv1d``/``conv2d``/``conv_transpose2d`` (:mod:`fdl.nn._functional_layers`), which call
+torch's kernels with torch's arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-import torch.nn.functional as _torch_F
+
+from fdl.nn._functional_layers import _conv, _conv_transpose
+from fdl.nn._functional_named import with_first
 
 __all__ = ["conv3d", "conv_transpose1d", "conv_transpose3d", "one_hot"]
 
 Tensor = torch.Tensor
-_Size = int | Sequence[int]
 
 
-def conv3d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: _Size = 1,
-    padding: _Size | str = 0,
-    dilation: _Size = 1,
-    groups: int = 1,
-) -> Tensor:
-    """3-d cross-correlation ``(N, C_in, D, H, W) -> (N, C_out, ...)`` (torch's kernel)."""
-    return _torch_F.conv3d(input, weight, bias, stride, padding, dilation, groups)
+conv3d = with_first(
+    _conv,
+    3,
+    "conv3d",
+    """3-d cross-correlation ``(N, C_in, D, H, W) -> (N, C_out, ...)`` (torch's kernel).""",
+)
 
-
-def conv_transpose1d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: _Size = 1,
-    padding: _Size = 0,
-    output_padding: _Size = 0,
-    groups: int = 1,
-    dilation: _Size = 1,
-) -> Tensor:
-    """Transposed 1-d convolution (torch's kernel)."""
-    return _torch_F.conv_transpose1d(
-        input, weight, bias, stride, padding, output_padding, groups, dilation
-    )
-
-
-def conv_transpose3d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    stride: _Size = 1,
-    padding: _Size = 0,
-    output_padding: _Size = 0,
-    groups: int = 1,
-    dilation: _Size = 1,
-) -> Tensor:
-    """Transposed 3-d convolution (torch's kernel)."""
-    return _torch_F.conv_transpose3d(
-        input, weight, bias, stride, padding, output_padding, groups, dilation
-    )
+conv_transpose1d = with_first(
+    _conv_transpose, 1, "conv_transpose1d", """Transposed 1-d convolution (torch's kernel)."""
+)
+conv_transpose3d = with_first(
+    _conv_transpose, 3, "conv_transpose3d", """Transposed 3-d convolution (torch's kernel)."""
+)
 
 
 def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:

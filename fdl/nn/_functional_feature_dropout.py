@@ -16,10 +16,12 @@ kept). Masks come from ``key``, never from a global RNG.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from fdl import random as _random
+from fdl.nn._functional_named import named
 
 __all__ = ["alpha_dropout", "dropout1d", "dropout2d", "dropout3d", "feature_alpha_dropout"]
 
@@ -42,36 +44,73 @@ def _keep(key: _random.Key | None, p: float, shape: tuple[int, ...], name: str) 
     return _random.bernoulli(key, 1.0 - p, shape)
 
 
-def _feature_shape(input: Tensor, spatial: int) -> tuple[int, ...]:
+def _channel_shape(name: str, spatial: int) -> Callable[[Tensor], tuple[int, ...]]:
     """One draw per channel: ``(N, C, 1, ..., 1)`` (or ``(C, 1, ...)`` unbatched)."""
-    lead = input.dim() - spatial
-    return (*input.shape[:lead], *([1] * spatial))
+
+    def shape(input: Tensor) -> tuple[int, ...]:
+        if input.dim() not in (spatial + 1, spatial + 2):
+            raise ValueError(
+                f"{name}: expected a {spatial + 1}-d or {spatial + 2}-d input, "
+                f"got {tuple(input.shape)}"
+            )
+        lead = input.dim() - spatial
+        return (*input.shape[:lead], *([1] * spatial))
+
+    return shape
 
 
-def _channel_dropout(
-    name: str, spatial: int, input: Tensor, p: float, training: bool, inplace: bool, key
-) -> Tensor:
-    _check(name, input, p, inplace)
-    if input.dim() not in (spatial + 1, spatial + 2):
-        raise ValueError(
-            f"{name}: expected a {spatial + 1}-d or {spatial + 2}-d input, got {tuple(input.shape)}"
-        )
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return input * 0.0
-    keep = _keep(key, p, _feature_shape(input, spatial), name).to(input.device)
-    return input * keep.to(input.dtype) * (1.0 / (1.0 - p))
+def _element_shape(input: Tensor) -> tuple[int, ...]:
+    return tuple(input.shape)
 
 
-def dropout1d(
-    input: Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor:
+def _feature_shape(input: Tensor) -> tuple[int, ...]:
+    return (*input.shape[:2], *([1] * (input.dim() - 2)))  # (N, C, 1, ...)
+
+
+def _inverted(input: Tensor, p: float, keep: Tensor) -> Tensor:
+    """Survivors scaled by ``1 / (1 - p)``."""
+    return input * keep.to(device=input.device, dtype=input.dtype) * (1.0 / (1.0 - p))
+
+
+def _alpha(input: Tensor, p: float, keep: Tensor) -> Tensor:
+    a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1) * (1 - p))
+    m = keep.to(device=input.device, dtype=input.dtype)
+    return input * (m * a) + (m - 1) * (_ALPHA * a) + _ALPHA * a * p
+
+
+def _dropout_fn(
+    name: str,
+    training_default: bool,
+    mask_shape: Callable[[Tensor], tuple[int, ...]],
+    drop: Callable[[Tensor, float, Tensor], Tensor],
+    doc: str,
+) -> Callable[..., Tensor]:
+    """The public ``name``: masks of ``mask_shape(input)`` from ``key``, applied by ``drop``."""
+
+    def dropout(
+        input: Tensor,
+        p: float = 0.5,
+        training: bool = training_default,
+        inplace: bool = False,
+        *,
+        key: _random.Key | None = None,
+    ) -> Tensor:
+        _check(name, input, p, inplace)
+        shape = mask_shape(input)  # also checks the input's rank, training or not
+        if not training or p == 0.0:
+            return input
+        if p == 1.0:
+            return input * 0.0
+        return drop(input, p, _keep(key, p, shape, name))
+
+    return named(dropout, name, doc)
+
+
+dropout1d = _dropout_fn(
+    "dropout1d",
+    True,
+    _channel_shape("dropout1d", 1),
+    _inverted,
     """Zero whole channels of ``(N, C, L)`` / ``(C, L)``; see the module docstring.
 
     Example:
@@ -79,18 +118,14 @@ def dropout1d(
         >>> y = dropout1d(torch.ones(1, 64, 3), key=fdl.random.key(0))
         >>> bool(((y == 0).all(-1) | (y == 2).all(-1)).all())
         True
-    """
-    return _channel_dropout("dropout1d", 1, input, p, training, inplace, key)
+    """,
+)
 
-
-def dropout2d(
-    input: Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor:
+dropout2d = _dropout_fn(
+    "dropout2d",
+    True,
+    _channel_shape("dropout2d", 2),
+    _inverted,
     """Zero whole channels of ``(N, C, H, W)`` / ``(C, H, W)``.
 
     Note:
@@ -102,42 +137,28 @@ def dropout2d(
         >>> import torch, fdl
         >>> dropout2d(torch.ones(1, 2, 2, 2), training=False).sum().item()
         8.0
-    """
-    return _channel_dropout("dropout2d", 2, input, p, training, inplace, key)
+    """,
+)
 
-
-def dropout3d(
-    input: Tensor,
-    p: float = 0.5,
-    training: bool = True,
-    inplace: bool = False,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor:
+dropout3d = _dropout_fn(
+    "dropout3d",
+    True,
+    _channel_shape("dropout3d", 3),
+    _inverted,
     """Zero whole channels of ``(N, C, D, H, W)`` / ``(C, D, H, W)``.
 
     Example:
         >>> import torch, fdl
         >>> dropout3d(torch.ones(1, 2, 1, 2, 2), p=0.0, key=fdl.random.key(0)).sum().item()
         8.0
-    """
-    return _channel_dropout("dropout3d", 3, input, p, training, inplace, key)
+    """,
+)
 
-
-def _alpha(input: Tensor, p: float, keep: Tensor) -> Tensor:
-    a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1) * (1 - p))
-    m = keep.to(device=input.device, dtype=input.dtype)
-    return input * (m * a) + (m - 1) * (_ALPHA * a) + _ALPHA * a * p
-
-
-def alpha_dropout(
-    input: Tensor,
-    p: float = 0.5,
-    training: bool = False,
-    inplace: bool = False,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor:
+alpha_dropout = _dropout_fn(
+    "alpha_dropout",
+    False,
+    _element_shape,
+    _alpha,
     """Alpha dropout, one draw per element; the identity unless ``training``.
 
     Example:
@@ -146,34 +167,19 @@ def alpha_dropout(
         >>> y = alpha_dropout(x, 0.2, training=True, key=fdl.random.key(0))
         >>> round(y.mean().item(), 1), round(y.std().item(), 1)
         (0.0, 1.0)
-    """
-    _check("alpha_dropout", input, p, inplace)
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return input * 0.0
-    return _alpha(input, p, _keep(key, p, tuple(input.shape), "alpha_dropout"))
+    """,
+)
 
-
-def feature_alpha_dropout(
-    input: Tensor,
-    p: float = 0.5,
-    training: bool = False,
-    inplace: bool = False,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor:
+feature_alpha_dropout = _dropout_fn(
+    "feature_alpha_dropout",
+    False,
+    _feature_shape,
+    _alpha,
     """Alpha dropout with one draw per channel of ``(N, C, *)`` (every dim from 2 on shares it).
 
     Example:
         >>> import torch, fdl
         >>> feature_alpha_dropout(torch.ones(2, 3, 4), 0.5).sum().item()
         24.0
-    """
-    _check("feature_alpha_dropout", input, p, inplace)
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return input * 0.0
-    shape = (*input.shape[:2], *([1] * (input.dim() - 2)))  # (N, C, 1, ...)
-    return _alpha(input, p, _keep(key, p, shape, "feature_alpha_dropout"))
+    """,
+)

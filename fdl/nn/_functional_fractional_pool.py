@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from fdl import random as _random
+from fdl.nn._functional_named import with_first
 
 __all__ = ["fractional_max_pool2d", "fractional_max_pool3d"]
 
@@ -38,11 +39,12 @@ def _fractional(
     n: int,
     input: Tensor,
     kernel_size: int | Sequence[int],
-    output_size: int | Sequence[int] | None,
-    output_ratio: float | Sequence[float] | None,
-    return_indices: bool,
-    key: _random.Key | None,
-    _random_samples: Tensor | None,
+    output_size: int | Sequence[int] | None = None,
+    output_ratio: float | Sequence[float] | None = None,
+    return_indices: bool = False,
+    _random_samples: Tensor | None = None,
+    *,
+    key: _random.Key | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     name = f"fractional_max_pool{n}d"
     if input.dim() not in (n + 1, n + 2):
@@ -90,16 +92,10 @@ def _fractional(
     return (values, indices) if return_indices else values
 
 
-def fractional_max_pool2d(
-    input: Tensor,
-    kernel_size: int | Sequence[int],
-    output_size: int | Sequence[int] | None = None,
-    output_ratio: float | Sequence[float] | None = None,
-    return_indices: bool = False,
-    _random_samples: Tensor | None = None,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+fractional_max_pool2d = with_first(
+    _fractional,
+    2,
+    "fractional_max_pool2d",
     """Fractional max pooling of ``(N, C, H, W)`` / ``(C, H, W)``; windows placed by ``key``.
 
     ``_random_samples`` ``(N, C, 2)`` (torch's argument) fixes the samples instead.
@@ -109,23 +105,11 @@ def fractional_max_pool2d(
         >>> x = torch.arange(25.0).reshape(1, 1, 5, 5)
         >>> fractional_max_pool2d(x, 2, output_size=2, key=fdl.random.key(0)).shape
         torch.Size([1, 1, 2, 2])
-    """
-    return _fractional(
-        2, input, kernel_size, output_size, output_ratio, return_indices, key, _random_samples
-    )
-
-
-def fractional_max_pool3d(
-    input: Tensor,
-    kernel_size: int | Sequence[int],
-    output_size: int | Sequence[int] | None = None,
-    output_ratio: float | Sequence[float] | None = None,
-    return_indices: bool = False,
-    _random_samples: Tensor | None = None,
-    *,
-    key: _random.Key | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Fractional max pooling of ``(N, C, D, H, W)`` / ``(C, D, H, W)``; windows from ``key``."""
-    return _fractional(
-        3, input, kernel_size, output_size, output_ratio, return_indices, key, _random_samples
-    )
+    """,
+)
+fractional_max_pool3d = with_first(
+    _fractional,
+    3,
+    "fractional_max_pool3d",
+    """Fractional max pooling of ``(N, C, D, H, W)`` / ``(C, D, H, W)``; windows from ``key``.""",
+)

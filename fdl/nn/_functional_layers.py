@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fdl import random as _random
+from fdl.nn._functional_named import with_first
 from fdl.nn._maxpool import _MaxPool2x2, max_pool2x2
 
 __all__ = [
@@ -83,7 +84,8 @@ def bilinear(
     return y if bias is None else y + bias
 
 
-def conv1d(
+def _conv(
+    n: int,
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -92,6 +94,22 @@ def conv1d(
     dilation: _Size = 1,
     groups: int = 1,
 ) -> torch.Tensor:
+    """``conv{n}d``: torch's kernel."""
+    kernel = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+    return kernel(input, weight, bias, stride, padding, dilation, groups)
+
+
+# the arguments both convolution docstrings share, for ``{args}``
+_CONV_ARGS = """bias: ``(C_out,)`` or ``None``.
+        stride: step of the window (int or tuple).
+        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
+        dilation: spacing between kernel elements.
+        groups: blocked connections from input to output channels."""
+
+conv1d = with_first(
+    _conv,
+    1,
+    "conv1d",
     r"""1-d cross-correlation :math:`y_{n,o,l} = b_o + \sum_{c,j} w_{o,c,j}\, x_{n,c,l s + j d}`.
 
     (``x`` zero-padded, ``c`` over the input channels of ``o``'s group; kernel ``F.conv1d``)
@@ -99,11 +117,7 @@ def conv1d(
     Args:
         input: ``(N, C_in, L)`` or unbatched ``(C_in, L)``.
         weight: ``(C_out, C_in / groups, kL)``.
-        bias: ``(C_out,)`` or ``None``.
-        stride: step of the window (int or tuple).
-        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
-        dilation: spacing between kernel elements.
-        groups: blocked connections from input to output channels.
+        {args}
 
     Returns:
         ``(N, C_out, L_out)`` with
@@ -113,19 +127,13 @@ def conv1d(
         >>> import torch
         >>> conv1d(torch.ones(1, 2, 5), torch.ones(3, 2, 3)).shape
         torch.Size([1, 3, 3])
-    """
-    return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
+    """.replace("{args}", _CONV_ARGS),
+)
 
-
-def conv2d(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    stride: _Size = 1,
-    padding: _Size | str = 0,
-    dilation: _Size = 1,
-    groups: int = 1,
-) -> torch.Tensor:
+conv2d = with_first(
+    _conv,
+    2,
+    "conv2d",
     r"""2-d cross-correlation :math:`y_{n,o} = b_o + \sum_{c} w_{o,c} \star x_{n,c}`.
 
     (:math:`\star` is 2-d cross-correlation with ``stride``, ``dilation`` and zero
@@ -134,11 +142,7 @@ def conv2d(
     Args:
         input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``.
         weight: ``(C_out, C_in / groups, kH, kW)``.
-        bias: ``(C_out,)`` or ``None``.
-        stride: step of the window (int or tuple).
-        padding: int, tuple, ``"same"`` or ``"valid"`` (zero padding).
-        dilation: spacing between kernel elements.
-        groups: blocked connections from input to output channels.
+        {args}
 
     Returns:
         ``(N, C_out, H_out, W_out)`` with
@@ -149,11 +153,12 @@ def conv2d(
         >>> conv2d(torch.ones(1, 1, 28, 28), torch.ones(32, 1, 3, 3), padding=1).shape
         torch.Size([1, 32, 28, 28])
 
-    """
-    return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    """.replace("{args}", _CONV_ARGS),
+)
 
 
-def conv_transpose2d(
+def _conv_transpose(
+    n: int,
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
@@ -163,6 +168,15 @@ def conv_transpose2d(
     groups: int = 1,
     dilation: _Size = 1,
 ) -> torch.Tensor:
+    """``conv_transpose{n}d``: torch's kernel."""
+    kernel = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+    return kernel(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+conv_transpose2d = with_first(
+    _conv_transpose,
+    2,
+    "conv_transpose2d",
     """Transposed 2-d convolution: the gradient of ``conv2d`` with respect to its input.
 
     (kernel: ``F.conv_transpose2d``)
@@ -185,13 +199,12 @@ def conv_transpose2d(
         >>> import torch
         >>> conv_transpose2d(torch.ones(1, 2, 4, 4), torch.ones(2, 3, 3, 3), stride=2).shape
         torch.Size([1, 3, 9, 9])
-    """
-    return F.conv_transpose2d(
-        input, weight, bias, stride, padding, output_padding, groups, dilation
-    )
+    """,
+)
 
 
-def max_pool1d(
+def _max_pool(
+    n: int,
     input: torch.Tensor,
     kernel_size: _Size,
     stride: _Size | None = None,
@@ -200,61 +213,11 @@ def max_pool1d(
     ceil_mode: bool = False,
     return_indices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Max over sliding windows: ``y[n, c, l] = max_j x[n, c, l stride + j dilation]``.
-
-    Args:
-        input: ``(N, C, L)`` or ``(C, L)``.
-        kernel_size: window size.
-        stride: window step (default ``kernel_size``).
-        padding: implicit padding on both sides (``-inf``).
-        dilation: spacing between window elements.
-        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
-        return_indices: also return the flat indices of the maxima.
-
-    Returns:
-        ``(N, C, L_out)``.
-
-    Example:
-        >>> import torch
-        >>> max_pool1d(torch.arange(6.0).reshape(1, 1, 6), 2)
-        tensor([[[1., 3., 5.]]])
-    """
-    stride = kernel_size if stride is None else stride
-    # torch's stubs overload only Literal[True]/Literal[False] return_indices, not a plain bool
-    return F.max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)  # type: ignore[call-overload]
-
-
-def max_pool2d(
-    input: torch.Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    dilation: _Size = 1,
-    ceil_mode: bool = False,
-    return_indices: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Max over sliding ``kH x kW`` windows (kernel: ``F.max_pool2d``).
-
-    Args:
-        input: ``(N, C, H, W)`` or ``(C, H, W)``.
-        kernel_size: window size.
-        stride: window step (default ``kernel_size``).
-        padding: implicit padding on both sides (``-inf``).
-        dilation: spacing between window elements.
-        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
-        return_indices: also return the flat indices of the maxima.
-
-    Returns:
-        ``(N, C, H_out, W_out)``.
-
-    Example:
-        >>> import torch
-        >>> max_pool2d(torch.ones(1, 1, 28, 28), 2).shape
-        torch.Size([1, 1, 14, 14])
-    """
+    """``max_pool{n}d``: torch's kernel, or for eager 2x2 windows fdl's faster one."""
     stride = kernel_size if stride is None else stride
     if (
-        not return_indices
+        n == 2
+        and not return_indices
         and not ceil_mode
         and _is_pair(kernel_size, 2)
         and _is_pair(stride, 2)
@@ -263,8 +226,57 @@ def max_pool2d(
         and _MaxPool2x2.applies(input)
     ):
         return max_pool2x2(input)
-    # torch's stubs overload only Literal[True]/Literal[False] return_indices, not a plain bool
-    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)  # type: ignore[call-overload]
+    kernel = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
+    return kernel(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+# the arguments both max-pool docstrings share, for ``{args}``
+_MAX_POOL_ARGS = """kernel_size: window size.
+        stride: window step (default ``kernel_size``).
+        padding: implicit padding on both sides (``-inf``).
+        dilation: spacing between window elements.
+        ceil_mode: use ``ceil`` instead of ``floor`` for the output size.
+        return_indices: also return the flat indices of the maxima."""
+
+max_pool1d = with_first(
+    _max_pool,
+    1,
+    "max_pool1d",
+    """Max over sliding windows: ``y[n, c, l] = max_j x[n, c, l stride + j dilation]``.
+
+    Args:
+        input: ``(N, C, L)`` or ``(C, L)``.
+        {args}
+
+    Returns:
+        ``(N, C, L_out)``.
+
+    Example:
+        >>> import torch
+        >>> max_pool1d(torch.arange(6.0).reshape(1, 1, 6), 2)
+        tensor([[[1., 3., 5.]]])
+    """.replace("{args}", _MAX_POOL_ARGS),
+)
+
+max_pool2d = with_first(
+    _max_pool,
+    2,
+    "max_pool2d",
+    """Max over sliding ``kH x kW`` windows (kernel: ``F.max_pool2d``).
+
+    Args:
+        input: ``(N, C, H, W)`` or ``(C, H, W)``.
+        {args}
+
+    Returns:
+        ``(N, C, H_out, W_out)``.
+
+    Example:
+        >>> import torch
+        >>> max_pool2d(torch.ones(1, 1, 28, 28), 2).shape
+        torch.Size([1, 1, 14, 14])
+    """.replace("{args}", _MAX_POOL_ARGS),
+)
 
 
 def _is_pair(v: _Size, n: int) -> bool:
@@ -301,7 +313,8 @@ def avg_pool1d(
     return F.avg_pool1d(input, kernel_size, stride, padding, ceil_mode, count_include_pad)
 
 
-def avg_pool2d(
+def _avg_pool(
+    n: int,
     input: torch.Tensor,
     kernel_size: _Size,
     stride: _Size | None = None,
@@ -310,6 +323,18 @@ def avg_pool2d(
     count_include_pad: bool = True,
     divisor_override: int | None = None,
 ) -> torch.Tensor:
+    """``avg_pool{n}d`` for ``n`` 2 or 3 (``avg_pool1d`` has no ``divisor_override``)."""
+    stride = kernel_size if stride is None else stride
+    kernel = (F.avg_pool2d, F.avg_pool3d)[n - 2]
+    return kernel(
+        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+
+
+avg_pool2d = with_first(
+    _avg_pool,
+    2,
+    "avg_pool2d",
     """Mean over sliding ``kH x kW`` windows (kernel: ``F.avg_pool2d``).
 
     Args:
@@ -328,11 +353,8 @@ def avg_pool2d(
         >>> import torch
         >>> avg_pool2d(torch.ones(1, 1, 4, 4), 2).shape
         torch.Size([1, 1, 2, 2])
-    """
-    stride = kernel_size if stride is None else stride
-    return F.avg_pool2d(
-        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-    )
+    """,
+)
 
 
 def adaptive_avg_pool2d(

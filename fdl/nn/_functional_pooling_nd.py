@@ -18,6 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as _torch_functional
 
+from fdl.nn._functional_layers import _avg_pool, _max_pool
+from fdl.nn._functional_named import with_first
+
 # torch's stubs overload these kernels on Literal flags and narrow size types; fdl passes
 # its arguments through unchanged, so the kernels are called untyped
 _torch_F: Any = _torch_functional
@@ -50,36 +53,23 @@ def _tuple(v: _Size | None, n: int) -> tuple[int, ...] | None:
     return (int(v),) * n if isinstance(v, int) else tuple(int(x) for x in v)
 
 
-def max_pool3d(
-    input: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    dilation: _Size = 1,
-    ceil_mode: bool = False,
-    return_indices: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+max_pool3d = with_first(
+    _max_pool,
+    3,
+    "max_pool3d",
     """Max over 3-d windows of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` (torch's kernel).
 
     Example:
         >>> import torch
         >>> max_pool3d(torch.arange(8.0).reshape(1, 1, 2, 2, 2), 2).flatten()
         tensor([7.])
-    """
-    return _torch_F.max_pool3d(
-        input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
-    )
+    """,
+)
 
-
-def avg_pool3d(
-    input: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
-) -> Tensor:
+avg_pool3d = with_first(
+    _avg_pool,
+    3,
+    "avg_pool3d",
     """Mean over 3-d windows (torch's kernel).
 
     ``ceil_mode``, ``count_include_pad`` and ``divisor_override`` as in torch.
@@ -88,10 +78,8 @@ def avg_pool3d(
         >>> import torch
         >>> avg_pool3d(torch.arange(8.0).reshape(1, 1, 2, 2, 2), 2).flatten()
         tensor([3.5000])
-    """
-    return _torch_F.avg_pool3d(
-        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-    )
+    """,
+)
 
 
 def adaptive_avg_pool1d(input: Tensor, output_size: int) -> Tensor:
@@ -130,8 +118,8 @@ def _lp_pool(
     input: Tensor,
     norm_type: float,
     kernel_size: _Size,
-    stride: _Size | None,
-    ceil_mode: bool,
+    stride: _Size | None = None,
+    ceil_mode: bool = False,
 ) -> Tensor:
     k = _tuple(kernel_size, n)
     assert k is not None
@@ -160,26 +148,8 @@ def lp_pool1d(
     return _lp_pool(1, input, norm_type, kernel_size, stride, ceil_mode)
 
 
-def lp_pool2d(
-    input: Tensor,
-    norm_type: float,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    ceil_mode: bool = False,
-) -> Tensor:
-    """Power-average pooling over 2-d windows."""
-    return _lp_pool(2, input, norm_type, kernel_size, stride, ceil_mode)
-
-
-def lp_pool3d(
-    input: Tensor,
-    norm_type: float,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    ceil_mode: bool = False,
-) -> Tensor:
-    """Power-average pooling over 3-d windows."""
-    return _lp_pool(3, input, norm_type, kernel_size, stride, ceil_mode)
+lp_pool2d = with_first(_lp_pool, 2, "lp_pool2d", """Power-average pooling over 2-d windows.""")
+lp_pool3d = with_first(_lp_pool, 3, "lp_pool3d", """Power-average pooling over 3-d windows.""")
 
 
 def _max_unpool(
@@ -187,9 +157,9 @@ def _max_unpool(
     input: Tensor,
     indices: Tensor,
     kernel_size: _Size,
-    stride: _Size | None,
-    padding: _Size,
-    output_size: Sequence[int] | None,
+    stride: _Size | None = None,
+    padding: _Size = 0,
+    output_size: Sequence[int] | None = None,
 ) -> Tensor:
     name = f"max_unpool{n}d"
     if input.dim() not in (n + 1, n + 2) or indices.shape != input.shape:
@@ -219,14 +189,10 @@ def _max_unpool(
     return y.squeeze(0) if unbatched else y
 
 
-def max_unpool1d(
-    input: Tensor,
-    indices: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    output_size: Sequence[int] | None = None,
-) -> Tensor:
+max_unpool1d = with_first(
+    _max_unpool,
+    1,
+    "max_unpool1d",
     """Inverse of ``max_pool1d``: each value goes to its index, zeros elsewhere.
 
     Output length ``(L - 1) stride - 2 padding + kernel_size`` unless ``output_size``.
@@ -235,32 +201,20 @@ def max_unpool1d(
         >>> import torch
         >>> max_unpool1d(torch.tensor([[[5.0]]]), torch.tensor([[[1]]]), 2)
         tensor([[[0., 5.]]])
-    """
-    return _max_unpool(1, input, indices, kernel_size, stride, padding, output_size)
-
-
-def max_unpool2d(
-    input: Tensor,
-    indices: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    output_size: Sequence[int] | None = None,
-) -> Tensor:
-    """Inverse of ``max_pool2d`` (indices flat over ``H_out * W_out``)."""
-    return _max_unpool(2, input, indices, kernel_size, stride, padding, output_size)
-
-
-def max_unpool3d(
-    input: Tensor,
-    indices: Tensor,
-    kernel_size: _Size,
-    stride: _Size | None = None,
-    padding: _Size = 0,
-    output_size: Sequence[int] | None = None,
-) -> Tensor:
-    """Inverse of ``max_pool3d`` (indices flat over ``D_out * H_out * W_out``)."""
-    return _max_unpool(3, input, indices, kernel_size, stride, padding, output_size)
+    """,
+)
+max_unpool2d = with_first(
+    _max_unpool,
+    2,
+    "max_unpool2d",
+    """Inverse of ``max_pool2d`` (indices flat over ``H_out * W_out``).""",
+)
+max_unpool3d = with_first(
+    _max_unpool,
+    3,
+    "max_unpool3d",
+    """Inverse of ``max_pool3d`` (indices flat over ``D_out * H_out * W_out``).""",
+)
 
 
 def unfold(

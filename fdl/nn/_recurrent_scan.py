@@ -27,13 +27,13 @@ Tensor = torch.Tensor
 
 
 def _loop(
-    mode: str,
     gi: Tensor,
     h0: Tensor,
     c0: Tensor,
     w_hh: Tensor,
     b_hh: Tensor | None,
     w_hr: Tensor | None,
+    mode: str,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``gi`` ``(L, N, G H)`` -> ``(outputs (L, N, H_out), h_n, c_n)``; LSTM only has ``c_n``."""
@@ -62,19 +62,10 @@ _LIB.define(
 )
 
 
-def _scan_impl(
-    gi: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    mode: str,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the recurrence over every time step of ``gi``; see :func:`_loop`."""
+def _scan_impl(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the recurrence over every time step; the arguments (the schema's) are :func:`_loop`'s."""
     with torch.no_grad():
-        out, h, c = _loop(mode, gi, h0, c0, w_hh, b_hh, w_hr, reverse)
+        out, h, c = _loop(*inputs)
     return out.clone(), h.clone(), c.clone()
 
 
@@ -100,28 +91,18 @@ def _autograd_on() -> Any:
     return torch._C._ForceDispatchKeyGuard(include, exclude)
 
 
-def _scan_backward_impl(
-    gi: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    mode: str,
-    reverse: bool,
-    g_out: Tensor,
-    g_h: Tensor,
-    g_c: Tensor,
-) -> list[Tensor]:
+def _scan_backward_impl(*args: Any) -> list[Tensor]:
     """Backpropagation through time: ``(d gi, d h0, d c0, d w_hh, d b_hh, d w_hr)``.
 
-    Missing inputs (``b_hh``, ``w_hr``, ``c0`` outside LSTM) get empty gradients.
+    The arguments are the schema's: those of :func:`_loop`, then the cotangents of its three
+    results. Missing inputs (``b_hh``, ``w_hr``, ``c0`` outside LSTM) get empty gradients.
     """
+    gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse, g_out, g_h, g_c = args
     inputs = [gi, h0, c0, w_hh, b_hh, w_hr]
     with _autograd_on(), torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
         lstm = mode == "LSTM"
-        out, h, c = _loop(mode, *leaves[:3], leaves[3], leaves[4], leaves[5], reverse)  # type: ignore[arg-type]
+        out, h, c = _loop(*leaves, mode, reverse)  # type: ignore[arg-type]
         outs = [out, h] + ([c] if lstm else [])
         cts = [g_out, g_h] + ([g_c] if lstm else [])
         used = [t for t in leaves if t is not None and (lstm or t is not leaves[2])]
@@ -181,18 +162,9 @@ class _Scan(torch.autograd.Function):
         )  # fmt: skip
 
 
-def scan(
-    gi: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_hh: Tensor,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    mode: str,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Differentiable, vmappable :func:`recurrent_scan`."""
-    return _Scan.apply(gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse)
+def scan(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Differentiable, vmappable :func:`recurrent_scan`; the arguments are :func:`_loop`'s."""
+    return _Scan.apply(*inputs)
 
 
 def _move(t: Tensor | None, d: int | None, size: int) -> Tensor | None:

@@ -23,11 +23,12 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from fdl import random as _random
+from fdl.nn._functional_named import with_first as _with_first
 
 __all__ = [
     "calculate_gain",
@@ -139,6 +140,21 @@ def _fan(shape: tuple[int, ...], mode: str) -> int:
     return fan_in if mode == "fan_in" else fan_out
 
 
+def _drawn(
+    draw: Callable[..., torch.Tensor],
+    key: _random.Key,
+    shape: int | Sequence[int],
+    p1: float,
+    p2: float,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """``draw(key, shape, p1, p2)`` from :mod:`fdl.random` on ``device``."""
+    if key.device.type == "meta":  # shape evaluation: no bits needed
+        return torch.empty(_shape(shape), dtype=dtype, device="meta")
+    return draw(_key_on(key, device), _shape(shape), p1, p2, dtype=dtype)
+
+
 def uniform(
     key: _random.Key,
     shape: int | Sequence[int],
@@ -167,9 +183,7 @@ def uniform(
         >>> bool(((w >= -1) & (w < 1)).all())
         True
     """
-    if key.device.type == "meta":  # shape evaluation: no bits needed
-        return torch.empty(_shape(shape), dtype=dtype, device="meta")
-    return _random.uniform(_key_on(key, device), _shape(shape), a, b, dtype=dtype)
+    return _drawn(_random.uniform, key, shape, a, b, dtype, device)
 
 
 def normal(
@@ -199,12 +213,11 @@ def normal(
         >>> normal(fdl.random.key(0), (2, 3)).shape
         torch.Size([2, 3])
     """
-    if key.device.type == "meta":  # shape evaluation: no bits needed
-        return torch.empty(_shape(shape), dtype=dtype, device="meta")
-    return _random.normal(_key_on(key, device), _shape(shape), mean, std, dtype=dtype)
+    return _drawn(_random.normal, key, shape, mean, std, dtype, device)
 
 
-def kaiming_uniform(
+def _kaiming(
+    dist: str,
     key: _random.Key,
     shape: int | Sequence[int],
     a: float = 0.0,
@@ -214,74 +227,76 @@ def kaiming_uniform(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
+    shape = _shape(shape)
+    if math.prod(shape) == 0:
+        return zeros(key, shape, dtype=dtype, device=device)
+    if dist == "uniform":
+        bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / _fan(shape, mode))
+        return uniform(key, shape, -bound, bound, dtype=dtype, device=device)
+    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(shape, mode))
+    return normal(key, shape, 0.0, std, dtype=dtype, device=device)
+
+
+# the arguments and result of both Kaiming and both Xavier initialisers, for ``{args}``
+_KAIMING_ARGS = """Args:
+        key: an ``fdl.random`` key.
+        shape: weight shape ``(out, in, *kernel)``.
+        a: negative slope of the following leaky ReLU.
+        mode: ``"fan_in"`` or ``"fan_out"``.
+        nonlinearity: passed to :func:`calculate_gain`.
+        dtype: output dtype.
+        device: output device.
+
+    Returns:
+        A new tensor of ``shape``."""
+_XAVIER_ARGS = """Args:
+        key: an ``fdl.random`` key.
+        shape: weight shape ``(out, in, *kernel)``.
+        gain: scaling factor.
+        dtype: output dtype.
+        device: output device.
+
+    Returns:
+        A new tensor of ``shape``."""
+
+kaiming_uniform = _with_first(
+    _kaiming,
+    "uniform",
+    "kaiming_uniform",
     r"""He-uniform: :math:`\mathcal{U}(-\text{bound}, \text{bound})` with
     ``bound = gain * sqrt(3 / fan)``, ``gain = calculate_gain(nonlinearity, a)``.
 
     ``torch.nn.Linear`` and ``Conv*d`` weights use ``a = sqrt(5)``, which gives
     ``bound = 1 / sqrt(fan_in)``.
 
-    Args:
-        key: an ``fdl.random`` key.
-        shape: weight shape ``(out, in, *kernel)``.
-        a: negative slope of the following leaky ReLU.
-        mode: ``"fan_in"`` or ``"fan_out"``.
-        nonlinearity: passed to :func:`calculate_gain`.
-        dtype: output dtype.
-        device: output device.
-
-    Returns:
-        A new tensor of ``shape``.
+    {args}
 
     Example:
         >>> import fdl
         >>> w = kaiming_uniform(fdl.random.key(0), (4, 9), nonlinearity="relu")
         >>> bool(w.abs().max() <= 2**0.5 * (3 / 9) ** 0.5)
         True
-    """
-    shape = _shape(shape)
-    if math.prod(shape) == 0:
-        return zeros(key, shape, dtype=dtype, device=device)
-    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / _fan(shape, mode))
-    return uniform(key, shape, -bound, bound, dtype=dtype, device=device)
+    """.replace("{args}", _KAIMING_ARGS),
+)
 
-
-def kaiming_normal(
-    key: _random.Key,
-    shape: int | Sequence[int],
-    a: float = 0.0,
-    mode: str = "fan_in",
-    nonlinearity: str = "leaky_relu",
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+kaiming_normal = _with_first(
+    _kaiming,
+    "normal",
+    "kaiming_normal",
     r"""He-normal: :math:`\mathcal{N}(0, \text{std}^2)` with ``std = gain / sqrt(fan)``.
 
-    Args:
-        key: an ``fdl.random`` key.
-        shape: weight shape ``(out, in, *kernel)``.
-        a: negative slope of the following leaky ReLU.
-        mode: ``"fan_in"`` or ``"fan_out"``.
-        nonlinearity: passed to :func:`calculate_gain`.
-        dtype: output dtype.
-        device: output device.
-
-    Returns:
-        A new tensor of ``shape``.
+    {args}
 
     Example:
         >>> import fdl
         >>> kaiming_normal(fdl.random.key(0), (64, 32, 3, 3), mode="fan_out").shape
         torch.Size([64, 32, 3, 3])
-    """
-    shape = _shape(shape)
-    if math.prod(shape) == 0:
-        return zeros(key, shape, dtype=dtype, device=device)
-    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(shape, mode))
-    return normal(key, shape, 0.0, std, dtype=dtype, device=device)
+    """.replace("{args}", _KAIMING_ARGS),
+)
 
 
-def xavier_uniform(
+def _xavier(
+    dist: str,
     key: _random.Key,
     shape: int | Sequence[int],
     gain: float = 1.0,
@@ -289,90 +304,80 @@ def xavier_uniform(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
+    shape = _shape(shape)
+    fan_in, fan_out = fans(shape)
+    if dist == "uniform":
+        bound = gain * math.sqrt(6.0 / max(fan_in + fan_out, 1))
+        return uniform(key, shape, -bound, bound, dtype=dtype, device=device)
+    std = gain * math.sqrt(2.0 / max(fan_in + fan_out, 1))
+    return normal(key, shape, 0.0, std, dtype=dtype, device=device)
+
+
+xavier_uniform = _with_first(
+    _xavier,
+    "uniform",
+    "xavier_uniform",
     r"""Glorot-uniform: :math:`\mathcal{U}(-a, a)` with ``a = gain * sqrt(6 / (fan_in + fan_out))``.
 
-    Args:
-        key: an ``fdl.random`` key.
-        shape: weight shape ``(out, in, *kernel)``.
-        gain: scaling factor.
-        dtype: output dtype.
-        device: output device.
-
-    Returns:
-        A new tensor of ``shape``.
+    {args}
 
     Example:
         >>> import fdl
         >>> w = xavier_uniform(fdl.random.key(0), (10, 20))
         >>> bool(w.abs().max() <= (6 / 30) ** 0.5)
         True
-    """
-    shape = _shape(shape)
-    fan_in, fan_out = fans(shape)
-    bound = gain * math.sqrt(6.0 / max(fan_in + fan_out, 1))
-    return uniform(key, shape, -bound, bound, dtype=dtype, device=device)
+    """.replace("{args}", _XAVIER_ARGS),
+)
 
-
-def xavier_normal(
-    key: _random.Key,
-    shape: int | Sequence[int],
-    gain: float = 1.0,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+xavier_normal = _with_first(
+    _xavier,
+    "normal",
+    "xavier_normal",
     r"""Glorot-normal: :math:`\mathcal{N}(0, \text{std}^2)`, ``std = gain sqrt(2 / (fi + fo))``.
 
     ``fi, fo = fans(shape)``.
 
-    Args:
-        key: an ``fdl.random`` key.
-        shape: weight shape ``(out, in, *kernel)``.
-        gain: scaling factor.
-        dtype: output dtype.
-        device: output device.
-
-    Returns:
-        A new tensor of ``shape``.
+    {args}
 
     Example:
         >>> import fdl
         >>> xavier_normal(fdl.random.key(0), (10, 20)).shape
         torch.Size([10, 20])
-    """
-    shape = _shape(shape)
-    fan_in, fan_out = fans(shape)
-    std = gain * math.sqrt(2.0 / max(fan_in + fan_out, 1))
-    return normal(key, shape, 0.0, std, dtype=dtype, device=device)
+    """.replace("{args}", _XAVIER_ARGS),
+)
 
 
-def zeros(
+def _constant(
+    fill: Callable[..., torch.Tensor],
     key: _random.Key | None,
     shape: int | Sequence[int],
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
+    return fill(_shape(shape), dtype=dtype, device=_device(key, device))
+
+
+zeros = _with_first(
+    _constant,
+    torch.zeros,
+    "zeros",
     """Zeros (``key`` is ignored; it is there so every initialiser has one signature).
 
     Example:
         >>> zeros(None, (2,))
         tensor([0., 0.])
-    """
-    return torch.zeros(_shape(shape), dtype=dtype, device=_device(key, device))
+    """,
+)
 
-
-def ones(
-    key: _random.Key | None,
-    shape: int | Sequence[int],
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+ones = _with_first(
+    _constant,
+    torch.ones,
+    "ones",
     """Ones (``key`` is ignored; it is there so every initialiser has one signature).
 
     Example:
         >>> ones(None, (2,))
         tensor([1., 1.])
-    """
-    return torch.ones(_shape(shape), dtype=dtype, device=_device(key, device))
+    """,
+)

@@ -6,6 +6,9 @@
 * An ``Args:`` section written in prose (its first line names no argument, e.g.
   "The constructor arguments of ``torch.nn.MaxPool2d``") is shown as a note
   titled "Arguments" instead of failing to parse as a parameter list.
+* A public function made by a factory (``dropout2d = _dropout_fn(...)``), which the static
+  reading sees as a plain attribute without a docstring, is read from the imported module
+  instead, so it is shown with its signature and docstring like a ``def``.
 
 ``LayerSignatures`` gives every ``fdl.nn`` layer its constructor signature: the layer base
 makes each subclass a frozen dataclass when the class is created, which a static reading of
@@ -19,6 +22,8 @@ import dataclasses
 import importlib
 import inspect
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -42,6 +47,49 @@ class FdlDocstrings(griffe.Extension):
             return
         value = _EXAMPLE.sub(r"\g<indent>Examples:", obj.docstring.value)
         obj.docstring.value = _ARGS.sub(_retitle_args, value)
+
+    def on_module_members(self, *, mod: griffe.Module, agent: Any, **kwargs: Any) -> None:
+        if not isinstance(agent, griffe.Visitor):
+            return
+        module = _runtime_module(mod)
+        if module is None:
+            return
+        made: griffe.Module | None = None
+        for name, member in list(mod.members.items()):
+            if member.is_alias or not member.is_attribute or member.docstring is not None:
+                continue
+            obj = getattr(module, name, None)
+            if not (inspect.isfunction(obj) and obj.__module__ == mod.path and obj.__doc__):
+                continue
+            if made is None:
+                made = griffe.inspect(
+                    mod.path,
+                    docstring_parser=agent.docstring_parser,
+                    docstring_options=agent.docstring_options,
+                )
+            function = made[name]
+            function.lineno, function.endlineno = member.lineno, member.endlineno
+            mod.set_member(name, function)
+
+
+def _runtime_module(mod: griffe.Module) -> Any:
+    """The imported module of the file griffe read (its tree first on ``sys.path``), or None.
+
+    None where the module cannot be imported here, or where the import finds another copy
+    of the package (an installed one), whose functions would not be this tree's.
+    """
+    filepath = mod.filepath
+    if not isinstance(filepath, Path):
+        return None
+    root = filepath.parents[mod.path.count(".") + (filepath.name == "__init__.py")]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(mod.path)
+    except Exception:  # not importable here: keep the static reading
+        return None
+    file = getattr(module, "__file__", None)
+    return module if file is not None and Path(file).resolve() == filepath.resolve() else None
 
 
 def _classes(obj: griffe.Object, seen: set[str]) -> Any:
