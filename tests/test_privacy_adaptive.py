@@ -71,6 +71,13 @@ class Case(NamedTuple):
 
 B_E, STEPS, LR = 8, 5, 0.2
 GAMMA, ETA, C0, C_MIN, C_MAX = 0.4, 0.3, 2.0, 0.05, 20.0
+# Opacus's names for target_quantile, clip_lr, max_clip and min_clip
+OPACUS_RULE = {
+    "target_unclipped_quantile": GAMMA,
+    "clipbound_learning_rate": ETA,
+    "max_clipbound": C_MAX,
+    "min_clipbound": C_MIN,
+}
 
 CASES = {
     "noise_off": Case(0.0, 0.0, B_E, False),
@@ -144,12 +151,9 @@ def _run_opacus(case, monkeypatch, *, inject=True):
         noise_multiplier=case.sigma,
         max_grad_norm=C0,
         clipping="adaptive",
-        target_unclipped_quantile=GAMMA,
-        clipbound_learning_rate=ETA,
-        max_clipbound=C_MAX,
-        min_clipbound=C_MIN,
         unclipped_num_std=sigma_b,
         poisson_sampling=False,
+        **OPACUS_RULE,
     )
     assert type(dp_opt) is adaclipoptimizer.AdaClipDPOptimizer
     assert dp_opt.expected_batch_size == B_E
@@ -451,6 +455,10 @@ def test_bad_state_and_inputs():
         fn(params, privacy.AdaptiveClipState(torch.ones(1)), fdl.random.key(0), x, y)
     with pytest.raises(ValueError, match=r"mask must have shape \(4,\)"):
         fn(params, privacy.init_adaptive_clip(1.0), fdl.random.key(0), x, y, mask=torch.ones(3))
+    with pytest.raises(TypeError, match="target_unclipped_quantile"):  # Opacus's name
+        privacy.make_adaptive_dp_train_step(
+            _loss, fdl.optim.sgd(lr=0.1), target_unclipped_quantile=0.5, clip_lr=0.2
+        )
     with pytest.raises(TypeError, match="make_adaptive_dp_train_step: optimizer must be"):
         privacy.make_adaptive_dp_train_step(
             _loss,

@@ -43,6 +43,7 @@ from fdl import tree as _tree
 from fdl._compile import CompileArg
 from fdl._dp_checks import check_expected, check_mask, check_method, check_noise, check_number
 from fdl._per_sample import core as _core
+from fdl.optim.base import GradientTransformation
 from fdl.privacy.dp_sgd import CLIP_EPS, add_noise
 
 __all__ = [
@@ -297,40 +298,35 @@ def adaptive_dp_grads(
 
 
 def make_adaptive_dp_train_step(
-    loss_fn: Callable[..., Any],
-    optimizer: Any,
+    loss_fn: _core.LossFn,
+    optimizer: GradientTransformation,
     *,
-    noise_multiplier: float,
-    target_quantile: float,
-    clip_lr: float,
-    expected_batch_size: float,
-    unclipped_num_std: float,
-    min_clip: float = 0.0,
-    max_clip: float = math.inf,
     has_aux: bool = False,
-    method: str = "auto",
     compile: CompileArg = False,
     donate: bool = False,
+    **rule: Any,
 ) -> Callable[..., Any]:
     """Build ``step(params, opt_state, clip_state, key, *batch, mask=None)``.
 
     It returns ``(params, opt_state, clip_state, loss[, aux])``: the
     :func:`fdl.train.make_train_step` core with :func:`adaptive_dp_grads` as
     its gradient function, i.e. ``grads, clip_state, loss = adaptive_dp_grads(
-    ...)(params, clip_state, key, *batch, mask=mask)``, then ``updates,
-    opt_state = optimizer.update(grads, opt_state, params)`` and ``params =
-    fdl.optim.apply_updates(params, updates)``.
+    loss_fn, **rule)(params, clip_state, key, *batch, mask=mask)``, then
+    ``updates, opt_state = optimizer.update(grads, opt_state, params)`` and
+    ``params = fdl.optim.apply_updates(params, updates)``.
 
     Args:
         loss_fn: the ordinary batched loss.
         optimizer: any ``fdl.optim`` ``GradientTransformation``.
-        noise_multiplier, target_quantile, clip_lr, expected_batch_size,
-        unclipped_num_std, min_clip, max_clip, has_aux, method: as for
-            :func:`adaptive_dp_grads`.
+        has_aux: ``loss_fn`` returns ``(loss, aux)``; the step returns ``aux`` fifth.
         compile: as for :func:`fdl.privacy.make_dp_train_step` (``C`` is a
             tensor input, so a compiled step never recompiles as it moves).
         donate: write the new params and optimizer state into the buffers of
             the ones passed in (see :func:`fdl.train.make_train_step`).
+        rule: the keyword arguments of :func:`adaptive_dp_grads`, checked
+            here: ``noise_multiplier``, ``target_quantile``, ``clip_lr``,
+            ``expected_batch_size``, ``unclipped_num_std`` (required),
+            ``min_clip``, ``max_clip``, ``method``.
 
     Returns:
         The step function (pure). Start from :func:`init_adaptive_clip`, pass
@@ -350,17 +346,7 @@ def make_adaptive_dp_train_step(
         torch.Size([])
     """
     _step.check_optimizer(optimizer, "make_adaptive_dp_train_step")
-    grad_fn = functools.partial(
-        adaptive_dp_grads,
-        noise_multiplier=noise_multiplier,
-        target_quantile=target_quantile,
-        clip_lr=clip_lr,
-        expected_batch_size=expected_batch_size,
-        unclipped_num_std=unclipped_num_std,
-        min_clip=min_clip,
-        max_clip=max_clip,
-        method=method,
-    )
+    grad_fn = functools.partial(adaptive_dp_grads, **rule)
     return _train.make_train_step(
         loss_fn, optimizer, has_aux=has_aux, compile=compile, grad_fn=grad_fn, donate=donate
     )
