@@ -9,11 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+
 __all__ = [
     "check_clip",
     "check_delta",
     "check_dp_args",
     "check_expected",
+    "check_mask",
+    "check_method",
     "check_noise",
     "check_number",
     "check_rate",
@@ -57,6 +61,23 @@ def check_delta(delta: float) -> float:
 METHODS = ("auto", "rules", "vmap")
 
 
+def check_method(method: str) -> str:
+    """``method`` when it is one of :data:`METHODS`, else ValueError."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def check_mask(mask: torch.Tensor, num_examples: int) -> torch.Tensor:
+    """``mask`` when it has one entry per example (shape ``(num_examples,)``), else ValueError."""
+    if tuple(mask.shape) != (num_examples,):
+        raise ValueError(
+            f"mask must have shape ({num_examples},) (one entry per example), "
+            f"got {tuple(mask.shape)}"
+        )
+    return mask
+
+
 def check_dp_args(
     noise_multiplier: float, max_grad_norm: float, expected_batch_size: float, method: str
 ) -> tuple[float, float, float]:
@@ -64,6 +85,5 @@ def check_dp_args(
     sigma = check_noise(noise_multiplier)
     clip = check_clip(max_grad_norm)
     b_e = check_expected(expected_batch_size)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_method(method)
     return sigma, clip, b_e

@@ -42,6 +42,7 @@ NORM = ("tests/test_nn_norm.py",)
 LAYERS = ("tests/test_nn_layers.py",)
 RANDOM = ("tests/test_random.py",)
 PRIVACY = ("tests/test_privacy.py",)
+PRIVACY_ADAPTIVE = ("tests/test_privacy_adaptive.py",)
 PER_SAMPLE = ("tests/test_per_sample.py",)
 PER_SAMPLE_LAYERS = ("tests/test_per_sample_layers.py",)
 CKPT = ("tests/test_checkpoint.py",)
@@ -1071,6 +1072,42 @@ CATALOGUE: list[Mutant] = [
         "k_in = k_order = key",
         PRIVACY,
         select="poisson",
+    ),
+    Mutant(
+        "privacy.adaptive.sigma_grad_without_2",
+        "privacy",
+        "adaptive clipping's σ_grad = (σ^-2 - σ_b^-2)^(-1/2): count sensitivity taken as 1",
+        "return (sigma**-2 - (2 * sigma_b) ** -2) ** -0.5",
+        "return (sigma**-2 - sigma_b**-2) ** -0.5",
+        PRIVACY_ADAPTIVE,
+        select="opacus or zero_clip_lr",
+    ),
+    Mutant(
+        "privacy.adaptive.update_sign",
+        "privacy",
+        "the geometric clip update moves C the wrong way (exp(+η_C (b - γ)))",
+        "new = clip * torch.exp(-rule.clip_lr * (b - rule.quantile))",
+        "new = clip * torch.exp(rule.clip_lr * (b - rule.quantile))",
+        PRIVACY_ADAPTIVE,
+        select="opacus or rises or grows",
+    ),
+    Mutant(
+        "privacy.adaptive.count_ignores_mask",
+        "privacy",
+        "the unclipped count includes the masked (padding) rows",
+        "            centred = centred * m.to(clip.dtype)\n",
+        "            centred = centred\n",
+        PRIVACY_ADAPTIVE,
+        select="opacus or masked",
+    ),
+    Mutant(
+        "privacy.adaptive.key_reuse",
+        "privacy",
+        "the gradient noise and the count noise come from the same key",
+        "k_grad, k_b = _random.split(key)",
+        "k_grad = k_b = key",
+        PRIVACY_ADAPTIVE,
+        select="opacus or zero_clip_lr",
     ),
     # ------------------------------------------------------------- per_sample
     Mutant(

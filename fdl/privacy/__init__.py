@@ -3,6 +3,9 @@
 * :mod:`fdl.privacy.dp_sgd`: per-example clipping, Gaussian noise from an
   ``fdl.random`` key, Poisson batches of one fixed shape, and a train step
   usable with any ``fdl.optim`` optimizer.
+* :mod:`fdl.privacy.adaptive`: DP-SGD whose clip norm follows a target
+  quantile of the per-example gradient norms, estimated privately
+  (Andrew et al. 2021), with the clip norm as explicit state.
 * :mod:`fdl.privacy.accountant`: ε for the sampled Gaussian mechanism
   (:func:`epsilon`) and its inverse (:func:`noise_multiplier_for`).
 
@@ -21,6 +24,13 @@ from fdl.privacy.accountant import (
     rdp_sampled_gaussian,
     rdp_to_epsilon,
 )
+from fdl.privacy.adaptive import (
+    AdaptiveClipState,
+    adaptive_dp_grads,
+    gradient_noise_multiplier,
+    init_adaptive_clip,
+    make_adaptive_dp_train_step,
+)
 from fdl.privacy.dp_sgd import (
     add_noise,
     clip_factors,
@@ -33,11 +43,16 @@ from fdl.privacy.dp_sgd import (
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "AdaptiveClipState",
+    "adaptive_dp_grads",
     "add_noise",
     "clip_factors",
     "clip_per_sample",
     "dp_grads",
     "epsilon",
+    "gradient_noise_multiplier",
+    "init_adaptive_clip",
+    "make_adaptive_dp_train_step",
     "make_dp_train_step",
     "noise_multiplier_for",
     "poisson_max_size",
