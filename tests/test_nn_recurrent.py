@@ -368,3 +368,21 @@ def test_positional_arguments_follow_torch(name):
     params = inspect.signature(getattr(torch.nn, name).__init__).parameters.values()
     theirs = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.name != "self"]
     assert ours[: len(theirs)] == theirs
+
+
+# torch's positional order, every constructor argument given positionally (RNN: nonlinearity 4th)
+_POSITIONAL = {
+    "RNN": (3, 5, 2, "relu", False, True, 0.25, True),
+    "LSTM": (3, 5, 2, False, True, 0.25, True, 2),
+    "GRU": (3, 5, 2, False, True, 0.25, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_POSITIONAL))
+def test_all_positional_arguments_mean_what_they_mean_in_torch(name: str) -> None:
+    args = _POSITIONAL[name]
+    ours, theirs = getattr(fdl.nn, name)(*args), getattr(torch.nn, name)(*args)
+    fields = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout"]
+    fields += ["bidirectional", "proj_size"] + (["nonlinearity"] if name == "RNN" else [])
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    assert sorted(ours.init(fdl.random.key(0))) == sorted(theirs.state_dict())

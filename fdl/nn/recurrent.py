@@ -28,6 +28,7 @@ torch's; with ``train=False`` (the default) there is no dropout, as in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -486,6 +487,7 @@ _SEQ_DOC = """
 """
 
 
+@dataclasses.dataclass(frozen=True)  # makes ``nonlinearity`` a field; keeps this __init__
 class RNN(_RNNBase[Tensor, tuple[Tensor, Tensor]]):
     r"""Multi-layer Elman RNN, as ``torch.nn.RNN``.
 
@@ -514,6 +516,37 @@ class RNN(_RNNBase[Tensor, tuple[Tensor, Tensor]]):
     proj_size: ClassVar[int] = 0  # type: ignore[misc]
 
     nonlinearity: str = "tanh"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        # torch's order, where ``nonlinearity`` is the fourth argument: the inherited fields
+        # alone would put it last, so that ``RNN(3, 5, 2, "relu")`` would set ``bias``
+        given = dict(
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            nonlinearity=nonlinearity,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            device=device,
+            dtype=dtype,
+        )
+        for name, value in given.items():
+            object.__setattr__(self, name, value)  # the frozen dataclass's own setter refuses
+        self.__post_init__()
 
 
 class LSTM(_RNNBase[_LSTMState, tuple[Tensor, _LSTMState]]):
