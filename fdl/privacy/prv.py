@@ -19,8 +19,8 @@ and ``P(Y > t) = 1`` below ``log(1 - q)``. The method, in the code's symbols:
    ``t_min = -⌈L/h⌉h``, an even number ``N`` of them.
 3. ``p_i = P(Y ∈ (t_i - h/2, t_i + h/2])`` for Y truncated to ``[t_min, t_max]``; the grid is
    moved by ``E[Y_trunc] - Σ t_i p_i`` so the discrete mean equals the continuous one.
-4. ``T`` compositions: ``irfft(rfft(p)^T)``, rolled back onto the grid (moved by T times
-   the shift).
+4. ``T`` compositions: ``irfft(rfft(p)^T)`` (zero-padded to a fast FFT length), rolled
+   back onto the grid (moved by T times the shift).
 5. ``δ(ε) = Σ_{t_i > ε} p_i (1 - e^{ε - t_i})``; ε(δ) is solved on the piece of this curve
    between neighbouring grid points.
 
@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fdl.privacy._checks import check_delta, check_number, check_rate
-from fdl.privacy._special import erfc
+from fdl.privacy._special import erfc, fast_len
 from fdl.privacy.accountant import _check_noise, _check_steps
 from fdl.privacy.accountant import epsilon as _rdp_epsilon
 
@@ -163,10 +163,13 @@ def _composed(
             f"the discretised PRV's mean is {shift:.3g} off the continuous mean, more than "
             f"half the mesh {g.h:.3g}: the grid is too coarse"
         )
-    composed = np.fft.irfft(np.fft.rfft(p) ** steps, n=g.size)
-    # index i of a sum of `steps` grid values is i0 + (steps - 1)·(t_min/h); roll it back
+    # circular convolution over a fast FFT length m >= size (zero-padded); a sum of
+    # `steps` grid values with index k has the value t_min + (k - (steps-1)·k0)·h,
+    # k0 = -t_min/h, so grid point j is the sum's index j + (steps-1)·k0 modulo m
+    m = fast_len(g.size)
+    composed = np.fft.irfft(np.fft.rfft(p, m) ** steps, n=m)
     offset = (steps - 1) * round(-g.t_min / g.h)
-    composed = np.roll(composed, -offset % g.size)
+    composed = np.roll(composed, -(offset % m))[: g.size]
     return t + steps * shift, composed
 
 
