@@ -979,7 +979,7 @@ CATALOGUE: list[Mutant] = [
         "noise_multiplier_for does not pass its orders on",
         "return epsilon(n, sigma, q, d, orders=alphas, accountant=kind)",
         "return epsilon(n, sigma, q, d, accountant=kind)",
-        PRIVACY,
+        (*PRIVACY, "tests/test_properties_privacy.py"),
         select="noise_multiplier",
     ),
     Mutant(

@@ -140,7 +140,7 @@ def _grid(
     h = eps_error / math.sqrt(steps * math.log(12.0 / delta_error) / 2.0)
     k = math.ceil(half_width / h)
     size = 2 * k + 1
-    size += size % 2  # even, for the roll of the composition
+    size += size % 2  # even: t_max = (k + 1)·h, the grid of Opacus and of the paper's code
     return _Grid(-k * h, h, size), -k * h + (size - 1) * h
 
 
