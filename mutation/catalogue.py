@@ -43,6 +43,7 @@ LAYERS = ("tests/test_nn_layers.py",)
 RANDOM = ("tests/test_random.py",)
 PRIVACY = ("tests/test_privacy.py",)
 PRIVACY_ADAPTIVE = ("tests/test_privacy_adaptive.py",)
+ACCOUNTANTS = ("tests/test_privacy_accountants.py",)
 PER_SAMPLE = ("tests/test_per_sample.py",)
 PER_SAMPLE_LAYERS = ("tests/test_per_sample_layers.py",)
 CKPT = ("tests/test_checkpoint.py",)
@@ -977,9 +978,9 @@ CATALOGUE: list[Mutant] = [
         "privacy.noise_for.ignores_orders",
         "privacy",
         "noise_multiplier_for does not pass its orders on",
-        "return epsilon(n, sigma, q, d, orders=alphas)",
-        "return epsilon(n, sigma, q, d)",
-        PRIVACY,
+        "return epsilon(n, sigma, q, d, orders=alphas, accountant=kind)",
+        "return epsilon(n, sigma, q, d, accountant=kind)",
+        (*PRIVACY, "tests/test_properties_privacy.py"),
         select="noise_multiplier",
     ),
     Mutant(
@@ -1026,6 +1027,51 @@ CATALOGUE: list[Mutant] = [
         "z0 = sigma * sigma * math.log(1.0 / q - 1.0) - 0.5",
         PRIVACY,
         select="epsilon or noise_multiplier",
+    ),
+    Mutant(
+        "privacy.prv.mean_shift_once",
+        "privacy",
+        "PRV: the composed grid moved by one step's mean shift instead of steps times it",
+        "    return t + steps * shift, composed\n",
+        "    return t + shift, composed\n",
+        ACCOUNTANTS,
+        select="prv",
+    ),
+    Mutant(
+        "privacy.prv.upper_delta_error_sign",
+        "privacy",
+        "PRV: the upper bound solved at delta + delta_error instead of delta - delta_error",
+        "        max(0.0, _epsilon_at(t, p, d - d_err)) + e_err,\n",
+        "        max(0.0, _epsilon_at(t, p, d + d_err)) + e_err,\n",
+        ACCOUNTANTS,
+        select="prv",
+    ),
+    Mutant(
+        "privacy.pld.connect_dots_no_exp",
+        "privacy",
+        "PLD connect-the-dots interior mass without the e^h factor on the previous difference",
+        "probs[1:-1] = (diff[1:] - math.exp(h) * diff[:-1]) / math.expm1(h)",
+        "probs[1:-1] = (diff[1:] - diff[:-1]) / math.expm1(h)",
+        ACCOUNTANTS,
+        select="pld",
+    ),
+    Mutant(
+        "privacy.pld.add_pair_shift",
+        "privacy",
+        "PLD add pair: the lower distribution's second component at x + 1 instead of x - 1",
+        "log_1mq + log_ndtr(x / sigma), log_q + log_ndtr((x - 1.0) / sigma)",
+        "log_1mq + log_ndtr(x / sigma), log_q + log_ndtr((x + 1.0) / sigma)",
+        ACCOUNTANTS,
+        select="pld",
+    ),
+    Mutant(
+        "privacy.gdp.mu_sigma_power",
+        "privacy",
+        "GDP mu with exp(1/sigma) - 1 instead of exp(1/sigma^2) - 1",
+        "return q * math.sqrt(n * math.expm1(sigma**-2))",
+        "return q * math.sqrt(n * math.expm1(sigma**-1))",
+        ACCOUNTANTS,
+        select="gdp",
     ),
     Mutant(
         "privacy.dp.clip_factor_unbounded",

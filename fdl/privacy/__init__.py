@@ -7,7 +7,14 @@
   quantile of the per-example gradient norms, estimated privately
   (Andrew et al. 2021), with the clip norm as explicit state.
 * :mod:`fdl.privacy.accountant`: ε for the sampled Gaussian mechanism
-  (:func:`epsilon`) and its inverse (:func:`noise_multiplier_for`).
+  (:func:`epsilon`) and its inverse (:func:`noise_multiplier_for`), by Rényi DP or, with
+  ``accountant=``, by one of the accountants below.
+* :mod:`fdl.privacy.prv`: PRV composition with error bounds (:func:`prv_epsilon`,
+  :func:`prv_delta`).
+* :mod:`fdl.privacy.pld`: pessimistic privacy loss distributions composed by FFT
+  (:func:`pld_epsilon`, :func:`pld_delta`).
+* :mod:`fdl.privacy.gdp`: the Gaussian-DP central limit approximation (:func:`gdp_mu`,
+  :func:`gdp_delta`, :func:`gdp_epsilon`).
 
 Example:
     >>> import fdl
@@ -18,6 +25,7 @@ Example:
 """
 
 from fdl.privacy.accountant import (
+    ACCOUNTANTS,
     DEFAULT_ORDERS,
     epsilon,
     noise_multiplier_for,
@@ -40,11 +48,16 @@ from fdl.privacy.dp_sgd import (
     poisson_max_size,
     poisson_sample,
 )
+from fdl.privacy.gdp import gdp_delta, gdp_epsilon, gdp_mu
+from fdl.privacy.pld import pld_delta, pld_epsilon
+from fdl.privacy.prv import Bounds, prv_delta, prv_epsilon
 
 __all__ = [
+    "ACCOUNTANTS",
     "DEFAULT_ORDERS",
     "AdaptiveClipState",
     "adaptive_dp_grads",
+    "Bounds",
     "add_noise",
     "clip_factors",
     "clip_per_sample",
@@ -53,10 +66,17 @@ __all__ = [
     "gradient_noise_multiplier",
     "init_adaptive_clip",
     "make_adaptive_dp_train_step",
+    "gdp_delta",
+    "gdp_epsilon",
+    "gdp_mu",
     "make_dp_train_step",
     "noise_multiplier_for",
+    "pld_delta",
+    "pld_epsilon",
     "poisson_max_size",
     "poisson_sample",
+    "prv_delta",
+    "prv_epsilon",
     "rdp_sampled_gaussian",
     "rdp_to_epsilon",
 ]

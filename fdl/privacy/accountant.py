@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from fdl.privacy._checks import check_delta, check_number, check_rate
 
 __all__ = [
+    "ACCOUNTANTS",
     "DEFAULT_ORDERS",
     "epsilon",
     "noise_multiplier_for",
@@ -52,6 +53,8 @@ __all__ = [
 DEFAULT_ORDERS: tuple[float, ...] = tuple(
     [1 + k / 10.0 for k in range(1, 100)] + [float(a) for a in range(12, 64)]
 )
+
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "pld", "gdp")
 
 _STOP_LOG = -30.0  # fractional-order series: stop once both terms are below e^-30
 
@@ -69,6 +72,14 @@ def _check_steps(steps: int) -> int:
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     return int(steps)
+
+
+def _check_accountant(accountant: str, orders: Sequence[float]) -> str:
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+    if accountant != "rdp" and tuple(float(a) for a in orders) != DEFAULT_ORDERS:
+        raise ValueError(f"orders apply to the 'rdp' accountant only, not to {accountant!r}")
+    return accountant
 
 
 def _check_orders(orders: Sequence[float]) -> tuple[float, ...]:
@@ -239,18 +250,23 @@ def epsilon(
     delta: float,
     *,
     orders: Sequence[float] = DEFAULT_ORDERS,
+    accountant: str = "rdp",
 ) -> float:
     """ε spent after ``steps`` DP-SGD steps with Poisson sampling, at ``delta``.
 
-    ``ε = min_α [steps · rdp(α) + log((α-1)/α) - (log δ + log α)/(α-1)]`` with
-    ``rdp`` from :func:`rdp_sampled_gaussian`.
+    ``accountant="rdp"`` (the default): ``ε = min_α [steps · rdp(α) + log((α-1)/α)
+    - (log δ + log α)/(α-1)]`` with ``rdp`` from :func:`rdp_sampled_gaussian`. The
+    others: ``"prv"`` the upper end of :func:`fdl.privacy.prv_epsilon` (ε_err = 0.01,
+    δ_err = δ/1000), ``"pld"`` :func:`fdl.privacy.pld_epsilon` (grid 1e-4), ``"gdp"``
+    :func:`fdl.privacy.gdp_epsilon` (a CLT approximation, not a bound).
 
     Args:
         steps: number of steps taken (>= 0; 0 gives ε = 0).
         noise_multiplier: ``σ`` (>= 0).
         sample_rate: ``q`` in (0, 1].
         delta: ``δ`` in (0, 1).
-        orders: the RDP orders searched.
+        orders: the RDP orders searched (``"rdp"`` only).
+        accountant: one of :data:`ACCOUNTANTS`: ``"rdp"``, ``"prv"``, ``"pld"``, ``"gdp"``.
 
     Returns:
         ε as a float (``inf`` when ``noise_multiplier == 0``).
@@ -258,16 +274,33 @@ def epsilon(
     Example:
         >>> round(epsilon(steps=2340, noise_multiplier=1.1, sample_rate=256 / 60000, delta=1e-5), 3)
         1.098
+        >>> round(epsilon(2340, 1.1, 256 / 60000, 1e-5, accountant="pld"), 3)
+        0.918
     """
     n = _check_steps(steps)
     q = check_rate(sample_rate)
     sigma = _check_noise(noise_multiplier)
     d = check_delta(delta)
     alphas = _check_orders(orders)
+    if _check_accountant(accountant, alphas) != "rdp":
+        return _numerical_epsilon(accountant, n, sigma, q, d)
     if n == 0:
         return 0.0
     rdp = [n * _rdp_one(q, sigma, a) for a in alphas]
     return rdp_to_epsilon(alphas, rdp, d)[0]
+
+
+def _numerical_epsilon(accountant: str, n: int, sigma: float, q: float, d: float) -> float:
+    # imported here: these modules import this one (argument checks, PRV's RDP domain bound)
+    from fdl.privacy.gdp import gdp_epsilon
+    from fdl.privacy.pld import pld_epsilon
+    from fdl.privacy.prv import prv_epsilon
+
+    if accountant == "prv":
+        return prv_epsilon(n, sigma, q, d).upper
+    if accountant == "pld":
+        return pld_epsilon(n, sigma, q, d)
+    return gdp_epsilon(n, sigma, q, d)
 
 
 def noise_multiplier_for(
@@ -278,19 +311,24 @@ def noise_multiplier_for(
     *,
     orders: Sequence[float] = DEFAULT_ORDERS,
     rtol: float = 1e-6,
+    accountant: str = "rdp",
 ) -> float:
     """The smallest ``σ`` (to relative precision ``rtol``) with ``epsilon(steps, σ, ...) <= ε``.
 
     Bisection on σ (ε decreases as σ grows). The returned σ always satisfies
-    the budget.
+    the budget. For ``accountant="rdp"`` the bracket grows from ``[0, 1]`` by
+    doubling; for the others it starts at the RDP answer (cheap) and is doubled or
+    halved until it brackets the target, so that no evaluation uses a tiny σ (whose
+    PRV grid would be huge).
 
     Args:
         target_epsilon: the ε budget (> 0).
         steps: number of steps (>= 1).
         sample_rate: ``q`` in (0, 1].
         delta: ``δ`` in (0, 1).
-        orders: the RDP orders searched.
+        orders: the RDP orders searched (``"rdp"`` only).
         rtol: relative precision of σ.
+        accountant: as for :func:`epsilon`.
 
     Returns:
         σ as a float.
@@ -316,11 +354,20 @@ def noise_multiplier_for(
     q = check_rate(sample_rate)
     d = check_delta(delta)
     alphas = _check_orders(orders)
+    kind = _check_accountant(accountant, alphas)
 
     def eps_at(sigma: float) -> float:
-        return epsilon(n, sigma, q, d, orders=alphas)
+        return epsilon(n, sigma, q, d, orders=alphas, accountant=kind)
 
     lo, hi = 0.0, 1.0
+    if kind != "rdp":
+        hi = noise_multiplier_for(target_epsilon, n, q, d, orders=alphas, rtol=1e-3)
+        if eps_at(hi) <= target_epsilon:
+            lo = 0.5 * hi
+            while lo > 2.0**-20 and eps_at(lo) <= target_epsilon:
+                hi, lo = lo, 0.5 * lo
+        else:
+            lo, hi = hi, 2.0 * hi
     while eps_at(hi) > target_epsilon:
         lo, hi = hi, 2.0 * hi
         if hi > 2.0**20:
