@@ -15,6 +15,7 @@ from fdl import tree as _tree
 
 __all__ = [
     "check_clip",
+    "check_bounds_fit",
     "check_clip_bounds",
     "check_delta",
     "check_dp_args",
@@ -22,10 +23,10 @@ __all__ = [
     "check_expected",
     "check_micro_batch_size",
     "check_noise",
+    "check_not_accumulating",
     "check_number",
     "check_rate",
     "clip_norm",
-    "leaf_bounds",
     "reject_accumulation",
 ]
 
@@ -112,32 +113,26 @@ def clip_norm(bounds: Any) -> float:
     return math.sqrt(sum(c * c for c in _tree.leaves(bounds)))
 
 
-def leaf_bounds(bounds: Any, params: Any, who: str) -> list[float] | None:
-    """Per params leaf (flattening order), its bound ``C_l``; ``None`` for one flat bound.
+def check_bounds_fit(bounds: Any, params: Any, who: str) -> None:
+    """``ValueError`` unless per-layer ``bounds`` give one bound per params leaf.
 
     A flat list/tuple of numbers is taken in the params' flattening order
     (``fdl.tree.paths(params)``); any other pytree must have the params' structure.
     """
-    if isinstance(bounds, float):
-        return None
-    flat = _tree.leaves(bounds)
-    n = len(_tree.leaves(params))
     sequence = isinstance(bounds, (list, tuple)) and all(
         not isinstance(c, (list, tuple, dict)) for c in bounds
     )
-    if not _eager.validating():
-        return flat
-    if sequence:
-        if len(flat) != n:
-            raise ValueError(
-                f"{who}: max_grad_norm has {len(flat)} per-layer bounds, the params have {n} "
-                f"leaves ({', '.join(_tree.paths(params))})"
-            )
-    else:
+    if not sequence:
         _tree.check_match(
             bounds, params, got_name="max_grad_norm", expected_name="the params", context=who
         )
-    return flat
+        return
+    n = len(_tree.leaves(params))
+    if len(bounds) != n:
+        raise ValueError(
+            f"{who}: max_grad_norm has {len(bounds)} per-layer bounds, the params have {n} "
+            f"leaves ({', '.join(_tree.paths(params))})"
+        )
 
 
 # --------------------------------------------------------------------------- the DP step
@@ -198,27 +193,32 @@ def _accumulates(node: Any) -> bool:
     return False
 
 
-def reject_accumulation(step: Callable[..., Any], optimizer: Any, who: str) -> Callable[..., Any]:
-    """``step`` checked against gradient accumulation (``fdl.optim.multi_steps``/``MultiSteps``).
+_ACCUMULATION = (
+    "{who}: the optimizer accumulates gradients (fdl.optim.multi_steps / MultiSteps): every "
+    "call of a DP-SGD step is one noised release, so accumulating them would add noise per "
+    "micro-batch, and the accountant would have to count micro-steps. For one noised step "
+    "over a logical batch larger than memory, pass micro_batch_size= to the step (virtual "
+    "steps) and a plain optimizer."
+)
+
+
+def check_not_accumulating(optimizer_or_state: Any, who: str) -> None:
+    """``ValueError`` if it is or holds ``fdl.optim.MultiSteps`` or a ``MultiStepsState``."""
+    if _accumulates(optimizer_or_state):
+        raise ValueError(_ACCUMULATION.format(who=who))
+
+
+def reject_accumulation(step: Callable[..., Any], who: str) -> Callable[..., Any]:
+    """``step`` that first checks its ``opt_state`` with :func:`check_not_accumulating`.
 
     Each call of a DP-SGD step adds noise once; accumulating its outputs over k
-    calls would noise every micro-batch and make the accountant's step count
-    wrong. The optimizer is checked now; the state on every eager call (a
-    ``chain`` holding ``multi_steps`` is seen only in its state).
+    calls would noise every micro-batch. A ``chain`` holding ``multi_steps`` is
+    seen only in its state, so the state is checked on every eager call.
     """
-    message = (
-        f"{who}: the optimizer accumulates gradients (fdl.optim.multi_steps / MultiSteps): "
-        "every call of a DP-SGD step is one noised release, so accumulating them would add "
-        "noise per micro-batch, and the accountant would have to count micro-steps. For one "
-        "noised step over a logical batch larger than memory, pass micro_batch_size= to the "
-        "step (virtual steps) and a plain optimizer."
-    )
-    if _accumulates(optimizer):
-        raise ValueError(message)
 
     def checked(params: Any, opt_state: Any, *inputs: Any, **options: Any) -> Any:
-        if _eager.validating() and _accumulates(opt_state):
-            raise ValueError(message)
+        if _eager.validating():
+            check_not_accumulating(opt_state, who)
         return step(params, opt_state, *inputs, **options)
 
     return checked

@@ -51,7 +51,7 @@ import torch.distributed as _dist
 from fdl import random as _random
 from fdl import tree as _tree
 from fdl._compile import CompileArg, maybe_compile
-from fdl._dp_checks import check_dp_options, reject_accumulation
+from fdl._dp_checks import check_dp_options, check_not_accumulating, reject_accumulation
 
 __all__ = [
     "DistributedError",
@@ -556,6 +556,7 @@ def make_dp_train_step(
     from fdl import privacy as _privacy
 
     dp = check_dp_options(dp_options, "make_dp_train_step")
+    check_not_accumulating(optimizer, "make_dp_train_step")
     clipped_sum = maybe_compile(
         _privacy.dp_grads(loss_fn, **{**dp, "noise_multiplier": 0.0, "expected_batch_size": 1.0}),
         compile,
@@ -570,7 +571,7 @@ def make_dp_train_step(
         return (grads, loss / world_size(), *aux)
 
     step = _data_parallel(reduce, optimizer, compile, "make_dp_train_step")
-    return reject_accumulation(step, optimizer, "make_dp_train_step")
+    return reject_accumulation(step, "make_dp_train_step")
 
 
 def _data_parallel(

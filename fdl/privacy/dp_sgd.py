@@ -37,14 +37,15 @@ from fdl import train as _train
 from fdl import tree as _tree
 from fdl._compile import CompileArg
 from fdl._dp_checks import (
+    check_bounds_fit,
     check_clip,
     check_clip_bounds,
     check_dp_args,
     check_micro_batch_size,
     check_noise,
+    check_not_accumulating,
     check_rate,
     clip_norm,
-    leaf_bounds,
     reject_accumulation,
 )
 from fdl._per_sample import core as _core
@@ -130,6 +131,10 @@ def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_no
         1.0
     """
     std = check_noise(noise_multiplier) * clip_norm(check_clip_bounds(max_grad_norm))
+    return _add_noise(grads, key, std)
+
+
+def _add_noise(grads: Any, key: _random.Key, std: float) -> Any:
     flat, treedef = _tree.flatten(grads)
     if not flat:
         return grads
@@ -204,6 +209,8 @@ def dp_grads(
     """
     sigma, clip, b_e = check_dp_args(noise_multiplier, max_grad_norm, expected_batch_size, method)
     chunk = check_micro_batch_size(micro_batch_size)
+    std = sigma * clip_norm(clip)
+    bounds = None if isinstance(clip, float) else _tree.leaves(clip)  # C_l per params leaf
 
     def clipped_sum(params: Any, rows: tuple[Any, ...], mask: Any, bounds: Any) -> tuple[Any, ...]:
         # one (micro-)batch; the representation is freed when this returns
@@ -218,13 +225,14 @@ def dp_grads(
             raise ValueError(
                 f"mask must have shape {(n,)} (one entry per example), got {tuple(mask.shape)}"
             )
-        bounds = leaf_bounds(clip, params, "dp_grads")
+        if bounds is not None and _eager.validating():
+            check_bounds_fit(clip, params, "dp_grads")
         if chunk is None:
             total, loss, aux = clipped_sum(params, batch, mask, bounds)
         else:
             total, loss, aux = _in_chunks(clipped_sum, params, batch, mask, bounds, chunk)
         summed = _tree.unflatten(_tree.structure(params), total)
-        noised = add_noise(summed, key, sigma, clip)
+        noised = _add_noise(summed, key, std)
         grads = _tree.map(lambda t: t / b_e, noised)
         return (grads, loss, aux) if has_aux else (grads, loss)
 
@@ -331,6 +339,7 @@ def make_dp_train_step(
         torch.Size([1, 2])
     """
     _step.check_optimizer(optimizer, "make_dp_train_step")
+    check_not_accumulating(optimizer, "make_dp_train_step")
     grad_fn = functools.partial(
         dp_grads,
         noise_multiplier=noise_multiplier,
@@ -342,7 +351,7 @@ def make_dp_train_step(
     step = _train.make_train_step(
         loss_fn, optimizer, has_aux=has_aux, compile=compile, grad_fn=grad_fn, donate=donate
     )
-    return reject_accumulation(step, optimizer, "make_dp_train_step")
+    return reject_accumulation(step, "make_dp_train_step")
 
 
 def poisson_max_size(num_examples: int, sample_rate: float, *, tail: float = 1e-9) -> int:
