@@ -19,6 +19,12 @@ On the rules path (see :mod:`fdl.per_sample`) the norms come from the
 recorded layer factors and ``Σ_i f_i grad_i`` is one ordinary weight-gradient
 computation per layer, so a private step costs about one batch gradient;
 per-example gradients are never materialised for linear layers.
+
+Two variants of the same gradient: per-layer clipping (``max_grad_norm`` a
+pytree of bounds ``C_l``, each leaf clipped on its own, noise ``σ·‖(C_l)‖₂``)
+and virtual steps (``micro_batch_size``: the clipped sum built over row
+chunks of a large padded batch, noised once). Overflow of a Poisson draw
+beyond ``max_size`` is counted (``return_overflow=True``) or warned about.
 """
 
 from __future__ import annotations
