@@ -14,8 +14,8 @@ from fdl import _eager
 from fdl import tree as _tree
 
 __all__ = [
-    "check_clip",
     "check_bounds_fit",
+    "check_clip",
     "check_clip_bounds",
     "check_delta",
     "check_dp_args",

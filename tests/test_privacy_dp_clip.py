@@ -234,10 +234,9 @@ def _opacus_step(params, x, y, bounds, sigma, seed=0):
     model = _torch_model(params)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     loader = DataLoader(TensorDataset(x, y), batch_size=x.shape[0])
-    engine = opacus.PrivacyEngine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure-RNG and hook-mode notices
-        model, opt, loader = engine.make_private(
+        model, opt, loader = opacus.PrivacyEngine().make_private(
             module=model,
             optimizer=opt,
             data_loader=loader,
