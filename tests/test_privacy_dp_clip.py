@@ -1,64 +1,39 @@
 """DP-SGD extensions: virtual steps (micro-batches), per-layer clipping, Poisson overflow.
 
 Per-layer clipping is compared with Opacus's ``clipping="per_layer"``; virtual steps with
-the single large-batch step (same key); memory with a peak-RSS probe in a child process.
+the single large-batch step (same key); peak memory from torch.profiler's allocation events.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_privacy import _batch, _loss, _params  # the small conv model: {"conv": .., "fc": ..}
 
 import fdl
 from fdl import distributed, privacy
 
-# ---------------------------------------------------------------------------
-# a small conv model (params as torch.nn.Sequential(Conv2d, Tanh, Flatten, Linear) names)
-# ---------------------------------------------------------------------------
-
-
-def _params(dtype=torch.float64):
-    g = torch.Generator().manual_seed(0)
-    return {
-        "0": {
-            "weight": torch.randn(3, 1, 3, 3, generator=g, dtype=dtype),
-            "bias": torch.randn(3, generator=g, dtype=dtype) * 0.1,
-        },
-        "3": {
-            "weight": torch.randn(4, 3 * 4 * 4, generator=g, dtype=dtype) * 0.3,
-            "bias": torch.randn(4, generator=g, dtype=dtype) * 0.1,
-        },
-    }
-
-
-def _batch(n, dtype=torch.float64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 4, 4, generator=g, dtype=dtype) * 3, torch.arange(n) % 4
-
-
-def _loss(p, x, y):
-    h = torch.tanh(F.conv2d(x, p["0"]["weight"], p["0"]["bias"], padding=1))
-    return F.cross_entropy(F.linear(h.flatten(1), p["3"]["weight"], p["3"]["bias"]), y)
-
 
 def _torch_model(params):
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3, padding=1),
-        torch.nn.Tanh(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(48, 4),
-    ).double()
+    layers = {
+        "conv": torch.nn.Conv2d(1, 3, 3, padding=1),
+        "tanh": torch.nn.Tanh(),
+        "flatten": torch.nn.Flatten(),
+        "fc": torch.nn.Linear(48, 4),
+    }
+    model = torch.nn.Sequential(OrderedDict(layers)).double()
     model.load_state_dict(fdl.nn.state_dict(params))
     return model
 
 
 # per-layer bounds C_l, in torch's parameter order (model.parameters())
-TORCH_ORDER = ("0.weight", "0.bias", "3.weight", "3.bias")
-BOUNDS = {"0.weight": 0.4, "0.bias": 0.05, "3.weight": 0.3, "3.bias": 0.08}
+TORCH_ORDER = ("conv.weight", "conv.bias", "fc.weight", "fc.bias")
+BOUNDS = {"conv.weight": 0.4, "conv.bias": 0.05, "fc.weight": 0.3, "fc.bias": 0.08}
 
 # the clipping settings every generic property runs over: name -> max_grad_norm
 CLIPPING = {
@@ -422,9 +397,9 @@ BAD = [
     ({"micro_batch_size": 2.5}, ValueError, "micro_batch_size must be a positive int"),
     ({"micro_batch_size": True}, ValueError, "micro_batch_size must be a positive int"),
     (
-        {"max_grad_norm": {"0": {"weight": 1.0, "bias": 0.0}}},
+        {"max_grad_norm": {"conv": {"weight": 1.0, "bias": 0.0}}},
         ValueError,
-        r"max_grad_norm\['0.bias'\]",
+        r"max_grad_norm\['conv.bias'\]",
     ),
     ({"max_grad_norm": [1.0, -1.0]}, ValueError, r"max_grad_norm\['1'\] must be a positive"),
     ({"max_grad_norm": []}, ValueError, "max_grad_norm must be a number or a pytree"),
@@ -446,8 +421,8 @@ def test_bounds_that_do_not_fit_the_params():
     wrong_len = privacy.dp_grads(_loss, **_dp_kwargs([1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="3 per-layer bounds, the params have 4 leaves"):
         wrong_len(params, key, x, y)
-    missing = privacy.dp_grads(_loss, **_dp_kwargs({"0": {"weight": 1.0, "bias": 1.0}}))
-    with pytest.raises(ValueError, match="'3.bias' is missing from max_grad_norm"):
+    missing = privacy.dp_grads(_loss, **_dp_kwargs({"conv": {"weight": 1.0, "bias": 1.0}}))
+    with pytest.raises(ValueError, match="'fc.bias' is missing from max_grad_norm"):
         missing(params, key, x, y)
     micro = privacy.dp_grads(_loss, micro_batch_size=2, **_dp_kwargs(1.0))
     with pytest.raises(ValueError, match="mask must have shape"):
