@@ -51,7 +51,7 @@ import torch.distributed as _dist
 from fdl import random as _random
 from fdl import tree as _tree
 from fdl._compile import CompileArg, maybe_compile
-from fdl._dp_checks import check_dp_args
+from fdl._dp_checks import check_dp_options, check_not_accumulating, reject_accumulation
 
 __all__ = [
     "DistributedError",
@@ -520,13 +520,9 @@ def make_dp_train_step(
     loss_fn: Callable[..., Any],
     optimizer: Any,
     *,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    expected_batch_size: float,
-    has_aux: bool = False,
-    method: str = "auto",
     compile: CompileArg = False,
     bucket_mb: float = DEFAULT_BUCKET_MB,
+    **dp_options: Any,
 ) -> Callable[..., tuple[Any, ...]]:
     r"""Build the data-parallel DP-SGD ``step(params, opt_state, key, *shard, mask=None)``.
 
@@ -544,11 +540,14 @@ def make_dp_train_step(
     sampling rate of the global batch (``q = B_e / N``).
 
     Args:
-        loss_fn, optimizer, noise_multiplier, max_grad_norm, expected_batch_size,
-            has_aux, method: as for :func:`fdl.privacy.make_dp_train_step`
-            (``expected_batch_size`` is the *global* one).
+        loss_fn, optimizer: as for :func:`fdl.privacy.make_dp_train_step`.
         compile: compile the per-rank clipped sum and the update.
         bucket_mb: the all-reduce bucket size in megabytes.
+        dp_options: the DP-SGD keywords of :func:`fdl.privacy.make_dp_train_step`,
+            with the same meaning and defaults: ``noise_multiplier``,
+            ``max_grad_norm`` (per-layer bounds too), ``expected_batch_size``
+            (the *global* one), ``has_aux``, ``method`` and ``micro_batch_size``
+            (each rank's shard in chunks).
 
     Returns:
         ``step(params, opt_state, key, *shard, mask=None) -> (params, opt_state, loss[, aux])``;
@@ -556,16 +555,10 @@ def make_dp_train_step(
     """
     from fdl import privacy as _privacy
 
-    check_dp_args(noise_multiplier, max_grad_norm, expected_batch_size, method)
+    dp = check_dp_options(dp_options, "make_dp_train_step")
+    check_not_accumulating(optimizer, "make_dp_train_step")
     clipped_sum = maybe_compile(
-        _privacy.dp_grads(
-            loss_fn,
-            noise_multiplier=0.0,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=1.0,
-            has_aux=has_aux,
-            method=method,
-        ),
+        _privacy.dp_grads(loss_fn, **{**dp, "noise_multiplier": 0.0, "expected_batch_size": 1.0}),
         compile,
     )
 
@@ -573,11 +566,12 @@ def make_dp_train_step(
         key, *rest = batch
         summed, loss, *aux = clipped_sum(params, key, *rest, **options)
         summed, loss = all_reduce_sum((summed, loss), bucket_mb=bucket_mb)
-        noised = _privacy.add_noise(summed, key, noise_multiplier, max_grad_norm)
-        grads = _tree.map(lambda t: t / expected_batch_size, noised)
+        noised = _privacy.add_noise(summed, key, dp["noise_multiplier"], dp["max_grad_norm"])
+        grads = _tree.map(lambda t: t / dp["expected_batch_size"], noised)
         return (grads, loss / world_size(), *aux)
 
-    return _data_parallel(reduce, optimizer, compile, "make_dp_train_step")
+    step = _data_parallel(reduce, optimizer, compile, "make_dp_train_step")
+    return reject_accumulation(step, "make_dp_train_step")
 
 
 def _data_parallel(

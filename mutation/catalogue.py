@@ -44,6 +44,7 @@ RANDOM = ("tests/test_random.py",)
 PRIVACY = ("tests/test_privacy.py",)
 PRIVACY_ADAPTIVE = ("tests/test_privacy_adaptive.py",)
 ACCOUNTANTS = ("tests/test_privacy_accountants.py",)
+PRIVACY_DP = ("tests/test_privacy_dp_clip.py",)
 PER_SAMPLE = ("tests/test_per_sample.py",)
 PER_SAMPLE_LAYERS = ("tests/test_per_sample_layers.py",)
 CKPT = ("tests/test_checkpoint.py",)
@@ -1096,8 +1097,8 @@ CATALOGUE: list[Mutant] = [
         "privacy.dp.noise_std_without_clip",
         "privacy",
         "noise std sigma instead of sigma * C",
-        "std = check_noise(noise_multiplier) * check_clip(max_grad_norm)",
-        "std = check_noise(noise_multiplier)",
+        "std = sigma * clip_norm(clip)",
+        "std = sigma",
         PRIVACY,
         select="noise",
     ),
@@ -1109,6 +1110,42 @@ CATALOGUE: list[Mutant] = [
         "grads = noised",
         PRIVACY,
         select="dp_grads or dp_step",
+    ),
+    Mutant(
+        "privacy.dp.per_layer_noise_sum",
+        "privacy",
+        "per-layer noise scaled by the sum of the bounds C_l instead of their L2 norm",
+        "return math.sqrt(sum(c * c for c in _tree.leaves(bounds)))",
+        "return sum(_tree.leaves(bounds))",
+        PRIVACY_DP,
+        select="noise_is_sigma",
+    ),
+    Mutant(
+        "privacy.dp.per_layer_sq_norm",
+        "privacy",
+        "per-layer clip factor divides C_l by the squared norm of the leaf",
+        "f_l = torch.clamp(c_l / (sq.sqrt() + CLIP_EPS), max=1.0)",
+        "f_l = torch.clamp(c_l / (sq + CLIP_EPS), max=1.0)",
+        PRIVACY_DP,
+        select="matches_opacus",
+    ),
+    Mutant(
+        "privacy.dp.micro_mask_offset",
+        "privacy",
+        "virtual steps give every micro-batch the mask of the first rows",
+        "part_mask = None if mask is None else mask[start:stop]",
+        "part_mask = None if mask is None else mask[: stop - start]",
+        PRIVACY_DP,
+        select="micro_batches_equal",
+    ),
+    Mutant(
+        "privacy.poisson.overflow_unclamped",
+        "privacy",
+        "poisson_sample's overflow count goes negative when the draw fits",
+        "overflow = (included.sum() - size).clamp(min=0)",
+        "overflow = included.sum() - size",
+        PRIVACY_DP,
+        select="overflow",
     ),
     Mutant(
         "privacy.poisson.key_reuse",

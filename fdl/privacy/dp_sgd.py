@@ -19,24 +19,43 @@ On the rules path (see :mod:`fdl.per_sample`) the norms come from the
 recorded layer factors and ``Σ_i f_i grad_i`` is one ordinary weight-gradient
 computation per layer, so a private step costs about one batch gradient;
 per-example gradients are never materialised for linear layers.
+
+Two variants of the same gradient: per-layer clipping (``max_grad_norm`` a
+pytree of bounds ``C_l``, each leaf clipped on its own, noise ``σ·‖(C_l)‖₂``)
+and virtual steps (``micro_batch_size``: the clipped sum built over row
+chunks of a large padded batch, noised once). Overflow of a Poisson draw
+beyond ``max_size`` is counted (``return_overflow=True``) or warned about.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from fdl import _step
+from fdl import _eager, _step
 from fdl import random as _random
 from fdl import train as _train
 from fdl import tree as _tree
 from fdl._compile import CompileArg
-from fdl._dp_checks import check_clip, check_dp_args, check_noise, check_rate
+from fdl._dp_checks import (
+    check_bounds_fit,
+    check_clip,
+    check_clip_bounds,
+    check_dp_args,
+    check_micro_batch_size,
+    check_noise,
+    check_not_accumulating,
+    check_rate,
+    clip_norm,
+    reject_accumulation,
+)
 from fdl._per_sample import core as _core
+from fdl.privacy._per_layer import leaf_sq_norms, leaf_weighted_sums
 
 __all__ = [
     "add_noise",
@@ -93,17 +112,20 @@ def clip_per_sample(grads: Any, max_grad_norm: float) -> Any:
     return _tree.map(lambda t: t * f.reshape((-1,) + (1,) * (t.dim() - 1)).to(t.dtype), grads)
 
 
-def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_norm: float) -> Any:
+def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_norm: Any) -> Any:
     """``grads + σ·C·z`` with ``z ~ N(0, I)`` drawn from ``key``.
 
     One ``fdl.random.normal(key, (total size,))`` draw is split over the
-    leaves in their flattening order (float64 if any leaf is float64).
+    leaves in their flattening order (float64 if any leaf is float64). With
+    per-layer bounds ``C_l`` (a pytree or sequence, see :func:`dp_grads`) the
+    sensitivity is ``C = ‖(C_l)‖₂ = sqrt(Σ_l C_l²)``, as Opacus's per-layer
+    clipping.
 
     Args:
         grads: a pytree of summed clipped gradients.
         key: an ``fdl.random`` key.
         noise_multiplier: ``σ >= 0``.
-        max_grad_norm: ``C > 0``.
+        max_grad_norm: ``C > 0``, or per-layer bounds ``C_l > 0``.
 
     Returns:
         The noised pytree.
@@ -114,7 +136,11 @@ def add_noise(grads: Any, key: _random.Key, noise_multiplier: float, max_grad_no
         >>> round(float(g["w"].std()), 1)
         1.0
     """
-    std = check_noise(noise_multiplier) * check_clip(max_grad_norm)
+    std = check_noise(noise_multiplier) * clip_norm(check_clip_bounds(max_grad_norm))
+    return _add_noise(grads, key, std)
+
+
+def _add_noise(grads: Any, key: _random.Key, std: float) -> Any:
     flat, treedef = _tree.flatten(grads)
     if not flat:
         return grads
@@ -129,10 +155,11 @@ def dp_grads(
     loss_fn: Callable[..., Any],
     *,
     noise_multiplier: float,
-    max_grad_norm: float,
+    max_grad_norm: Any,
     expected_batch_size: float,
     has_aux: bool = False,
     method: str = "auto",
+    micro_batch_size: int | None = None,
 ) -> Callable[..., Any]:
     """Build ``fn(params, key, *batch, mask=None) -> (private_grads, loss[, aux])``.
 
@@ -141,17 +168,37 @@ def dp_grads(
     ``loss_fn`` on example ``i`` alone (see :func:`fdl.per_sample_grads`),
     ``m_i`` the mask (all ones when ``None``) and ``z ~ N(0, I)`` from ``key``.
 
+    **Per-layer clipping** (Opacus's ``clipping="per_layer"``): when
+    ``max_grad_norm`` holds one bound ``C_l`` per params leaf ``l``, each leaf of
+    each example is clipped on its own and the noise uses ``C = ‖(C_l)‖₂``::
+
+        f_{i,l} = m_i · min(1, C_l / (‖grad_{i,l}‖ + 1e-6))
+        private_grads_l = (Σ_i f_{i,l} · grad_{i,l} + σ·‖(C_l)‖₂·z_l) / B_e
+
+    **Virtual steps**: with ``micro_batch_size=k`` the padded batch is processed in
+    row chunks of ``k`` (the last may be smaller); each chunk's clipped sum is
+    added up and the noise is drawn once for the whole batch, so the result is
+    the same as without chunks while only one chunk's per-example state exists
+    at a time. The accountant counts one step per call.
+
     Args:
         loss_fn: the ordinary batched loss ``loss_fn(params, *batch)``.
         noise_multiplier: ``σ >= 0``.
-        max_grad_norm: ``C > 0``.
+        max_grad_norm: ``C > 0``; or per-layer bounds: a pytree of numbers with
+            the params' structure, or a flat list/tuple with one number per params
+            leaf in flattening order (``fdl.tree.paths(params)``: dict keys sorted,
+            unlike ``module.parameters()``).
         expected_batch_size: ``B_e > 0``, the divisor (``q · N`` for Poisson batches).
         has_aux: ``loss_fn`` returns ``(loss, aux)``.
         method: ``"auto"``, ``"rules"`` or ``"vmap"`` (see :mod:`fdl.per_sample`).
+        micro_batch_size: rows per chunk (``None``: the whole batch at once).
 
     Returns:
         The function. ``loss`` (and ``aux``) are ``loss_fn`` on the whole batch
-        given, masked rows included: use them for monitoring only.
+        given, masked rows included: use them for monitoring only. With
+        ``micro_batch_size``, ``loss`` is the row-weighted mean of the chunks'
+        losses (the batch loss for a mean-reduced ``loss_fn``) and ``aux`` a list
+        with one entry per chunk.
 
     Example:
         >>> import torch, torch.nn.functional as F, fdl
@@ -161,28 +208,83 @@ def dp_grads(
         >>> g, loss = fn(p, fdl.random.key(0), torch.ones(4, 2), torch.zeros(4, 1))
         >>> g["w"]  # each example's gradient (4, 4) is clipped to norm 1
         tensor([[0.7071, 0.7071]])
+        >>> chunked = dp_grads(loss_fn, noise_multiplier=0.0, max_grad_norm=1.0,
+        ...                    expected_batch_size=4, micro_batch_size=3)
+        >>> chunked(p, fdl.random.key(0), torch.ones(4, 2), torch.zeros(4, 1))[0]["w"]
+        tensor([[0.7071, 0.7071]])
     """
     sigma, clip, b_e = check_dp_args(noise_multiplier, max_grad_norm, expected_batch_size, method)
+    chunk = check_micro_batch_size(micro_batch_size)
+    std = sigma * clip_norm(clip)
+    bounds = None if isinstance(clip, float) else _tree.leaves(clip)  # C_l per params leaf
+
+    def clipped_sum(params: Any, rows: tuple[Any, ...], mask: Any, bounds: Any) -> tuple[Any, ...]:
+        # one (micro-)batch; the representation is freed when this returns
+        loss, aux, rep, _ = _core.decompose(
+            loss_fn, params, rows, has_aux=has_aux, chunk_size=None, method=method, need_loss=True
+        )
+        return _clip_and_sum(rep, mask, clip, bounds), loss, aux
 
     def fn(params: Any, key: _random.Key, *batch: Any, mask: torch.Tensor | None = None) -> Any:
-        loss, aux, rep, _ = _core.decompose(
-            loss_fn, params, batch, has_aux=has_aux, chunk_size=None, method=method, need_loss=True
-        )
-        norms = rep.sq_norms().sqrt()
-        f = torch.clamp(clip / (norms + CLIP_EPS), max=1.0)
-        if mask is not None:
-            if mask.shape != norms.shape:
-                raise ValueError(
-                    f"mask must have shape {tuple(norms.shape)} (one entry per example), "
-                    f"got {tuple(mask.shape)}"
-                )
-            f = f * mask.to(f.dtype)
-        summed = _tree.unflatten(_tree.structure(params), rep.weighted_sum(f))
-        noised = add_noise(summed, key, sigma, clip)
+        n = _core.batch_size(batch)
+        if mask is not None and tuple(mask.shape) != (n,):
+            raise ValueError(
+                f"mask must have shape {(n,)} (one entry per example), got {tuple(mask.shape)}"
+            )
+        if bounds is not None and _eager.validating():
+            check_bounds_fit(clip, params, "dp_grads")
+        if chunk is None:
+            total, loss, aux = clipped_sum(params, batch, mask, bounds)
+        else:
+            total, loss, aux = _in_chunks(clipped_sum, params, batch, mask, bounds, chunk)
+        summed = _tree.unflatten(_tree.structure(params), total)
+        noised = _add_noise(summed, key, std)
         grads = _tree.map(lambda t: t / b_e, noised)
         return (grads, loss, aux) if has_aux else (grads, loss)
 
     return fn
+
+
+def _clip_and_sum(
+    rep: Any, mask: torch.Tensor | None, clip: Any, bounds: list[float] | None
+) -> list[torch.Tensor]:
+    """Per params leaf, ``Σ_i f_i grad_i`` (flat clipping) or ``Σ_i f_{i,l} grad_{i,l}``."""
+    if bounds is None:
+        norms = rep.sq_norms().sqrt()
+        f = torch.clamp(clip / (norms + CLIP_EPS), max=1.0)
+        if mask is not None:
+            f = f * mask.to(f.dtype)
+        return rep.weighted_sum(f)
+    fs = []
+    for c_l, sq in zip(bounds, leaf_sq_norms(rep), strict=True):
+        f_l = torch.clamp(c_l / (sq.sqrt() + CLIP_EPS), max=1.0)  # per-layer clip factors
+        fs.append(f_l if mask is None else f_l * mask.to(f_l.dtype))
+    return leaf_weighted_sums(rep, fs)
+
+
+def _in_chunks(
+    clipped_sum: Callable[..., tuple[Any, ...]],
+    params: Any,
+    batch: tuple[Any, ...],
+    mask: torch.Tensor | None,
+    bounds: list[float] | None,
+    chunk: int,
+) -> tuple[list[torch.Tensor], torch.Tensor, list[Any]]:
+    """``clipped_sum`` over row chunks of ``chunk``, added up; the loss is row-weighted."""
+    n = _core.batch_size(batch)
+    total: list[torch.Tensor] = []
+    loss = None
+    auxes = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows = _tree.map(lambda t, a=start, b=stop: t[a:b], batch)  # (stop - start, ...)
+        part_mask = None if mask is None else mask[start:stop]
+        part, part_loss, aux = clipped_sum(params, rows, part_mask, bounds)
+        total = part if not total else [a + b for a, b in zip(total, part, strict=True)]
+        weighted = part_loss * ((stop - start) / n)
+        loss = weighted if loss is None else loss + weighted
+        auxes.append(aux)
+    return total, loss, auxes
 
 
 def make_dp_train_step(
@@ -190,10 +292,11 @@ def make_dp_train_step(
     optimizer: Any,
     *,
     noise_multiplier: float,
-    max_grad_norm: float,
+    max_grad_norm: Any,
     expected_batch_size: float,
     has_aux: bool = False,
     method: str = "auto",
+    micro_batch_size: int | None = None,
     compile: CompileArg = False,
     donate: bool = False,
 ) -> Callable[..., Any]:
@@ -208,7 +311,10 @@ def make_dp_train_step(
         loss_fn: the ordinary batched loss.
         optimizer: any ``fdl.optim`` ``GradientTransformation``.
         noise_multiplier, max_grad_norm, expected_batch_size, has_aux, method:
-            as for :func:`dp_grads`.
+            as for :func:`dp_grads` (``max_grad_norm`` may hold per-layer bounds).
+        micro_batch_size: virtual steps: the padded logical batch is clipped and
+            summed in row chunks of this size and noised once (see
+            :func:`dp_grads`); the step's memory is that of one chunk.
         compile: ``True`` wraps the step in ``torch.compile(fullgraph=True)``
             (per-example gradients then take the ``vmap`` path); a dict gives
             ``torch.compile`` options. ``False`` (default) runs eagerly, where
@@ -220,6 +326,12 @@ def make_dp_train_step(
         The step function (pure); with ``has_aux`` it returns ``aux`` as a
         fourth value. Pass a fresh key every step (e.g.
         ``fdl.random.fold_in(key, step)``) and the Poisson mask.
+
+    Raises:
+        ValueError: ``optimizer`` accumulates gradients (:func:`fdl.optim.multi_steps`,
+            :class:`fdl.optim.MultiSteps`; a ``chain`` holding one is seen in the
+            state on the first call). Each step is one noised release: use
+            ``micro_batch_size`` for a logical batch larger than memory.
 
     Example:
         >>> import torch, torch.nn.functional as F, fdl
@@ -233,16 +345,19 @@ def make_dp_train_step(
         torch.Size([1, 2])
     """
     _step.check_optimizer(optimizer, "make_dp_train_step")
+    check_not_accumulating(optimizer, "make_dp_train_step")
     grad_fn = functools.partial(
         dp_grads,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size,
         method=method,
+        micro_batch_size=micro_batch_size,
     )
-    return _train.make_train_step(
+    step = _train.make_train_step(
         loss_fn, optimizer, has_aux=has_aux, compile=compile, grad_fn=grad_fn, donate=donate
     )
+    return reject_accumulation(step, "make_dp_train_step")
 
 
 def poisson_max_size(num_examples: int, sample_rate: float, *, tail: float = 1e-9) -> int:
@@ -270,31 +385,50 @@ def poisson_max_size(num_examples: int, sample_rate: float, *, tail: float = 1e-
 
 
 def poisson_sample(
-    key: _random.Key, num_examples: int, sample_rate: float, max_size: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    key: _random.Key,
+    num_examples: int,
+    sample_rate: float,
+    max_size: int | None = None,
+    *,
+    return_overflow: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Poisson-sample a batch as fixed-size ``(indices, mask)``.
 
     Each of ``num_examples`` examples is included independently with
     probability ``sample_rate``. The included indices come first (in random
     order), padded with excluded ones to ``max_size``; ``mask`` is ``True`` on
-    the included rows. If more than ``max_size`` are drawn, the extra ones are
-    dropped (probability below 1e-9 with the default ``max_size`` from
-    :func:`poisson_max_size`).
+    the included rows.
+
+    **Overflow.** If ``K > max_size`` examples are drawn, ``K - max_size`` of
+    them (at random) do not fit and are dropped. This is never silent: with
+    ``return_overflow=True`` the count ``max(0, K - max_size)`` is returned as a
+    third value; otherwise a ``RuntimeWarning`` says how many were dropped
+    (eagerly; nothing is checked while ``torch.compile`` traces). With the
+    default ``max_size`` (:func:`poisson_max_size`) it happens with probability
+    below 1e-9 per draw. A dropped draw is not the Poisson sample the
+    accountant assumes; the remedy is a larger ``max_size`` (a smaller
+    ``tail``), with ``micro_batch_size`` on the step if memory is the limit.
 
     Args:
         key: an ``fdl.random`` key.
         num_examples: dataset size ``N``.
         sample_rate: ``q`` in (0, 1].
         max_size: rows in the padded batch (default :func:`poisson_max_size`).
+        return_overflow: also return the number of drawn examples dropped.
 
     Returns:
-        ``indices`` (int64, ``(max_size,)``) and ``mask`` (bool, ``(max_size,)``).
+        ``indices`` (int64, ``(max_size,)``) and ``mask`` (bool, ``(max_size,)``);
+        with ``return_overflow``, also ``overflow`` (an int64 scalar tensor).
 
     Example:
         >>> import fdl
         >>> idx, mask = poisson_sample(fdl.random.key(0), 1000, 0.05, max_size=100)
         >>> idx.shape, mask.shape, 20 < int(mask.sum()) < 80
         (torch.Size([100]), torch.Size([100]), True)
+        >>> _, mask, dropped = poisson_sample(fdl.random.key(0), 1000, 0.05, max_size=10,
+        ...                                   return_overflow=True)
+        >>> int(mask.sum()), int(dropped) > 0
+        (10, True)
     """
     q = check_rate(sample_rate)
     n = int(num_examples)
@@ -309,4 +443,17 @@ def poisson_sample(
     # included examples first, each group in random order
     ranked = order[torch.argsort((~included[order]).to(torch.int8), stable=True)]
     indices = ranked[:size]
+    overflow = (included.sum() - size).clamp(min=0)
+    if return_overflow:
+        return indices, included[indices], overflow
+    if _eager.validating() and bool(overflow > 0):
+        warnings.warn(
+            f"poisson_sample: {int(overflow)} of the {int(overflow) + size} examples drawn did "
+            f"not fit in max_size={size} and were dropped, so this batch is not the Poisson "
+            "sample the accountant assumes; use a larger max_size (poisson_max_size(N, q, "
+            "tail=...)), with micro_batch_size= on the step if memory is the limit, or pass "
+            "return_overflow=True to count drops",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return indices, included[indices]
