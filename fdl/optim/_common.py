@@ -104,6 +104,8 @@ def stateful(
     trees: tuple[str, ...],
     initial: Callable[[Params], dict[str, Any]] | None = None,
     hands_on_fresh: bool = False,
+    with_params: bool = False,
+    needs_params: bool = False,
 ) -> GradientTransformation:
     """A block whose state is ``state_cls(count, ...)``, made from its formula ``step``.
 
@@ -114,6 +116,9 @@ def stateful(
     ``init`` gives ``count = 0``, zeros for each tree field, and the fields that
     ``initial(params)`` returns. With ``hands_on_fresh`` the block's updates are
     buffers it allocated and keeps nowhere, marked for reuse (``fdl.optim._reuse``).
+    With ``with_params`` (implied by ``needs_params``) ``step`` also receives the
+    param leaves as ``params`` (``None`` when ``update`` was given none); with
+    ``needs_params``, ``update`` without params raises.
     """
 
     def init(params: Params) -> Any:
@@ -122,13 +127,17 @@ def stateful(
         return state_cls(count=zero_count(params), **fields)
 
     def update(updates: Updates, state: Any, params: Params | None = None) -> tuple[Updates, Any]:
-        g, treedef, _ = leaves_of(updates, params, who=who, state=state, state_type=state_cls)
+        g, treedef, p = leaves_of(
+            updates, params, who=who, state=state, state_type=state_cls, needs_params=needs_params
+        )
         lists = {
             name: None
             if getattr(state, name) is None
             else state_leaves(getattr(state, name), treedef, updates, name, who)
             for name in trees
         }
+        if with_params or needs_params:
+            lists["params"] = p
         out, new = step(g, state, **lists)
         if hands_on_fresh:
             _reuse.mark(out)

@@ -265,19 +265,11 @@ def scale_by_relative_step(
             out.append(ui)
         return out, {}
 
-    def init(params: Params) -> ScaleByRelativeStepState:
-        return ScaleByRelativeStepState(count=C.zero_count(params))
-
-    def update(updates: Any, state: ScaleByRelativeStepState, params: Params | None = None) -> Any:
-        g, treedef, p = C.leaves_of(
-            updates,
-            params,
-            who="scale_by_relative_step",
-            state=state,
-            state_type=ScaleByRelativeStepState,
-            needs_params=decays,
-        )
-        out, _ = step(g, state, p)
-        return tree.unflatten(treedef, out), ScaleByRelativeStepState(state.count + 1)
-
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_relative_step",
+        ScaleByRelativeStepState,
+        step,
+        trees=(),
+        with_params=True,
+        needs_params=decays,
+    )
