@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,11 +26,14 @@ Tensor = torch.Tensor
 Leaves = list[Tensor]
 
 __all__ = [
+    "MomentsState",
     "check_lr",
     "check_nonneg",
     "check_unit_interval",
+    "leafwise",
     "leaves_of",
     "nonzero_value",
+    "per_leaf",
     "scheduled",
     "state_leaves",
     "stateful",
@@ -38,6 +41,18 @@ __all__ = [
     "step_number",
     "zero_count",
 ]
+
+
+class MomentsState(NamedTuple):
+    """The fields of a state with a first moment ``mu`` and one second statistic ``nu``.
+
+    Public states of this layout subclass it (with ``__slots__ = ()``): each stays
+    its own type, so a block still rejects another block's state.
+    """
+
+    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
+    mu: Any
+    nu: Any
 
 
 # ---------------------------------------------------------------------------
@@ -104,6 +119,8 @@ def stateful(
     trees: tuple[str, ...],
     initial: Callable[[Params], dict[str, Any]] | None = None,
     hands_on_fresh: bool = False,
+    with_params: bool = False,
+    needs_params: bool = False,
 ) -> GradientTransformation:
     """A block whose state is ``state_cls(count, ...)``, made from its formula ``step``.
 
@@ -114,6 +131,9 @@ def stateful(
     ``init`` gives ``count = 0``, zeros for each tree field, and the fields that
     ``initial(params)`` returns. With ``hands_on_fresh`` the block's updates are
     buffers it allocated and keeps nowhere, marked for reuse (``fdl.optim._reuse``).
+    With ``with_params`` (implied by ``needs_params``) ``step`` also receives the
+    param leaves as ``params`` (``None`` when ``update`` was given none); with
+    ``needs_params``, ``update`` without params raises.
     """
 
     def init(params: Params) -> Any:
@@ -122,13 +142,17 @@ def stateful(
         return state_cls(count=zero_count(params), **fields)
 
     def update(updates: Updates, state: Any, params: Params | None = None) -> tuple[Updates, Any]:
-        g, treedef, _ = leaves_of(updates, params, who=who, state=state, state_type=state_cls)
+        g, treedef, p = leaves_of(
+            updates, params, who=who, state=state, state_type=state_cls, needs_params=needs_params
+        )
         lists = {
             name: None
             if getattr(state, name) is None
             else state_leaves(getattr(state, name), treedef, updates, name, who)
             for name in trees
         }
+        if with_params or needs_params:
+            lists["params"] = p
         out, new = step(g, state, **lists)
         if hands_on_fresh:
             _reuse.mark(out)
@@ -139,6 +163,29 @@ def stateful(
         return tree.unflatten(treedef, out), state_cls(count=state.count + 1, **fields)
 
     return GradientTransformation(init, update)
+
+
+def leafwise(
+    rule: Callable[..., tuple[Tensor, ...]], g: Leaves, **fields: Leaves
+) -> tuple[Leaves, dict[str, Leaves]]:
+    """A :func:`stateful` step's ``(u, new)`` from a rule applied leaf by leaf.
+
+    ``rule(g_i, *field_i)`` takes one update leaf and the matching leaf of each
+    state field (in the order given) and returns ``(u_i, *new field_i)`` in that order.
+    """
+    rows = [rule(*leaf) for leaf in zip(g, *fields.values(), strict=True)]
+    columns = [list(c) for c in zip(*rows, strict=True)] or [[] for _ in range(1 + len(fields))]
+    return columns[0], dict(zip(fields, columns[1:], strict=True))
+
+
+def per_leaf(rule: Callable[..., tuple[Tensor, ...]]) -> Callable[..., Any]:
+    """A :func:`stateful` step that is ``rule`` applied leaf by leaf (:func:`leafwise`)."""
+
+    def step(g: Leaves, state: Any, **fields: Leaves) -> tuple[Leaves, dict[str, Leaves]]:
+        del state
+        return leafwise(rule, g, **fields)
+
+    return step
 
 
 def stateless(

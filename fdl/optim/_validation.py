@@ -24,7 +24,15 @@ import torch
 
 from fdl import _eager, tree
 
-__all__ = ["ExpectedState", "checked", "check_state_type", "check_tree", "describe", "needed"]
+__all__ = [
+    "ExpectedState",
+    "checked",
+    "check_state_type",
+    "check_tree",
+    "checking_state",
+    "describe",
+    "needed",
+]
 
 _CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("fdl_optim_checked", default=False)
 
@@ -82,6 +90,14 @@ def check_state_type(state: Any, cls: type, who: str) -> None:
             f"{who}.update: the state is a {describe(state)}, expected the {cls.__name__} "
             f"that {who}.init builds (was it made by another optimizer?)"
         )
+
+
+def checking_state(state: Any, cls: type, who: str) -> bool:
+    """:func:`needed`; when it is True, the state's type is checked first (``check_state_type``)."""
+    if not needed():
+        return False
+    check_state_type(state, cls, who)
+    return True
 
 
 class ExpectedState:

@@ -136,12 +136,10 @@ def scale_by_adam(
     )
 
 
-class ScaleByAdamaxState(NamedTuple):
+class ScaleByAdamaxState(C.MomentsState):
     """State of :func:`scale_by_adamax`: count, first moment ``mu``, infinity norm ``nu``."""
 
-    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
-    mu: Any
-    nu: Any
+    __slots__ = ()
 
 
 def scale_by_adamax(

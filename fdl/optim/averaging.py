@@ -15,10 +15,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fdl import tree
 from fdl.optim import _common as C
 from fdl.optim import _foreach as F
-from fdl.optim.base import GradientTransformation, Params, ScalarOrSchedule, Updates
+from fdl.optim.base import GradientTransformation, Params, ScalarOrSchedule
 
 __all__ = ["AverageParamsState", "asgd_eta", "asgd_mu", "average_params", "averaged_params"]
 
@@ -113,31 +112,15 @@ def average_params(mu: Callable[[Tensor], Tensor]) -> GradientTransformation:
         (tensor([0.]), tensor([1.]))
     """
 
-    def init(params: Params) -> AverageParamsState:
-        return AverageParamsState(count=C.zero_count(params), ax=tree.zeros_like(params))
-
-    def update(
-        updates: Updates, state: AverageParamsState, params: Params | None = None
-    ) -> tuple[Updates, AverageParamsState]:
-        u, treedef, p = C.leaves_of(
-            updates,
-            params,
-            who="average_params",
-            state=state,
-            state_type=AverageParamsState,
-            needs_params=True,
-        )
-        ax = C.state_leaves(state.ax, treedef, updates, "ax", "average_params")
+    def step(g: list[Tensor], state: AverageParamsState, ax: list[Tensor], params: Any) -> Any:
         weight = torch.as_tensor(mu(state.count), dtype=torch.float64)
         plain = weight == 1.0
         new_ax = []
-        for new, ai in zip(
-            F.add_in_dtype(p, u), ax, strict=True
-        ):  # the params apply_updates returns
+        for new, ai in zip(F.add_in_dtype(params, g), ax, strict=True):  # θ' as apply_updates
             new_ax.append(torch.where(plain, new, ai + (new - ai) * weight.to(ai.dtype)))
-        return updates, AverageParamsState(state.count + 1, tree.unflatten(treedef, new_ax))
+        return g, {"ax": new_ax}
 
-    return GradientTransformation(init, update)
+    return C.stateful("average_params", AverageParamsState, step, trees=("ax",), needs_params=True)
 
 
 def averaged_params(state: Any) -> Params:

@@ -205,8 +205,7 @@ def partition(
     def update(
         updates: Updates, state: PartitionState, params: Params | None = None
     ) -> tuple[Updates, PartitionState]:
-        if _validation.needed():
-            _validation.check_state_type(state, PartitionState, "partition")
+        if _validation.checking_state(state, PartitionState, "partition"):
             if set(state.inner_states) != set(transforms):
                 raise ValueError(
                     f"partition.update: the state holds labels "
@@ -383,8 +382,7 @@ def inject_hyperparams(
         def update(
             updates: Updates, state: InjectHyperparamsState, params: Params | None = None
         ) -> tuple[Updates, InjectHyperparamsState]:
-            if _validation.needed():
-                _validation.check_state_type(state, InjectHyperparamsState, "inject_hyperparams")
+            if _validation.checking_state(state, InjectHyperparamsState, "inject_hyperparams"):
                 if set(state.hyperparams) != set(dynamic):
                     missing = sorted(set(dynamic) - set(state.hyperparams))
                     extra = sorted(set(state.hyperparams) - set(dynamic))
@@ -594,6 +592,22 @@ def ema(
     return GradientTransformation(init, update)
 
 
+def _new_and_old_leaves(
+    new_tensors: Params, old_tensors: Params, who: str
+) -> tuple[list[Tensor], list[Tensor], Any]:
+    """``(new leaves, old leaves, treedef)``; eagerly ``old_tensors`` must match ``new_tensors``."""
+    if _eager.validating():
+        _validation.check_tree(
+            old_tensors,
+            new_tensors,
+            got_name="old_tensors",
+            expected_name="new_tensors",
+            context=who,
+        )
+    new_lv, treedef = tree.flatten(new_tensors)
+    return new_lv, tree.leaves(old_tensors), treedef
+
+
 def incremental_update(
     new_tensors: Params, old_tensors: Params, step_size: float | Tensor
 ) -> Params:
@@ -617,15 +631,7 @@ def incremental_update(
     """
     if _eager.validating():
         C.check_unit_interval("step_size", step_size, closed=True)
-        _validation.check_tree(
-            old_tensors,
-            new_tensors,
-            got_name="old_tensors",
-            expected_name="new_tensors",
-            context="incremental_update",
-        )
-    new_lv, treedef = tree.flatten(new_tensors)
-    old_lv = tree.leaves(old_tensors)
+    new_lv, old_lv, treedef = _new_and_old_leaves(new_tensors, old_tensors, "incremental_update")
     return tree.unflatten(treedef, F.linear_combination(new_lv, step_size, old_lv, 1.0 - step_size))
 
 
@@ -656,15 +662,6 @@ def periodic_update(
         raise ValueError(
             f"periodic_update: update_period must be an int >= 1; got {update_period!r}"
         )
-    if _eager.validating():
-        _validation.check_tree(
-            old_tensors,
-            new_tensors,
-            got_name="old_tensors",
-            expected_name="new_tensors",
-            context="periodic_update",
-        )
-    new_lv, treedef = tree.flatten(new_tensors)
-    old_lv = tree.leaves(old_tensors)
+    new_lv, old_lv, treedef = _new_and_old_leaves(new_tensors, old_tensors, "periodic_update")
     take = torch.as_tensor(steps) % update_period == 0
     return tree.unflatten(treedef, F.where(take, new_lv, old_lv))

@@ -121,8 +121,8 @@ def scale_by_factored_rms(
 
     def step(g: Leaves, state: ScaleByFactoredRmsState, row: Leaves, col: Leaves, v: Leaves) -> Any:
         rho = C.step_number(state.count) ** beta2_decay  # float64 scalar: 1 at t = 1
-        out, new_row, new_col, new_v = [], [], [], []
-        for gi, ri, ki, vi in zip(g, row, col, v, strict=True):
+
+        def leaf(gi: Tensor, ri: Tensor, ki: Tensor, vi: Tensor) -> tuple[Tensor, ...]:
             e1 = torch.finfo(gi.dtype).eps if eps1 is None else eps1
             w = rho.to(gi.dtype)
             if _factored(gi):
@@ -137,11 +137,9 @@ def scale_by_factored_rms(
                 v_hat = vi
             ui = torch.rsqrt(v_hat.clamp(min=e1 * e1)) * gi
             clip = torch.clamp(_rms(ui) / d, min=1.0)
-            out.append(ui / clip.to(ui.dtype))
-            new_row.append(ri)
-            new_col.append(ki)
-            new_v.append(vi)
-        return out, {"row": new_row, "col": new_col, "v": new_v}
+            return ui / clip.to(ui.dtype), ri, ki, vi
+
+        return C.leafwise(leaf, g, row=row, col=col, v=v)
 
     who = "scale_by_factored_rms"
 
@@ -265,19 +263,11 @@ def scale_by_relative_step(
             out.append(ui)
         return out, {}
 
-    def init(params: Params) -> ScaleByRelativeStepState:
-        return ScaleByRelativeStepState(count=C.zero_count(params))
-
-    def update(updates: Any, state: ScaleByRelativeStepState, params: Params | None = None) -> Any:
-        g, treedef, p = C.leaves_of(
-            updates,
-            params,
-            who="scale_by_relative_step",
-            state=state,
-            state_type=ScaleByRelativeStepState,
-            needs_params=decays,
-        )
-        out, _ = step(g, state, p)
-        return tree.unflatten(treedef, out), ScaleByRelativeStepState(state.count + 1)
-
-    return GradientTransformation(init, update)
+    return C.stateful(
+        "scale_by_relative_step",
+        ScaleByRelativeStepState,
+        step,
+        trees=(),
+        with_params=True,
+        needs_params=decays,
+    )

@@ -70,7 +70,17 @@ def _check_lr(lr: float) -> None:
 
 
 @dataclass(frozen=True)
-class StepLR:
+class _BaseLR:
+    """What the schedules of one base rate share: their first field ``lr``, checked ``>= 0``."""
+
+    lr: float
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+
+
+@dataclass(frozen=True)
+class StepLR(_BaseLR):
     r"""Decay by ``gamma`` every ``step_size`` steps.
 
     :math:`\eta_k = \eta\,\gamma^{\lfloor k/s \rfloor}` with ``s = step_size``.
@@ -83,12 +93,11 @@ class StepLR:
         0.1
     """
 
-    lr: float
     step_size: int
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if not isinstance(self.step_size, int) or self.step_size < 1:
             raise ValueError(f"step_size must be a positive int; got {self.step_size!r}")
 
@@ -98,7 +107,7 @@ class StepLR:
 
 
 @dataclass(frozen=True)
-class MultiStepLR:
+class MultiStepLR(_BaseLR):
     r"""Decay by ``gamma`` at each milestone: :math:`\eta_k = \eta\,\gamma^{|\{m_i \le k\}|}`.
 
     A milestone listed twice decays twice, as in torch. Mirrors
@@ -111,12 +120,11 @@ class MultiStepLR:
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
 
-    lr: float
     milestones: Sequence[int]
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         object.__setattr__(self, "milestones", tuple(sorted(int(m) for m in self.milestones)))
 
     def __call__(self, count: Tensor) -> Tensor:
@@ -128,7 +136,7 @@ class MultiStepLR:
 
 
 @dataclass(frozen=True)
-class ExponentialLR:
+class ExponentialLR(_BaseLR):
     r"""Decay by ``gamma`` every step: :math:`\eta_k = \eta\,\gamma^k`.
 
     Mirrors ``torch.optim.lr_scheduler.ExponentialLR(opt, gamma)``.
@@ -139,18 +147,14 @@ class ExponentialLR:
         0.125
     """
 
-    lr: float
     gamma: float
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
 
     def __call__(self, count: Tensor) -> Tensor:
         return self.lr * self.gamma ** _f64(count)
 
 
 @dataclass(frozen=True)
-class CosineAnnealingLR:
+class CosineAnnealingLR(_BaseLR):
     r"""Cosine annealing from ``lr`` to ``eta_min`` over ``T_max`` steps.
 
     :math:`\eta_k = \eta_{min} + (\eta - \eta_{min})\frac{1 + \cos(\pi k / T_{max})}{2}`.
@@ -165,12 +169,11 @@ class CosineAnnealingLR:
         [1.0, 0.5, 0.0]
     """
 
-    lr: float
     T_max: int
     eta_min: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if not self.T_max > 0:
             raise ValueError(f"T_max must be positive; got {self.T_max!r}")
 
@@ -180,7 +183,7 @@ class CosineAnnealingLR:
 
 
 @dataclass(frozen=True)
-class CosineAnnealingWarmRestarts:
+class CosineAnnealingWarmRestarts(_BaseLR):
     r"""SGDR: cosine annealing restarted after ``T_0``, ``T_0·T_mult``, ... steps.
 
     .. math::
@@ -198,14 +201,13 @@ class CosineAnnealingWarmRestarts:
         [1.0, 0.5, 1.0, 0.5]
     """
 
-    lr: float
     T_0: int
     T_mult: int = 1
     eta_min: float = 0.0
     _starts: tuple[int, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if not isinstance(self.T_0, int) or self.T_0 <= 0:
             raise ValueError(f"Expected positive integer T_0, but got {self.T_0}")
         if not isinstance(self.T_mult, int) or self.T_mult < 1:
@@ -236,7 +238,7 @@ class CosineAnnealingWarmRestarts:
 
 
 @dataclass(frozen=True)
-class LinearLR:
+class LinearLR(_BaseLR):
     r"""Linear ramp of the factor from ``start_factor`` to ``end_factor`` over ``total_iters``.
 
     :math:`\eta_k = \eta\,\big(f_s + (f_e - f_s)\min(k, N)/N\big)`. Mirrors
@@ -250,13 +252,12 @@ class LinearLR:
         [0.5, 0.75, 1.0, 1.0]
     """
 
-    lr: float
     start_factor: float = 1.0 / 3
     end_factor: float = 1.0
     total_iters: int = 5
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if self.start_factor > 1.0 or self.start_factor <= 0:
             raise ValueError(
                 "Starting multiplicative factor expected to be greater than 0 and less or "
@@ -275,7 +276,7 @@ class LinearLR:
 
 
 @dataclass(frozen=True)
-class ConstantLR:
+class ConstantLR(_BaseLR):
     r"""Scale by ``factor`` for the first ``total_iters`` steps.
 
     :math:`\eta_k = \eta f` for :math:`k < N`, else :math:`\eta`.
@@ -289,12 +290,11 @@ class ConstantLR:
         [0.5, 1.0, 1.0]
     """
 
-    lr: float
     factor: float = 1.0 / 3
     total_iters: int = 5
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if self.factor > 1.0 or self.factor < 0:
             raise ValueError(
                 f"Constant multiplicative factor expected to be between 0 and 1; got {self.factor}"
@@ -306,7 +306,7 @@ class ConstantLR:
 
 
 @dataclass(frozen=True)
-class PolynomialLR:
+class PolynomialLR(_BaseLR):
     r"""Polynomial decay to zero: :math:`\eta_k = \eta\,(1 - \min(k, N)/N)^p`.
 
     Mirrors ``torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=5, power=1.0)``.
@@ -318,12 +318,8 @@ class PolynomialLR:
         [1.0, 0.25, 0.0]
     """
 
-    lr: float
     total_iters: int = 5
     power: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
 
     def __call__(self, count: Tensor) -> Tensor:
         k = torch.clamp(_f64(count), max=float(self.total_iters))
@@ -514,7 +510,7 @@ class SequentialLR:
 
 
 @dataclass(frozen=True)
-class MultiplicativeLR:
+class MultiplicativeLR(_BaseLR):
     r"""The rate multiplied by ``lr_lambda(k)`` at every step ``k >= 1``.
 
     :math:`\eta_k = \eta \prod_{j=1}^{k} f(j)`, the product taken in torch's
@@ -535,13 +531,12 @@ class MultiplicativeLR:
         [1.0, 0.5, 0.25, 0.125]
     """
 
-    lr: float
     lr_lambda: Callable[[int], float]
     total_steps: int = 10_000
     _table: Tensor = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if not isinstance(self.total_steps, int) or self.total_steps < 0:
             raise ValueError(f"total_steps must be an int >= 0; got {self.total_steps!r}")
         values = [float(self.lr)]
@@ -730,7 +725,7 @@ class PlateauState(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ReduceLROnPlateau:
+class ReduceLROnPlateau(_BaseLR):
     r"""Multiply the rate by ``factor`` when a metric stops improving: a schedule fed the metric.
 
     ``state = plateau.init()``, then once per epoch
@@ -765,7 +760,6 @@ class ReduceLROnPlateau:
         1.0 1.0 1.0 0.5 0.5 0.25
     """
 
-    lr: float
     mode: str = "min"
     factor: float = 0.1
     patience: int = 10
@@ -776,7 +770,7 @@ class ReduceLROnPlateau:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
+        super().__post_init__()
         if self.factor >= 1.0:
             raise ValueError("Factor should be < 1.0.")
         if self.mode not in ("min", "max"):

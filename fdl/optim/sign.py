@@ -85,23 +85,18 @@ def scale_by_rprop(
         raise ValueError(f"Invalid eta values: {eta_minus}, {eta_plus}")
     lo, hi = step_sizes
 
-    def step(g: Leaves, state: ScaleByRpropState, prev: Leaves, step_size: Leaves) -> Any:
-        u, new_prev, new_size = [], [], []
-        for gi, pi, di in zip(g, prev, step_size, strict=True):
-            s = torch.sign(gi * pi)
-            one = torch.ones_like(di)  # the factors in the step sizes' dtype
-            factor = torch.where(s > 0, eta_plus, torch.where(s < 0, eta_minus, one))
-            d = torch.clamp(di * factor, lo, hi)
-            kept = torch.where(s < 0, torch.zeros_like(gi), gi)  # a flip cancels the step
-            u.append(torch.sign(kept) * d)
-            new_prev.append(kept)
-            new_size.append(d)
-        return u, {"prev": new_prev, "step_size": new_size}
+    def leaf(gi: Tensor, pi: Tensor, di: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = torch.sign(gi * pi)
+        one = torch.ones_like(di)  # the factors in the step sizes' dtype
+        factor = torch.where(s > 0, eta_plus, torch.where(s < 0, eta_minus, one))
+        d = torch.clamp(di * factor, lo, hi)
+        kept = torch.where(s < 0, torch.zeros_like(gi), gi)  # a flip cancels the step
+        return torch.sign(kept) * d, kept, d
 
     return C.stateful(
         "scale_by_rprop",
         ScaleByRpropState,
-        step,
+        C.per_leaf(leaf),  # (g, prev, step_size) -> (u, prev, step_size), leaf by leaf
         trees=("prev", "step_size"),
         initial=lambda params: {"step_size": _initial_step_size(lr, params)},
         hands_on_fresh=True,

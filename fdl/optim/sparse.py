@@ -10,7 +10,7 @@ leaves them alone.)
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -23,12 +23,10 @@ Tensor = torch.Tensor
 Leaves = list[Tensor]
 
 
-class ScaleBySparseAdamState(NamedTuple):
+class ScaleBySparseAdamState(C.MomentsState):
     """State of :func:`scale_by_sparse_adam`: count and the moments ``mu``, ``nu``."""
 
-    count: Tensor  # type: ignore[assignment]  # field shadows tuple.count (public name)
-    mu: Any
-    nu: Any
+    __slots__ = ()
 
 
 def scale_by_sparse_adam(
@@ -67,18 +65,17 @@ def scale_by_sparse_adam(
     def step(g: Leaves, state: ScaleBySparseAdamState, mu: Leaves, nu: Leaves) -> Any:
         t = C.step_number(state.count)
         c = torch.sqrt(1.0 - b2**t) / (1.0 - b1**t)  # float64 step-size factor
-        out, new_mu, new_nu = [], [], []
-        for gi, m, v in zip(g, mu, nu, strict=True):
+
+        def leaf(gi: Tensor, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             present = gi != 0
             m = torch.where(present, m + (gi - m) * (1.0 - b1), m)
             v = torch.where(present, v + (gi * gi - v) * (1.0 - b2), v)
             # absent entries read 1, not a v that may be 0: sqrt's derivative stays finite
             root = torch.sqrt(torch.where(present, v, torch.ones_like(v)))
             step_ = (m / (root + eps)) * c.to(gi.dtype)
-            out.append(torch.where(present, step_, torch.zeros_like(step_)))
-            new_mu.append(m)
-            new_nu.append(v)
-        return out, {"mu": new_mu, "nu": new_nu}
+            return torch.where(present, step_, torch.zeros_like(step_)), m, v
+
+        return C.leafwise(leaf, g, mu=mu, nu=nu)
 
     return C.stateful(
         "scale_by_sparse_adam",
