@@ -532,18 +532,7 @@ class RNN(_RNNBase[Tensor, tuple[Tensor, Tensor]]):
     ) -> None:
         # torch's order, where ``nonlinearity`` is the fourth argument: the inherited fields
         # alone would put it last, so that ``RNN(3, 5, 2, "relu")`` would set ``bias``
-        given = dict(
-            input_size=input_size,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            nonlinearity=nonlinearity,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
+        given = {name: value for name, value in locals().items() if name != "self"}
         for name, value in given.items():
             object.__setattr__(self, name, value)  # the frozen dataclass's own setter refuses
         self.__post_init__()
