@@ -55,6 +55,7 @@ TRAIN = ("tests/test_train.py",)
 ENSEMBLE = ("tests/test_ensemble.py",)
 TESTING = ("tests/test_testing.py",)
 RECURRENT = ("tests/test_nn_recurrent.py",)
+LSTM_BPTT = ("tests/test_nn_recurrent.py", "tests/test_nn_recurrent_scan_backward.py")
 ATTENTION = ("tests/test_nn_attention.py",)
 TRANSFORMER = ("tests/test_nn_transformer.py",)
 PADDING = ("tests/test_nn_catalog_padding.py",)
@@ -1563,6 +1564,36 @@ CATALOGUE: list[Mutant] = [
         "self.mode, gi[t], state, p)\n",
         RECURRENT,
         select="matches_torch",
+    ),
+    Mutant(
+        "nn.lstm_bptt.no_tanh_derivative",
+        "nn",
+        "the hand-written LSTM backward drops the (1 - tanh(c)^2) factor on the cell gradient "
+        "coming from h = o tanh(c)",
+        "dc = dh * o * (1 - tanh_c[t] * tanh_c[t]) + dc_rec",
+        "dc = dh * o + dc_rec",
+        LSTM_BPTT,
+        select="scan_operator_matches_torch or autograd_recompute",
+    ),
+    Mutant(
+        "nn.lstm_bptt.forget_grad_new_cell",
+        "nn",
+        "the hand-written LSTM backward takes the forget gate's gradient against the new cell "
+        "state c_t instead of the previous one c_{t-1}",
+        "d_i, d_g, d_f = dc * g, dc * i, dc * c_prev[t]",
+        "d_i, d_g, d_f = dc * g, dc * i, dc * c_all[t]",
+        LSTM_BPTT,
+        select="scan_operator_matches_torch or autograd_recompute",
+    ),
+    Mutant(
+        "nn.lstm_bptt.hidden_grad_misses_gates",
+        "nn",
+        "the hand-written LSTM backward carries dh to h_{t-1} through the input gates' rows of "
+        "W_hh only (the f, g, o rows forgotten)",
+        "dh_rec = d_gt @ w_hh  # (N, H)",
+        "dh_rec = d_gt[:, :hid] @ w_hh[:hid]  # (N, H)",
+        LSTM_BPTT,
+        select="scan_operator_matches_torch or autograd_recompute",
     ),
     # ------------------------------------------------------------ nn: attention
     Mutant(
