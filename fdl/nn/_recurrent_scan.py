@@ -8,8 +8,9 @@ over time is the custom operator ``fdl::recurrent_scan``: compiled graphs hold o
 it whatever the length, and its body is the eager loop of
 :mod:`fdl.nn._functional_recurrent` steps (the same gate equations).
 
-Gradients: ``fdl::recurrent_scan_backward`` recomputes the loop with autograd on and takes
-the vector-Jacobian product (backpropagation through time; the forward pass is run twice).
+Gradients: ``fdl::recurrent_scan_backward`` is backpropagation through time (the forward
+pass is run twice): written out for an LSTM without projection (:func:`_lstm_backward`);
+otherwise the loop is recomputed with autograd on and the vector-Jacobian product taken.
 ``vmap``: the forward folds a batch of inputs into the layer's batch axis when the weights
 are shared; otherwise (batched weights, or the backward of per-example gradients) it runs
 the operator once per batch entry. Double backward is not supported.
