@@ -1595,6 +1595,25 @@ CATALOGUE: list[Mutant] = [
         LSTM_BPTT,
         select="scan_operator_matches_torch or autograd_recompute",
     ),
+    Mutant(
+        "nn.gru_bptt.reset_not_on_hidden_grad",
+        "nn",
+        "the hand-written GRU backward passes dn to h W_hn^T + b_hn without the reset gate's "
+        "factor r",
+        "d_gh[t] = torch.cat([dr, dz, dn * r], dim=-1)",
+        "d_gh[t] = torch.cat([dr, dz, dn], dim=-1)",
+        LSTM_BPTT,
+        select="scan_operator or autograd_recompute",
+    ),
+    Mutant(
+        "nn.rnn_bptt.relu_slope_as_tanh",
+        "nn",
+        "the hand-written Elman RNN backward uses tanh's slope (1 - h^2) for relu too",
+        'slope = 1 - h_all * h_all if nonlinearity == "tanh" else (h_all > 0).to(gi.dtype)',
+        "slope = 1 - h_all * h_all",
+        LSTM_BPTT,
+        select="scan_operator or autograd_recompute",
+    ),
     # ------------------------------------------------------------ nn: attention
     Mutant(
         "nn.sdpa.no_scale",

@@ -1,4 +1,4 @@
-"""The hand-written LSTM backpropagation through time of ``fdl::recurrent_scan_backward``.
+"""The hand-written backpropagation through time of ``fdl::recurrent_scan_backward``.
 
 Reference: the autograd recomputation of the same loop (``_scan_backward_autograd``, itself
 checked against torch's ``nn.LSTM`` gradients by ``tests/test_nn_recurrent.py``). Every case
@@ -16,33 +16,41 @@ import torch
 
 from fdl.nn import _recurrent_scan as S
 
-H, G = 4, 16  # hidden size, 4 H gate rows
+H = 4  # hidden size
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}  # gate blocks of H rows
+# mode -> its hand-written backward (looked up at call time, so a spy can replace it)
+WRITTEN = {"LSTM": "_lstm_backward", "GRU": "_gru_backward", "RNN_TANH": "_rnn_backward"}
+WRITTEN["RNN_RELU"] = "_rnn_backward"
 
-# (reverse, batch, length, with b_hh, zero final-state cotangents)
-CASES = list(itertools.product([False, True], [1, 3], [1, 7], [True, False], [False, True]))
+# (mode, reverse, batch, length, with b_hh, zero final-state cotangents)
+CASES = list(
+    itertools.product(list(GATES), [False, True], [1, 3], [1, 7], [True, False], [False, True])
+)
 TOLS = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
 def _id(case: Any) -> str:
-    rev, n, length, bias, zero = case
+    mode, rev, n, length, bias, zero = case
     direction, b, g = "rev" if rev else "fwd", "b" if bias else "nob", "g0" if zero else "g"
-    return f"{direction}-N{n}-L{length}-{b}-{g}"
+    return f"{mode}-{direction}-N{n}-L{length}-{b}-{g}"
 
 
 def _args(case: Any, dtype: torch.dtype) -> tuple:
-    """Schema arguments of ``recurrent_scan_backward`` for an LSTM without projection."""
-    rev, n, length, bias, zero = case
-    gen = torch.Generator().manual_seed(hash(case) % 2**31)
+    """Schema arguments of ``recurrent_scan_backward`` (no projection)."""
+    mode, rev, n, length, bias, zero = case
+    gen = torch.Generator().manual_seed(CASES.index(case))
 
     def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
-    gi, h0, c0, w_hh = r(length, n, G), r(n, H), r(n, H), r(G, H) * 0.5
-    b_hh = r(G) if bias else None
+    lstm, g = mode == "LSTM", GATES[mode] * H
+    gi, h0, w_hh = r(length, n, g), r(n, H), r(g, H) * 0.5
+    c0 = r(n, H) if lstm else torch.empty(0, dtype=dtype)
+    b_hh = r(g) if bias else None
     g_out = r(length, n, H)
     g_h = torch.zeros(n, H, dtype=dtype) if zero else r(n, H)
-    g_c = torch.zeros(n, H, dtype=dtype) if zero else r(n, H)
-    return gi, h0, c0, w_hh, b_hh, None, "LSTM", rev, g_out, g_h, g_c
+    g_c = (torch.zeros(n, H, dtype=dtype) if zero else r(n, H)) if lstm else torch.zeros(0)
+    return gi, h0, c0, w_hh, b_hh, None, mode, rev, g_out, g_h, g_c.to(dtype)
 
 
 def _check(got: list[torch.Tensor], expected: list[torch.Tensor], tol: float) -> None:
@@ -55,24 +63,25 @@ def _check(got: list[torch.Tensor], expected: list[torch.Tensor], tol: float) ->
 
 @pytest.mark.parametrize("dtype", list(TOLS), ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_id)
-def test_lstm_backward_equals_autograd_recompute(case: Any, dtype: torch.dtype) -> None:
+def test_backward_equals_autograd_recompute(case: Any, dtype: torch.dtype) -> None:
     """Every gradient (and every empty placeholder) equals the autograd recomputation's."""
     args = _args(case, dtype)
-    _check(S._lstm_backward(*args), S._scan_backward_autograd(*args), TOLS[dtype])
+    written = getattr(S, WRITTEN[case[0]])
+    _check(written(*args), S._scan_backward_autograd(*args), TOLS[dtype])
 
 
 @pytest.mark.parametrize("case", CASES[::5], ids=_id)
 def test_operator_takes_the_hand_written_path(case: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registered operator dispatches LSTMs without projection to ``_lstm_backward``."""
+    """The registered operator dispatches each mode without projection to its own backward."""
     args = _args(case, torch.float64)
     calls: list[int] = []
-    original = S._lstm_backward
+    original = getattr(S, WRITTEN[case[0]])
 
     def spy(*a: Any) -> list[torch.Tensor]:
         calls.append(1)
         return original(*a)
 
-    monkeypatch.setattr(S, "_lstm_backward", spy)
+    monkeypatch.setattr(S, WRITTEN[case[0]], spy)
     _check(list(S.recurrent_scan_backward(*args)), S._scan_backward_autograd(*args), 1e-12)
     assert calls == [1]
 
