@@ -55,6 +55,7 @@ TRAIN = ("tests/test_train.py",)
 ENSEMBLE = ("tests/test_ensemble.py",)
 TESTING = ("tests/test_testing.py",)
 RECURRENT = ("tests/test_nn_recurrent.py",)
+LSTM_BPTT = ("tests/test_nn_recurrent.py", "tests/test_nn_recurrent_scan_backward.py")
 ATTENTION = ("tests/test_nn_attention.py",)
 TRANSFORMER = ("tests/test_nn_transformer.py",)
 PADDING = ("tests/test_nn_catalog_padding.py",)
@@ -1563,6 +1564,55 @@ CATALOGUE: list[Mutant] = [
         "self.mode, gi[t], state, p)\n",
         RECURRENT,
         select="matches_torch",
+    ),
+    Mutant(
+        "nn.lstm_bptt.no_tanh_derivative",
+        "nn",
+        "the hand-written LSTM backward drops the (1 - tanh(c)^2) factor on the cell gradient "
+        "coming from h = o tanh(c)",
+        "dc = dh * o * (1 - tanh_c[t] * tanh_c[t]) + dc_rec",
+        "dc = dh * o + dc_rec",
+        LSTM_BPTT,
+        select="scan_operator_matches_torch or autograd_recompute",
+    ),
+    Mutant(
+        "nn.lstm_bptt.forget_grad_new_cell",
+        "nn",
+        "the hand-written LSTM backward takes the forget gate's gradient against the new cell "
+        "state c_t instead of the previous one c_{t-1}",
+        "d_i, d_g, d_f = dc * g, dc * i, dc * c_prev[t]",
+        "d_i, d_g, d_f = dc * g, dc * i, dc * c_all[t]",
+        LSTM_BPTT,
+        select="scan_operator_matches_torch or autograd_recompute",
+    ),
+    Mutant(
+        "nn.lstm_bptt.hidden_grad_misses_gates",
+        "nn",
+        "the hand-written LSTM backward carries dh to h_{t-1} through the input gates' rows of "
+        "W_hh only (the f, g, o rows forgotten)",
+        "dh_rec = d_gt @ w_hh  # (N, H)",
+        "dh_rec = d_gt[:, :hid] @ w_hh[:hid]  # (N, H)",
+        LSTM_BPTT,
+        select="scan_operator_matches_torch or autograd_recompute",
+    ),
+    Mutant(
+        "nn.gru_bptt.reset_not_on_hidden_grad",
+        "nn",
+        "the hand-written GRU backward passes dn to h W_hn^T + b_hn without the reset gate's "
+        "factor r",
+        "d_gh[t] = torch.cat([dr, dz, dn * r], dim=-1)",
+        "d_gh[t] = torch.cat([dr, dz, dn], dim=-1)",
+        LSTM_BPTT,
+        select="scan_operator or autograd_recompute",
+    ),
+    Mutant(
+        "nn.rnn_bptt.relu_slope_as_tanh",
+        "nn",
+        "the hand-written Elman RNN backward uses tanh's slope (1 - h^2) for relu too",
+        'slope = 1 - h_all * h_all if nonlinearity == "tanh" else (h_all > 0).to(gi.dtype)',
+        "slope = 1 - h_all * h_all",
+        LSTM_BPTT,
+        select="scan_operator or autograd_recompute",
     ),
     # ------------------------------------------------------------ nn: attention
     Mutant(

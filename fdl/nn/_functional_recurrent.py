@@ -45,6 +45,19 @@ def lstm_step(
     return h_new, c_new
 
 
+def gru_gates(
+    gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """GRU gates ``(r, z, n, gh_n)`` of one step (see :func:`gru_step`)."""
+    gh = _L.linear(h, w_hh, b_hh)  # (N, 3 H)
+    gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
+    gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
+    r = _A.sigmoid(gi_r + gh_r)
+    z = _A.sigmoid(gi_z + gh_z)
+    n = _A.tanh(gi_n + r * gh_n)
+    return r, z, n, gh_n
+
+
 def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
     """GRU step.
 
@@ -52,10 +65,5 @@ def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor
     ``r = sigmoid(gi_r + gh_r)``, ``z = sigmoid(gi_z + gh_z)``,
     ``n = tanh(gi_n + r * gh_n)``, ``h' = (1 - z) * n + z * h``.
     """
-    gh = _L.linear(h, w_hh, b_hh)  # (N, 3 H)
-    gi_r, gi_z, gi_n = gi.chunk(3, dim=-1)
-    gh_r, gh_z, gh_n = gh.chunk(3, dim=-1)
-    r = _A.sigmoid(gi_r + gh_r)
-    z = _A.sigmoid(gi_z + gh_z)
-    n = _A.tanh(gi_n + r * gh_n)
+    _, z, n, _ = gru_gates(gi, h, w_hh, b_hh)
     return (1 - z) * n + z * h

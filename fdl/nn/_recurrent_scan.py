@@ -8,8 +8,10 @@ over time is the custom operator ``fdl::recurrent_scan``: compiled graphs hold o
 it whatever the length, and its body is the eager loop of
 :mod:`fdl.nn._functional_recurrent` steps (the same gate equations).
 
-Gradients: ``fdl::recurrent_scan_backward`` recomputes the loop with autograd on and takes
-the vector-Jacobian product (backpropagation through time; the forward pass is run twice).
+Gradients: ``fdl::recurrent_scan_backward`` is backpropagation through time (the forward
+pass is run twice): written out for an LSTM without projection, a GRU and an Elman RNN
+(:func:`_lstm_backward`, :func:`_gru_backward`, :func:`_rnn_backward`); for an LSTM with
+projection the loop is recomputed with autograd on and the vector-Jacobian product taken.
 ``vmap``: the forward folds a batch of inputs into the layer's batch axis when the weights
 are shared; otherwise (batched weights, or the backward of per-example gradients) it runs
 the operator once per batch entry. Double backward is not supported.
@@ -21,6 +23,8 @@ from typing import Any
 
 import torch
 
+from fdl.nn import _functional_activations as _A
+from fdl.nn import _functional_layers as _L
 from fdl.nn import _functional_recurrent as _R
 
 Tensor = torch.Tensor
@@ -91,11 +95,13 @@ def _autograd_on() -> Any:
     return torch._C._ForceDispatchKeyGuard(include, exclude)
 
 
-def _scan_backward_impl(*args: Any) -> list[Tensor]:
-    """Backpropagation through time: ``(d gi, d h0, d c0, d w_hh, d b_hh, d w_hr)``.
+def _scan_backward_autograd(*args: Any) -> list[Tensor]:
+    """Backpropagation through time by autograd: ``(d gi, d h0, d c0, d w_hh, d b_hh, d w_hr)``.
 
     The arguments are the schema's: those of :func:`_loop`, then the cotangents of its three
     results. Missing inputs (``b_hh``, ``w_hr``, ``c0`` outside LSTM) get empty gradients.
+    The loop is recomputed with autograd on and ``torch.autograd.grad`` takes the
+    vector-Jacobian product (the general path: GRU, RNN, LSTM with a projection).
     """
     gi, h0, c0, w_hh, b_hh, w_hr, mode, reverse, g_out, g_h, g_c = args
     inputs = [gi, h0, c0, w_hh, b_hh, w_hr]
@@ -116,6 +122,151 @@ def _scan_backward_impl(*args: Any) -> list[Tensor]:
             g = by_id[id(leaf)]
             result.append(torch.zeros_like(t) if g is None else g)
     return result
+
+
+def _lstm_backward(*args: Any) -> list[Tensor]:
+    """Hand-written backpropagation through time of an LSTM without projection.
+
+    Forward, recomputed once without autograd, saving per step the activated gates
+    ``i, f, g, o`` and the cell states. Then, from the last processed step back
+    (``g_h``, ``g_c`` seed ``dh_rec``, ``dc_rec``):
+    ``dh = g_out[t] + dh_rec``; ``do = dh tanh(c_t)``;
+    ``dc = dh o (1 - tanh(c_t)^2) + dc_rec``; ``di = dc g``; ``dg = dc i``;
+    ``df = dc c_{t-1}``; ``dc_rec = dc f``;
+    ``dG_t = (di i (1 - i), df f (1 - f), dg (1 - g^2), do o (1 - o))`` (the pre-activation
+    gradient, gate order ``i, f, g, o``) ``= d gi[t]``; ``dh_rec = dG_t W_hh``.
+    Finally ``d W_hh = dG^T H_prev`` over all steps at once, ``d b_hh = sum dG``,
+    ``d h0 = dh_rec``, ``d c0 = dc_rec``. Same arguments and results as
+    :func:`_scan_backward_autograd`.
+    """
+    gi, h0, c0, w_hh, b_hh, _w_hr, _mode, reverse, g_out, g_h, g_c = args
+    length, n = gi.shape[0], gi.shape[1]
+    hid = h0.shape[-1]
+    order = list(range(length - 1, -1, -1)) if reverse else list(range(length))
+    with torch.no_grad():
+        acts = gi.new_empty(length, n, 4 * hid)  # (L, N, 4 H): i, f, g, o activated
+        c_all = gi.new_empty(length, n, hid)  # (L, N, H): c_t
+        h_prev = gi.new_empty(length, n, hid)  # (L, N, H): h_{t-1}
+        c_prev = gi.new_empty(length, n, hid)  # (L, N, H): c_{t-1}
+        h, c = h0, c0
+        for t in order:
+            gates = gi[t] + _L.linear(h, w_hh, b_hh)  # (N, 4 H)
+            i, f, g, o = gates.chunk(4, dim=-1)  # 4 x (N, H)
+            i, f, g, o = _A.sigmoid(i), _A.sigmoid(f), _A.tanh(g), _A.sigmoid(o)
+            h_prev[t], c_prev[t] = h, c
+            c = f * c + i * g
+            h = o * _A.tanh(c)
+            acts[t] = torch.cat([i, f, g, o], dim=-1)
+            c_all[t] = c
+        tanh_c = _A.tanh(c_all)  # (L, N, H)
+        d_gates = gi.new_empty(length, n, 4 * hid)  # (L, N, 4 H)
+        dh_rec, dc_rec = g_h, g_c
+        for t in reversed(order):
+            i, f, g, o = acts[t].chunk(4, dim=-1)  # 4 x (N, H)
+            dh = g_out[t] + dh_rec
+            d_o = dh * tanh_c[t]
+            dc = dh * o * (1 - tanh_c[t] * tanh_c[t]) + dc_rec
+            d_i, d_g, d_f = dc * g, dc * i, dc * c_prev[t]
+            dc_rec = dc * f
+            d_gt = torch.cat(
+                [d_i * i * (1 - i), d_f * f * (1 - f), d_g * (1 - g * g), d_o * o * (1 - o)],
+                dim=-1,
+            )  # (N, 4 H)
+            d_gates[t] = d_gt
+            dh_rec = d_gt @ w_hh  # (N, H)
+        flat = d_gates.reshape(length * n, 4 * hid)  # (L N, 4 H)
+        d_whh = flat.t() @ h_prev.reshape(length * n, hid)  # (4 H, H)
+        d_bhh = flat.sum(0) if b_hh is not None else gi.new_empty(0)
+    return [d_gates, dh_rec.clone(), dc_rec.clone(), d_whh, d_bhh, gi.new_empty(0)]
+
+
+def _gru_backward(*args: Any) -> list[Tensor]:
+    """Hand-written backpropagation through time of a GRU.
+
+    Forward, recomputed once without autograd, saving per step ``r, z, n``, ``gh_n`` and
+    ``h_{t-1}``. Then, from the last processed step back (``g_h`` seeds ``dh_rec``):
+    ``dh = g_out[t] + dh_rec``; ``dn = dh (1 - z) (1 - n^2)``; ``dz = dh (h_{t-1} - n) z (1 - z)``;
+    ``dr = dn gh_n r (1 - r)``; ``d gi[t] = (dr, dz, dn)``; ``d gh_t = (dr, dz, dn r)``;
+    ``dh_rec = dh z + d gh_t W_hh``. Finally ``d W_hh = d gh^T H_prev`` over all steps at
+    once, ``d b_hh = sum d gh``, ``d h0 = dh_rec``. Same arguments and results as
+    :func:`_scan_backward_autograd`.
+    """
+    gi, h0, c0, w_hh, b_hh, _w_hr, _mode, reverse, g_out, g_h, _g_c = args
+    length, n_batch, hid = gi.shape[0], gi.shape[1], h0.shape[-1]
+    order = list(range(length - 1, -1, -1)) if reverse else list(range(length))
+    with torch.no_grad():
+        saved = gi.new_empty(length, n_batch, 4 * hid)  # (L, N, 4 H): r, z, n, gh_n
+        h_prev = gi.new_empty(length, n_batch, hid)  # (L, N, H): h_{t-1}
+        h = h0
+        for t in order:
+            r, z, n, gh_n = _R.gru_gates(gi[t], h, w_hh, b_hh)  # 4 x (N, H)
+            h_prev[t] = h
+            saved[t] = torch.cat([r, z, n, gh_n], dim=-1)
+            h = (1 - z) * n + z * h
+        d_gi = gi.new_empty(length, n_batch, 3 * hid)  # (L, N, 3 H)
+        d_gh = gi.new_empty(length, n_batch, 3 * hid)  # (L, N, 3 H)
+        dh_rec = g_h
+        for t in reversed(order):
+            r, z, n, gh_n = saved[t].chunk(4, dim=-1)  # 4 x (N, H)
+            dh = g_out[t] + dh_rec
+            dn = dh * (1 - z) * (1 - n * n)
+            dz = dh * (h_prev[t] - n) * z * (1 - z)
+            dr = dn * gh_n * r * (1 - r)
+            d_gi[t] = torch.cat([dr, dz, dn], dim=-1)
+            d_gh[t] = torch.cat([dr, dz, dn * r], dim=-1)
+            dh_rec = dh * z + d_gh[t] @ w_hh  # (N, H)
+        flat = d_gh.reshape(length * n_batch, 3 * hid)  # (L N, 3 H)
+        d_whh = flat.t() @ h_prev.reshape(length * n_batch, hid)  # (3 H, H)
+        d_bhh = flat.sum(0) if b_hh is not None else gi.new_empty(0)
+    return [d_gi, dh_rec.clone(), torch.zeros_like(c0), d_whh, d_bhh, gi.new_empty(0)]
+
+
+def _rnn_backward(*args: Any) -> list[Tensor]:
+    """Hand-written backpropagation through time of an Elman RNN (``tanh`` or ``relu``).
+
+    Forward, recomputed once without autograd, saving every ``h_t``. Then, from the last
+    processed step back (``g_h`` seeds ``dh_rec``): ``dh = g_out[t] + dh_rec``;
+    ``d pre = dh (1 - h_t^2)`` (``tanh``) or ``dh [h_t > 0]`` (``relu``) ``= d gi[t]``;
+    ``dh_rec = d pre W_hh``. Finally ``d W_hh = d pre^T H_prev`` over all steps at once,
+    ``d b_hh = sum d pre``, ``d h0 = dh_rec``. Same arguments and results as
+    :func:`_scan_backward_autograd`.
+    """
+    gi, h0, c0, w_hh, b_hh, _w_hr, mode, reverse, g_out, g_h, _g_c = args
+    length, n_batch, hid = gi.shape[0], gi.shape[1], h0.shape[-1]
+    order = list(range(length - 1, -1, -1)) if reverse else list(range(length))
+    nonlinearity = "tanh" if mode == "RNN_TANH" else "relu"
+    with torch.no_grad():
+        h_prev = gi.new_empty(length, n_batch, hid)  # (L, N, H): h_{t-1}
+        h_all = gi.new_empty(length, n_batch, hid)  # (L, N, H): h_t
+        h = h0
+        for t in order:
+            h_prev[t] = h
+            h = _R.rnn_step(gi[t], h, w_hh, b_hh, nonlinearity)
+            h_all[t] = h
+        slope = 1 - h_all * h_all if nonlinearity == "tanh" else (h_all > 0).to(gi.dtype)
+        d_pre = gi.new_empty(length, n_batch, hid)  # (L, N, H)
+        dh_rec = g_h
+        for t in reversed(order):
+            d_pre[t] = (g_out[t] + dh_rec) * slope[t]
+            dh_rec = d_pre[t] @ w_hh  # (N, H)
+        flat = d_pre.reshape(length * n_batch, hid)  # (L N, H)
+        d_whh = flat.t() @ h_prev.reshape(length * n_batch, hid)  # (H, H)
+        d_bhh = flat.sum(0) if b_hh is not None else gi.new_empty(0)
+    return [d_pre, dh_rec.clone(), torch.zeros_like(c0), d_whh, d_bhh, gi.new_empty(0)]
+
+
+def _scan_backward_impl(*args: Any) -> list[Tensor]:
+    """Backpropagation through time: ``(d gi, d h0, d c0, d w_hh, d b_hh, d w_hr)``.
+
+    Written out (one forward recomputation without autograd, then one reverse loop of
+    matmuls): :func:`_lstm_backward` for an LSTM without projection, :func:`_gru_backward`,
+    :func:`_rnn_backward`; an LSTM with projection takes the autograd recomputation
+    :func:`_scan_backward_autograd`.
+    """
+    mode, w_hr = args[6], args[5]
+    if mode == "LSTM":
+        return _lstm_backward(*args) if w_hr is None else _scan_backward_autograd(*args)
+    return _gru_backward(*args) if mode == "GRU" else _rnn_backward(*args)
 
 
 @torch.library.register_fake("fdl::recurrent_scan_backward")
