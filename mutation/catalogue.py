@@ -823,8 +823,8 @@ CATALOGUE: list[Mutant] = [
         "'same' padding for non-zero padding modes forgets dilation",
         "total = self.dilation[d] * (self.kernel_size[d] - 1)",
         "total = self.kernel_size[d] - 1",
-        LAYERS,
-        select="parity_with_torch",
+        (*LAYERS, "tests/test_properties_nn.py"),
+        select="parity_with_torch or same_padding_with_padding_modes",
     ),
     Mutant(
         "nn.conv.transpose_output_size_dilation",
@@ -832,8 +832,8 @@ CATALOGUE: list[Mutant] = [
         "ConvTranspose2d's output_size range forgets dilation",
         "                + dilation[d] * (kernel[d] - 1)\n",
         "                + (kernel[d] - 1)\n",
-        LAYERS,
-        select="conv_transpose_output_size",
+        (*LAYERS, "tests/test_properties_nn.py"),
+        select="conv_transpose_output_size or conv_transpose_output_size_range",
     ),
     Mutant(
         "nn.pool.padding_limit_dilation",
@@ -841,8 +841,8 @@ CATALOGUE: list[Mutant] = [
         "MaxPool's padding limit ignores dilation (rejects valid dilated pools)",
         "if not 0 <= 2 * p <= (k - 1) * d + 1:",
         "if not 0 <= 2 * p <= k:",
-        LAYERS,
-        select="parity_with_torch or bad_constructor",
+        (*LAYERS, "tests/test_properties_nn.py"),
+        select="parity_with_torch or bad_constructor or max_pool_accepts_exactly",
     ),
     Mutant(
         "nn.dropout.no_rescale",
@@ -880,8 +880,8 @@ CATALOGUE: list[Mutant] = [
         "split's first child equals its parent key",
         "    return torch.stack([x0, x1], dim=-1)  # (num, 2)\n",
         "    return torch.cat([k[None], torch.stack([x0, x1], dim=-1)[1:]])  # (num, 2)\n",
-        RANDOM,
-        select="split or fold_in",
+        (*RANDOM, "tests/test_properties_random.py"),
+        select="split or fold_in or no_derived_key_equals_its_parent",
     ),
     Mutant(
         "random.fold_in.ignores_data",
@@ -952,8 +952,8 @@ CATALOGUE: list[Mutant] = [
         "normal's float64 grid is not centred ((2m - 2^53) reaches -1: -inf)",
         "v = (2 * m + (1 - 2**53)).to(torch.float64) * 2.0**-53",
         "v = (2 * m - 2**53).to(torch.float64) * 2.0**-53",
-        RANDOM,
-        select="normal",
+        (*RANDOM, "tests/test_properties_random.py"),
+        select="normal or normal_grid_is_symmetric_about_zero",
     ),
     Mutant(
         "random.uniform.high_reachable",
@@ -973,8 +973,9 @@ CATALOGUE: list[Mutant] = [
         "    return rdp_to_epsilon(alphas, rdp, d)[0]\n",
         "    rdp = [n * _rdp_one(q, sigma, a) for a in DEFAULT_ORDERS]\n"
         "    return rdp_to_epsilon(DEFAULT_ORDERS, rdp, d)[0]\n",
-        PRIVACY,
-        select="epsilon or noise_multiplier",
+        (*PRIVACY, "tests/test_properties_privacy.py"),
+        select="epsilon or noise_multiplier or best_conversion_over_the_given_orders"
+        " or fewer_orders_never",
     ),
     Mutant(
         "privacy.noise_for.ignores_orders",
@@ -1200,8 +1201,9 @@ CATALOGUE: list[Mutant] = [
         "the conv rule's 'same' padding forgets dilation",
         "totals = [d * (k - 1) for d, k in zip(dil_t, ksize, strict=True)]",
         "totals = [(k - 1) for d, k in zip(dil_t, ksize, strict=True)]",
-        PER_SAMPLE,
-        select="matches_single_example_loop or norms_match",
+        (*PER_SAMPLE, "tests/test_properties_per_sample.py"),
+        select="matches_single_example_loop or norms_match or rules_grads_equal"
+        " or rules_norms_equal",
     ),
     Mutant(
         "per_sample.im2col.span",
@@ -1356,8 +1358,8 @@ CATALOGUE: list[Mutant] = [
         "random_crop never picks the last offset",
         "top = _random.randint(k_top, (n,), 0, hp - h + 1)",
         "top = _random.randint(k_top, (n,), 0, max(hp - h, 1))",
-        DATA,
-        select="crop or shift or augmentation",
+        (*DATA, "tests/test_properties_data_train.py"),
+        select="crop or shift or augmentation or random_crop_draws_every_offset",
     ),
     Mutant(
         "data.pad.weight",
@@ -1393,8 +1395,8 @@ CATALOGUE: list[Mutant] = [
         "tree.allclose ignores the structure",
         "    if structure(a) != structure(b):\n        return False\n    for x, y",
         "    for x, y",
-        TREE,
-        select="allclose",
+        (*TREE, "tests/test_properties_tree.py"),
+        select="allclose or same_leaves_in_another_structure",
     ),
     Mutant(
         "tree.all_finite.any",
@@ -1842,8 +1844,8 @@ CATALOGUE: list[Mutant] = [
         "assert_trees_close uses rtol as an absolute tolerance",
         "close = both_finite & (diff <= t + r * e_abs)",
         "close = both_finite & (diff <= t + r)",
-        TESTING,
-        select="trees_close",
+        (*TESTING, "tests/test_properties_testing.py"),
+        select="trees_close or rtol_scales_with_the_expected_magnitude",
     ),
     Mutant(
         "testing.compare.inf_sign",
