@@ -1,4 +1,6 @@
-"""fdl.optim.lbfgs (fdl/optim/quasi_newton.py) against torch.optim.LBFGS: params, loss and counters after every step.
+"""fdl.optim.lbfgs (optim/quasi_newton.py) against torch.optim.LBFGS, after every step.
+
+Params, loss and counters are compared.
 
 Each (problem, kwargs) entry runs 25 steps of ``opt.step(loss_fn, ...)`` and of
 ``torch.optim.LBFGS.step(closure)`` from the same float64 params; params, the
