@@ -104,11 +104,6 @@ def _classes(obj: griffe.Object, seen: set[str]) -> Any:
         yield obj
 
 
-def _runtime(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def _parameter(p: inspect.Parameter) -> griffe.Parameter:
     annotation = None if p.annotation is p.empty else p.annotation
     if annotation is not None and not isinstance(annotation, str):
@@ -127,18 +122,17 @@ class LayerSignatures(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         if pkg.name != "fdl":
             return
-        from fdl.nn import Layer
-
+        nn = _runtime_module(pkg["nn"])  # this tree's fdl.nn, as for the factory-made functions
+        if nn is None:
+            return
         for cls in _classes(pkg, set()):
-            if "__init__" in cls.members:
+            if "__init__" in cls.members or not cls.parent or not cls.parent.is_module:
                 continue
-            try:
-                runtime = _runtime(cls.path)
-            except Exception:  # not importable by that path: keep the static reading
-                continue
+            module = _runtime_module(cls.parent)
+            runtime = None if module is None else getattr(module, cls.name, None)
             if not (
                 isinstance(runtime, type)
-                and issubclass(runtime, Layer)
+                and issubclass(runtime, nn.Layer)
                 and dataclasses.is_dataclass(runtime)
             ):
                 continue
