@@ -9,6 +9,7 @@ import torch
 __all__ = [
     "Target",
     "as_baseline",
+    "convergence_delta",
     "expand_target",
     "gradient",
     "per_example",
@@ -99,6 +100,19 @@ def per_example(forward: Callable[[Tensor], Tensor], inputs: Tensor, target: Tar
 def sum_rows(t: Tensor) -> Tensor:
     """Sum of every example's entries: ``(N, ...) -> (N,)``."""
     return t.reshape(t.shape[0], -1).sum(1)
+
+
+def convergence_delta(
+    forward: Callable[[Tensor], Tensor],
+    attributions: Tensor,
+    inputs: Tensor,
+    baselines: Tensor,
+    target: Target,
+) -> Tensor:
+    """The completeness error of each row, ``(N,)``: ``sum(attr_i) - (f_t(x_i) - f_t(b_i))``."""
+    return sum_rows(attributions) - (
+        per_example(forward, inputs, target) - per_example(forward, baselines, target)
+    )
 
 
 def as_baseline(baselines: Tensor | float | None, inputs: Tensor) -> Tensor:

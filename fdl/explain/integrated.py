@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import Literal, TypedDict, Unpack, overload
 
 import numpy as np
 import torch
@@ -11,10 +11,9 @@ import torch
 from fdl.explain._common import (
     Target,
     as_baseline,
+    convergence_delta,
     expand_target,
     gradient,
-    per_example,
-    sum_rows,
 )
 
 __all__ = ["METHODS", "integrated_gradients", "quadrature"]
@@ -70,18 +69,24 @@ def quadrature(method: str, n_steps: int) -> tuple[Tensor, Tensor]:
     return rule[0], rule[1]
 
 
+class _Options(TypedDict, total=False):
+    """The keyword arguments of :func:`integrated_gradients` besides the delta flag."""
+
+    baselines: Tensor | float | None
+    n_steps: int
+    method: str
+    internal_batch_size: int | None
+    key: Tensor | None
+
+
 @overload
 def integrated_gradients(
     forward: Callable[[Tensor], Tensor],
     inputs: Tensor,
     target: Target = ...,
     *,
-    baselines: Tensor | float | None = ...,
-    n_steps: int = ...,
-    method: str = ...,
-    internal_batch_size: int | None = ...,
     return_convergence_delta: Literal[False] = ...,
-    key: Tensor | None = ...,
+    **options: Unpack[_Options],
 ) -> Tensor: ...
 
 
@@ -91,12 +96,8 @@ def integrated_gradients(
     inputs: Tensor,
     target: Target = ...,
     *,
-    baselines: Tensor | float | None = ...,
-    n_steps: int = ...,
-    method: str = ...,
-    internal_batch_size: int | None = ...,
     return_convergence_delta: Literal[True],
-    key: Tensor | None = ...,
+    **options: Unpack[_Options],
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -176,7 +177,4 @@ def integrated_gradients(
     attributions = total * diff
     if not return_convergence_delta:
         return attributions
-    delta = sum_rows(attributions) - (
-        per_example(forward, inputs, target) - per_example(forward, b, target)
-    )
-    return attributions, delta
+    return attributions, convergence_delta(forward, attributions, inputs, b, target)

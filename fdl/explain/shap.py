@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import Literal, Required, TypedDict, Unpack, overload
 
 import torch
 
 import fdl.random
 from fdl.explain._common import (
     Target,
+    convergence_delta,
     gradient,
-    per_example,
     repeat_interleave_target,
     require_key,
-    sum_rows,
 )
 
 __all__ = ["gradient_shap"]
 
 Tensor = torch.Tensor
+
+
+class _Options(TypedDict, total=False):
+    """The keyword arguments of :func:`gradient_shap` besides the delta flag."""
+
+    baselines: Required[Tensor]
+    n_samples: int
+    stdevs: float
+    key: Tensor | None
 
 
 @overload
@@ -28,11 +36,8 @@ def gradient_shap(
     inputs: Tensor,
     target: Target = ...,
     *,
-    baselines: Tensor,
-    n_samples: int = ...,
-    stdevs: float = ...,
     return_convergence_delta: Literal[False] = ...,
-    key: Tensor | None = ...,
+    **options: Unpack[_Options],
 ) -> Tensor: ...
 
 
@@ -42,11 +47,8 @@ def gradient_shap(
     inputs: Tensor,
     target: Target = ...,
     *,
-    baselines: Tensor,
-    n_samples: int = ...,
-    stdevs: float = ...,
     return_convergence_delta: Literal[True],
-    key: Tensor | None = ...,
+    **options: Unpack[_Options],
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -115,7 +117,4 @@ def gradient_shap(
     attributions = rows.reshape(n, n_samples, *feat).sum(1) / n_samples
     if not return_convergence_delta:
         return attributions
-    delta = sum_rows(rows) - (
-        per_example(forward, noisy, rows_target) - per_example(forward, base, rows_target)
-    )
-    return attributions, delta
+    return attributions, convergence_delta(forward, rows, noisy, base, rows_target)
