@@ -13,9 +13,11 @@ only ``inplace=False`` is accepted.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+
+from fdl.nn._functional_named import named
 
 __all__ = [
     "elu",
@@ -75,8 +77,7 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
         >>> relu(torch.tensor([-1.0, 0.0, 2.0]))
         tensor([0., 0., 2.])
     """
-    _no_inplace("relu", inplace)
-    _check_tensor("relu", input)
+    _checked("relu", input, inplace)
     return torch.relu(input)
 
 
@@ -98,8 +99,7 @@ def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = Fals
         >>> leaky_relu(torch.tensor([-2.0, 3.0]), 0.5)
         tensor([-1.,  3.])
     """
-    _no_inplace("leaky_relu", inplace)
-    _check_tensor("leaky_relu", input)
+    _checked("leaky_relu", input, inplace)
     return torch.where(input > 0, input, input * negative_slope)
 
 
@@ -119,8 +119,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
         >>> elu(torch.tensor([0.0, 1.0]))
         tensor([0., 1.])
     """
-    _no_inplace("elu", inplace)
-    _check_tensor("elu", input)
+    _checked("elu", input, inplace)
     # the negative branch sees 0 where input > 0, so it stays finite (no inf * 0 in the gradient)
     negative = alpha * torch.expm1(torch.where(input > 0, torch.zeros_like(input), input))
     return torch.where(input > 0, input, negative)
@@ -157,28 +156,39 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-def sigmoid(input: Tensor) -> Tensor:
+def _kernel(name: str, kernel: Callable[[Tensor], Tensor], doc: str) -> Callable[[Tensor], Tensor]:
+    """The public function ``name``: the tensor check, then torch's elementwise ``kernel``."""
+
+    def fn(input: Tensor) -> Tensor:
+        _check_tensor(name, input)
+        return kernel(input)
+
+    return named(fn, name, doc)
+
+
+sigmoid = _kernel(
+    "sigmoid",
+    torch.sigmoid,
     """Logistic sigmoid ``y = 1 / (1 + exp(-input))`` (torch's elementwise kernel).
 
     Example:
         >>> import torch
         >>> sigmoid(torch.tensor([0.0]))
         tensor([0.5000])
-    """
-    _check_tensor("sigmoid", input)
-    return torch.sigmoid(input)
+    """,
+)
 
-
-def tanh(input: Tensor) -> Tensor:
+tanh = _kernel(
+    "tanh",
+    torch.tanh,
     """Hyperbolic tangent (torch's elementwise kernel).
 
     Example:
         >>> import torch
         >>> tanh(torch.tensor([0.0]))
         tensor([0.])
-    """
-    _check_tensor("tanh", input)
-    return torch.tanh(input)
+    """,
+)
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -189,8 +199,7 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
         >>> silu(torch.tensor([0.0]))
         tensor([0.])
     """
-    _no_inplace("silu", inplace)
-    _check_tensor("silu", input)
+    _checked("silu", input, inplace)
     return input * torch.sigmoid(input)
 
 

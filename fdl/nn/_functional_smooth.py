@@ -169,9 +169,7 @@ def softmin(
         tensor([0.5000, 0.5000])
     """
     _checked("softmin", input)
-    if dtype is not None:
-        input = input.to(dtype)
-    return softmax(-input, dim)
+    return softmax(-input, dim, dtype=dtype)  # torch's order: negate, then cast
 
 
 def gumbel_softmax(

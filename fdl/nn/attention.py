@@ -25,7 +25,6 @@ and flag can be given by name, as in torch.)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,7 +49,6 @@ def _pad_last(bias: Tensor | None) -> Tensor | None:
     return torch.cat([bias, bias.new_zeros(*bias.shape[:-1], 1)], dim=-1)
 
 
-@dataclass(frozen=True)
 class MultiheadAttention(Layer):
     r"""Multi-head attention, as ``torch.nn.MultiheadAttention``.
 

@@ -7,7 +7,6 @@ convolution itself is torch's ``conv3d`` kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +17,6 @@ from fdl.nn.conv import _Conv
 __all__ = ["Conv3d"]
 
 
-@dataclass(frozen=True)
 class Conv3d(_Conv):
     """3-d convolution of ``(N, C_in, D, H, W)`` or ``(C_in, D, H, W)``.
 

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +44,6 @@ class _TwoInputs(Layer):
         return self._forward(x1, x2)
 
 
-@dataclass(frozen=True)
 class CosineSimilarity(_TwoInputs):
     """Cosine similarity along ``dim``: ``(*, D, *), (*, D, *) -> (*, *)``."""
 
@@ -56,7 +54,6 @@ class CosineSimilarity(_TwoInputs):
         return _F.cosine_similarity(x1, x2, self.dim, self.eps)
 
 
-@dataclass(frozen=True)
 class PairwiseDistance(_TwoInputs):
     """``||x1 - x2 + eps||_p`` along the last dimension: ``(N, D), (N, D) -> (N,)``."""
 

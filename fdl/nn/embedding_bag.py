@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -16,7 +16,6 @@ from fdl.nn.embedding import _init_table
 __all__ = ["EmbeddingBag"]
 
 
-@dataclass(frozen=True)
 class EmbeddingBag(Layer):
     """Sums, means or maxima of bags of rows of a table, as ``torch.nn.EmbeddingBag``.
 

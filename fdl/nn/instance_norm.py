@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -24,7 +23,6 @@ import torch
 from fdl import tree as _tree
 from fdl.nn import _functional_norms as _F
 from fdl.nn._base import Params, State
-from fdl.nn._layer_utils import affine_norm_params
 from fdl.nn.normalization import _RunningNorm
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -37,10 +35,6 @@ class _InstanceNorm(_RunningNorm):
 
     affine: bool = False
     track_running_stats: bool = False
-
-    def init(self, key: Any = None) -> Params:
-        """``{"weight": ones, "bias": zeros}`` ``(num_features,)`` with ``affine``, else ``{}``."""
-        return affine_norm_params((self.num_features,), self.affine, True, self.device, self.dtype)
 
     def apply(
         self,
@@ -117,21 +111,18 @@ class _InstanceNorm(_RunningNorm):
         return y, self._moving_average(state, f, mu.mean(0), unbiased, state["num_batches_tracked"])
 
 
-@dataclass(frozen=True)
 class InstanceNorm1d(_InstanceNorm):
     """Instance normalisation of ``(N, C, L)`` or ``(C, L)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 1
 
 
-@dataclass(frozen=True)
 class InstanceNorm2d(_InstanceNorm):
     """Instance normalisation of ``(N, C, H, W)`` or ``(C, H, W)``; see :meth:`apply`."""
 
     spatial: ClassVar[int] = 2
 
 
-@dataclass(frozen=True)
 class InstanceNorm3d(_InstanceNorm):
     """Instance normalisation of ``(N, C, D, H, W)`` or ``(C, D, H, W)``; see :meth:`apply`."""
 

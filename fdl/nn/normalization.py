@@ -146,6 +146,12 @@ class _RunningNorm(Layer):
                 f"{type(self).__name__}: num_features must be positive, got {self.num_features}"
             )
 
+    def init(self, key: Any = None) -> Params:
+        """``{"weight": ones, "bias": zeros}`` of shape ``(num_features,)`` with ``affine``, else
+        ``{}`` (no ``bias`` when BatchNorm's ``bias=False``; ``key`` unused)."""
+        bias = getattr(self, "bias", True)  # the instance norms always have a shift
+        return affine_norm_params((self.num_features,), self.affine, bias, self.device, self.dtype)
+
     def init_state(self) -> State:
         """``running_mean`` zeros, ``running_var`` ones, ``num_batches_tracked`` 0 (int64).
 
@@ -174,12 +180,6 @@ class _BatchNorm(_RunningNorm):
 
     _: KW_ONLY
     bias: bool = True
-
-    def init(self, key: Any = None) -> Params:
-        """``{"weight": ones, "bias": zeros}`` of shape ``(num_features,)`` (``key`` unused)."""
-        return affine_norm_params(
-            (self.num_features,), self.affine, self.bias, self.device, self.dtype
-        )
 
     def apply(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +14,6 @@ from fdl.nn._layer_utils import check_params_fast
 __all__ = ["RMSNorm"]
 
 
-@dataclass(frozen=True)
 class RMSNorm(Layer):
     """``y = x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape``.
 
