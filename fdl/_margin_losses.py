@@ -31,6 +31,7 @@ __all__ = [
 Tensor = torch.Tensor
 
 
+@_c.fill_doc
 def margin_ranking_loss(
     input1: Tensor,
     input2: Tensor,
@@ -47,12 +48,9 @@ def margin_ranking_loss(
         input2: same shape as ``input1``.
         target: ``1`` where ``input1`` should rank higher, ``-1`` where lower.
         margin: the required gap.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -60,8 +58,9 @@ def margin_ranking_loss(
         tensor(1.)
     """
     name = "margin_ranking_loss"
-    _c.check_tensors(name, input1=input1, input2=input2, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input1=input1, input2=input2, target=target
+    )
     if not input1.dim() == input2.dim() == target.dim():
         raise ValueError(
             f"{name}: input1, input2 and target must have the same number of dimensions, got "
@@ -71,6 +70,7 @@ def margin_ranking_loss(
     return _c.reduce(loss, reduction)
 
 
+@_c.fill_doc
 def hinge_embedding_loss(
     input: Tensor,
     target: Tensor,
@@ -88,12 +88,9 @@ def hinge_embedding_loss(
         input: distances, any shape.
         target: ``1`` (similar) or ``-1`` (dissimilar), same shape as ``input``.
         margin: the hinge's margin for dissimilar pairs.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -101,14 +98,14 @@ def hinge_embedding_loss(
         tensor(0.5000)
     """
     name = "hinge_embedding_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
     zeros = torch.zeros_like(input)
     hinge = torch.where(target != 1, (margin - input).clamp_min(0), zeros)
     linear = torch.where(target != -1, input, zeros)
     return _c.reduce(hinge + linear, reduction)
 
 
+@_c.fill_doc
 def soft_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -123,12 +120,9 @@ def soft_margin_loss(
     Args:
         input: scores, any shape.
         target: ``1`` or ``-1``, same shape as ``input``.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -136,12 +130,12 @@ def soft_margin_loss(
         tensor(0.6931)
     """
     name = "soft_margin_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
     _c.check_same_shape(name, input=input, target=target)
     return _c.reduce(-logsigmoid(target * input), reduction)
 
 
+@_c.fill_doc
 def multilabel_soft_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -163,8 +157,7 @@ def multilabel_soft_margin_loss(
         reduce: deprecated, see ``reduction``.
         reduction: ``'none'`` (``(N,)``) | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-sample losses for ``'none'``.
+    {returns:per-sample}
 
     Example:
         >>> import torch
@@ -172,8 +165,9 @@ def multilabel_soft_margin_loss(
         tensor(0.6931)
     """
     name = "multilabel_soft_margin_loss"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     _c.check_same_shape(name, input=input, target=target)
     loss = -(target * logsigmoid(input) + (1 - target) * logsigmoid(-input))
     if weight is not None:
@@ -204,6 +198,7 @@ def _reduce_per_sample(
     return _c.reduce(loss.reshape(()) if unbatched else loss, reduction)
 
 
+@_c.fill_doc
 def multilabel_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -225,8 +220,7 @@ def multilabel_margin_loss(
         reduce: deprecated, see ``reduction``.
         reduction: ``'none'`` (``(N,)``, or ``()`` unbatched) | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-sample losses for ``'none'``.
+    {returns:per-sample}
 
     Example:
         >>> import torch
@@ -235,8 +229,7 @@ def multilabel_margin_loss(
         tensor(0.8500)
     """
     name = "multilabel_margin_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
     if target.shape != input.shape or target.dtype.is_floating_point:
         raise ValueError(
             f"{name}: target must be an integer tensor of input's shape {tuple(input.shape)}, "
@@ -259,6 +252,7 @@ def multilabel_margin_loss(
     return _reduce_per_sample(name, input, target, reduction, hinges)
 
 
+@_c.fill_doc
 def multi_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -282,12 +276,9 @@ def multi_margin_loss(
         p: ``1`` or ``2``.
         margin: the required gap between the true class and the others.
         weight: optional ``(C,)`` class weights.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-sample losses for ``'none'``.
+    {returns:per-sample}
 
     Example:
         >>> import torch
@@ -295,8 +286,9 @@ def multi_margin_loss(
         tensor(0.3250)
     """
     name = "multi_margin_loss"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     if p not in (1, 2):
         raise ValueError(f"{name}: only p == 1 and p == 2 are supported, got {p!r}")
     if weight is not None and weight.dim() != 1:
@@ -321,6 +313,7 @@ def multi_margin_loss(
 _COSINE_EPS = 1e-12
 
 
+@_c.fill_doc
 def cosine_embedding_loss(
     input1: Tensor,
     input2: Tensor,
@@ -341,12 +334,9 @@ def cosine_embedding_loss(
         input2: same shape as ``input1``.
         target: ``(N,)`` (or ``()``) of ``1`` or ``-1``.
         margin: the hinge's margin for dissimilar pairs.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-pair losses for ``'none'``.
+    {returns:per-pair}
 
     Example:
         >>> import torch
@@ -355,8 +345,9 @@ def cosine_embedding_loss(
         tensor(1.)
     """
     name = "cosine_embedding_loss"
-    _c.check_tensors(name, input1=input1, input2=input2, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input1=input1, input2=input2, target=target
+    )
     _c.check_same_shape(name, input1=input1, input2=input2)
     if input1.dim() not in (1, 2) or target.dim() != input1.dim() - 1:
         raise ValueError(
@@ -406,6 +397,7 @@ def _triplet_hinge(
     return _c.reduce((margin + d_pos - d_neg).clamp_min(0), reduction)
 
 
+@_c.fill_doc
 def triplet_margin_with_distance_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -430,8 +422,7 @@ def triplet_margin_with_distance_loss(
         swap: use the distance swap of Balntas et al. (2016).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-triplet losses for ``'none'``.
+    {returns:per-triplet}
 
     Example:
         >>> import torch
@@ -447,6 +438,7 @@ def triplet_margin_with_distance_loss(
     return _triplet_hinge(dist, anchor, positive, negative, margin, swap, reduction)
 
 
+@_c.fill_doc
 def triplet_margin_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -472,12 +464,9 @@ def triplet_margin_loss(
         p: the norm degree.
         eps: added to each difference.
         swap: use the distance swap.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-triplet losses for ``'none'``.
+    {returns:per-triplet}
 
     Example:
         >>> import torch
