@@ -31,16 +31,65 @@ __all__ = [
 Tensor = torch.Tensor
 
 
-@_c.fill_doc
-def margin_ranking_loss(
-    input1: Tensor,
-    input2: Tensor,
-    target: Tensor,
-    margin: float = 0,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def _pair_loss(
+    name: str, per_pair: Callable[[Tensor, Tensor, Tensor, float], Tensor], doc: str
+) -> Callable[..., Tensor]:
+    """The loss ``name`` of two inputs, a ``1``/``-1`` target and a margin: ``per_pair`` reduced."""
+
+    def loss(
+        input1: Tensor,
+        input2: Tensor,
+        target: Tensor,
+        margin: float = 0,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        reduction = _c.reduction_of(
+            name, reduction, size_average, reduce, input1=input1, input2=input2, target=target
+        )
+        return _c.reduce(per_pair(input1, input2, target, margin), reduction)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return _c.fill_doc(loss)
+
+
+def _scored_loss(
+    name: str, losses: Callable[[Tensor, Tensor], Tensor], doc: str
+) -> Callable[..., Tensor]:
+    """The loss ``name`` of scores ``input`` and ``target``: ``losses(input, target)`` reduced."""
+
+    def loss(
+        input: Tensor,
+        target: Tensor,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        reduction = _c.reduction_of(
+            name, reduction, size_average, reduce, input=input, target=target
+        )
+        return _c.reduce(losses(input, target), reduction)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return _c.fill_doc(loss)
+
+
+def _ranking_hinges(input1: Tensor, input2: Tensor, target: Tensor, margin: float) -> Tensor:
+    if not input1.dim() == input2.dim() == target.dim():
+        raise ValueError(
+            "margin_ranking_loss: input1, input2 and target must have the same number of "
+            f"dimensions, got {input1.dim()}, {input2.dim()} and {target.dim()}"
+        )
+    loss = (-target * (input1 - input2) + margin).clamp_min(0)
+    return loss
+
+
+margin_ranking_loss = _pair_loss(
+    "margin_ranking_loss",
+    _ranking_hinges,
     """Ranking hinge: ``l = max(0, -target * (input1 - input2) + margin)``.
 
     Args:
@@ -56,18 +105,8 @@ def margin_ranking_loss(
         >>> import torch
         >>> margin_ranking_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([-1.0]))
         tensor(1.)
-    """
-    name = "margin_ranking_loss"
-    reduction = _c.reduction_of(
-        name, reduction, size_average, reduce, input1=input1, input2=input2, target=target
-    )
-    if not input1.dim() == input2.dim() == target.dim():
-        raise ValueError(
-            f"{name}: input1, input2 and target must have the same number of dimensions, got "
-            f"{input1.dim()}, {input2.dim()} and {target.dim()}"
-        )
-    loss = (-target * (input1 - input2) + margin).clamp_min(0)
-    return _c.reduce(loss, reduction)
+    """,
+)
 
 
 @_c.fill_doc
@@ -105,14 +144,14 @@ def hinge_embedding_loss(
     return _c.reduce(hinge + linear, reduction)
 
 
-@_c.fill_doc
-def soft_margin_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def _soft_margins(input: Tensor, target: Tensor) -> Tensor:
+    _c.check_same_shape("soft_margin_loss", input=input, target=target)
+    return -logsigmoid(target * input)
+
+
+soft_margin_loss = _scored_loss(
+    "soft_margin_loss",
+    _soft_margins,
     """Two-class logistic loss: ``l = log(1 + exp(-target * input)) = -logsigmoid(target * input)``.
 
     Computed as ``-logsigmoid`` so it stays finite for any ``target * input``.
@@ -128,11 +167,8 @@ def soft_margin_loss(
         >>> import torch
         >>> soft_margin_loss(torch.tensor([0.0]), torch.tensor([1.0]))
         tensor(0.6931)
-    """
-    name = "soft_margin_loss"
-    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
-    _c.check_same_shape(name, input=input, target=target)
-    return _c.reduce(-logsigmoid(target * input), reduction)
+    """,
+)
 
 
 @_c.fill_doc
@@ -177,17 +213,16 @@ def multilabel_soft_margin_loss(
     return _c.reduce(loss, reduction)
 
 
-def _reduce_per_sample(
+def _per_sample(
     name: str,
     input: Tensor,
     target: Tensor,
-    reduction: str,
     per_sample: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
-    """``per_sample(x, t)`` of ``(N, C)`` scores ``x`` and ``(N, ...)`` targets ``t``, reduced.
+    """``per_sample(x, t)`` of ``(N, C)`` scores ``x`` and ``(N, ...)`` targets ``t``.
 
-    A 1-d (or 0-d) ``input`` is one sample: it is scored as ``(1, C)`` and its ``'none'``
-    loss is a scalar ``()``.
+    A 1-d (or 0-d) ``input`` is one sample: it is scored as ``(1, C)`` and its loss is a
+    scalar ``()``.
     """
     if input.dim() > 2:
         raise ValueError(f"{name}: input must be (C,) or (N, C), got {tuple(input.shape)}")
@@ -195,17 +230,36 @@ def _reduce_per_sample(
     if unbatched:
         input, target = input.reshape(1, -1), target.reshape(1, -1)  # (1, C)
     loss = per_sample(input, target)  # (N,)
-    return _c.reduce(loss.reshape(()) if unbatched else loss, reduction)
+    return loss.reshape(()) if unbatched else loss
 
 
-@_c.fill_doc
-def multilabel_margin_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def _multilabel_hinges(input: Tensor, target: Tensor) -> Tensor:
+    name = "multilabel_margin_loss"
+    if target.shape != input.shape or target.dtype.is_floating_point:
+        raise ValueError(
+            f"{name}: target must be an integer tensor of input's shape {tuple(input.shape)}, "
+            f"got {target.dtype} {tuple(target.shape)}"
+        )
+
+    def hinges(x: Tensor, t: Tensor) -> Tensor:
+        n, c = x.shape
+        if _c.any_true((t < -1) | (t >= c)):
+            raise ValueError(f"{name}: target values must be in [-1, {c - 1}]")
+        listed = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()  # (N, C): before first -1
+        labels = torch.where(listed, t, 0)  # (N, C)
+        is_label = torch.zeros(n, c, dtype=torch.int64, device=x.device)
+        is_label = is_label.scatter_add(1, labels, listed.to(torch.int64)) > 0  # (N, C)
+        x_label = x.gather(1, labels)  # (N, C): the score of the j-th listed label
+        z = 1 - x_label[:, :, None] + x[:, None, :]  # (N, j, i)
+        keep = listed[:, :, None] & ~is_label[:, None, :] & (z > 0)  # (N, j, i)
+        return torch.where(keep, z, 0.0).sum((1, 2)) / c  # (N,)
+
+    return _per_sample(name, input, target, hinges)
+
+
+multilabel_margin_loss = _scored_loss(
+    "multilabel_margin_loss",
+    _multilabel_hinges,
     """Multi-class multi-label hinge loss.
 
     A sample's labels are ``target[:k]``, where ``k`` is the position of the first ``-1``
@@ -227,29 +281,8 @@ def multilabel_margin_loss(
         >>> x = torch.tensor([[0.1, 0.2, 0.4, 0.8]])
         >>> multilabel_margin_loss(x, torch.tensor([[3, 0, -1, 1]]))
         tensor(0.8500)
-    """
-    name = "multilabel_margin_loss"
-    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
-    if target.shape != input.shape or target.dtype.is_floating_point:
-        raise ValueError(
-            f"{name}: target must be an integer tensor of input's shape {tuple(input.shape)}, "
-            f"got {target.dtype} {tuple(target.shape)}"
-        )
-
-    def hinges(x: Tensor, t: Tensor) -> Tensor:
-        n, c = x.shape
-        if _c.any_true((t < -1) | (t >= c)):
-            raise ValueError(f"{name}: target values must be in [-1, {c - 1}]")
-        listed = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()  # (N, C): before first -1
-        labels = torch.where(listed, t, 0)  # (N, C)
-        is_label = torch.zeros(n, c, dtype=torch.int64, device=x.device)
-        is_label = is_label.scatter_add(1, labels, listed.to(torch.int64)) > 0  # (N, C)
-        x_label = x.gather(1, labels)  # (N, C): the score of the j-th listed label
-        z = 1 - x_label[:, :, None] + x[:, None, :]  # (N, j, i)
-        keep = listed[:, :, None] & ~is_label[:, None, :] & (z > 0)  # (N, j, i)
-        return torch.where(keep, z, 0.0).sum((1, 2)) / c  # (N,)
-
-    return _reduce_per_sample(name, input, target, reduction, hinges)
+    """,
+)
 
 
 @_c.fill_doc
@@ -307,22 +340,35 @@ def multi_margin_loss(
             h = h * weight[t][:, None]
         return h.sum(1) / c  # (N,)
 
-    return _reduce_per_sample(name, input, target, reduction, hinges)
+    return _c.reduce(_per_sample(name, input, target, hinges), reduction)
 
 
 _COSINE_EPS = 1e-12
 
 
-@_c.fill_doc
-def cosine_embedding_loss(
-    input1: Tensor,
-    input2: Tensor,
-    target: Tensor,
-    margin: float = 0,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def _cosine_hinges(input1: Tensor, input2: Tensor, target: Tensor, margin: float) -> Tensor:
+    name = "cosine_embedding_loss"
+    _c.check_same_shape(name, input1=input1, input2=input2)
+    if input1.dim() not in (1, 2) or target.dim() != input1.dim() - 1:
+        raise ValueError(
+            f"{name}: expected inputs (N, D) with target (N,), or (D,) with target (), got "
+            f"{tuple(input1.shape)} and target {tuple(target.shape)}"
+        )
+    dim = input1.dim() - 1
+    prod = (input1 * input2).sum(dim)
+    mag1 = (input1 * input1).sum(dim) + _COSINE_EPS
+    mag2 = (input2 * input2).sum(dim) + _COSINE_EPS
+    cos = prod / torch.sqrt(mag1 * mag2)
+    zeros = torch.zeros_like(cos)
+    loss = torch.where(target == 1, 1 - cos, zeros) + torch.where(
+        target == -1, (cos - margin).clamp_min(0), zeros
+    )
+    return loss
+
+
+cosine_embedding_loss = _pair_loss(
+    "cosine_embedding_loss",
+    _cosine_hinges,
     """Cosine embedding loss: ``1 - cos`` for similar pairs, ``max(0, cos - margin)`` otherwise.
 
     ``cos = sum(input1 * input2) / sqrt((sum(input1**2) + 1e-12) * (sum(input2**2) + 1e-12))``
@@ -343,27 +389,8 @@ def cosine_embedding_loss(
         >>> x = torch.tensor([[1.0, 0.0]])
         >>> cosine_embedding_loss(x, x, torch.tensor([-1.0]))
         tensor(1.)
-    """
-    name = "cosine_embedding_loss"
-    reduction = _c.reduction_of(
-        name, reduction, size_average, reduce, input1=input1, input2=input2, target=target
-    )
-    _c.check_same_shape(name, input1=input1, input2=input2)
-    if input1.dim() not in (1, 2) or target.dim() != input1.dim() - 1:
-        raise ValueError(
-            f"{name}: expected inputs (N, D) with target (N,), or (D,) with target (), got "
-            f"{tuple(input1.shape)} and target {tuple(target.shape)}"
-        )
-    dim = input1.dim() - 1
-    prod = (input1 * input2).sum(dim)
-    mag1 = (input1 * input1).sum(dim) + _COSINE_EPS
-    mag2 = (input2 * input2).sum(dim) + _COSINE_EPS
-    cos = prod / torch.sqrt(mag1 * mag2)
-    zeros = torch.zeros_like(cos)
-    loss = torch.where(target == 1, 1 - cos, zeros) + torch.where(
-        target == -1, (cos - margin).clamp_min(0), zeros
-    )
-    return _c.reduce(loss, reduction)
+    """,
+)
 
 
 def _check_triplet(name: str, anchor: Tensor, positive: Tensor, negative: Tensor, margin: float):
