@@ -82,6 +82,8 @@ class FdlDocstrings(griffe.Extension):
                     docstring_options=agent.docstring_options,
                 )
             function = made[name]
+            if function.docstring is not None:  # as for a def (on_instance)
+                function.docstring.value = _rewrite(function.docstring.value)
             function.lineno, function.endlineno = member.lineno, member.endlineno
             mod.set_member(name, function)
 
