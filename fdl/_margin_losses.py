@@ -4,7 +4,8 @@ Written out from their formulas (``docs/catalog.md`` lists them; each docstring 
 formula in the code's symbols). Re-exported by :mod:`fdl.losses`. Hinges are
 ``clamp_min(z, 0)``, whose gradient at ``z = 0`` passes (as torch's); the multi-class hinges
 of ``multilabel_margin_loss`` and ``multi_margin_loss`` count a term only where ``z > 0``,
-as torch's kernels do.
+as torch's kernels do. Losses with one signature share it: each is made by a factory
+(``_pair_loss``, ``_scored_loss``) from its per-element (or per-sample) formula.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _scored_loss(
 
 
 def _ranking_hinges(input1: Tensor, input2: Tensor, target: Tensor, margin: float) -> Tensor:
+    """Per-pair losses of :func:`margin_ranking_loss`."""
     if not input1.dim() == input2.dim() == target.dim():
         raise ValueError(
             "margin_ranking_loss: input1, input2 and target must have the same number of "
@@ -145,6 +147,7 @@ def hinge_embedding_loss(
 
 
 def _soft_margins(input: Tensor, target: Tensor) -> Tensor:
+    """Per-element losses of :func:`soft_margin_loss`."""
     _c.check_same_shape("soft_margin_loss", input=input, target=target)
     return -logsigmoid(target * input)
 
@@ -234,6 +237,7 @@ def _per_sample(
 
 
 def _multilabel_hinges(input: Tensor, target: Tensor) -> Tensor:
+    """Per-sample losses of :func:`multilabel_margin_loss`."""
     name = "multilabel_margin_loss"
     if target.shape != input.shape or target.dtype.is_floating_point:
         raise ValueError(
@@ -347,6 +351,7 @@ _COSINE_EPS = 1e-12
 
 
 def _cosine_hinges(input1: Tensor, input2: Tensor, target: Tensor, margin: float) -> Tensor:
+    """Per-pair losses of :func:`cosine_embedding_loss`."""
     name = "cosine_embedding_loss"
     _c.check_same_shape(name, input1=input1, input2=input2)
     if input1.dim() not in (1, 2) or target.dim() != input1.dim() - 1:
