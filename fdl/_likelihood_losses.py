@@ -16,6 +16,7 @@ __all__ = ["gaussian_nll_loss", "poisson_nll_loss"]
 Tensor = torch.Tensor
 
 
+@_c.fill_doc
 def poisson_nll_loss(
     input: Tensor,
     target: Tensor,
@@ -43,8 +44,7 @@ def poisson_nll_loss(
         reduce: deprecated, see ``reduction``.
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -52,8 +52,7 @@ def poisson_nll_loss(
         tensor(1.)
     """
     name = "poisson_nll_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
     _c.check_same_shape(name, input=input, target=target)
     if log_input:
         loss = torch.exp(input) - target * input
@@ -84,6 +83,7 @@ def _gaussian_var_shape(input: Tensor, var: Tensor) -> Tensor:
     )
 
 
+@_c.fill_doc
 def gaussian_nll_loss(
     input: Tensor,
     target: Tensor,
@@ -107,8 +107,7 @@ def gaussian_nll_loss(
         eps: lower bound of the variance.
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch

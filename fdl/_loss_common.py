@@ -2,10 +2,15 @@
 
 ``fdl.losses`` re-exports the losses; this module only holds the plumbing they share:
 torch's ``reduction`` rules (including the deprecated ``size_average``/``reduce`` flags),
-tensor-type checks and eager-only value checks.
+tensor-type checks, eager-only value checks, and the docstring lines every loss with
+torch's ``reduction`` arguments has in common (:func:`fill_doc`).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -21,12 +26,16 @@ def reduction_of(
     reduction: str,
     size_average: bool | None = None,
     reduce: bool | None = None,
+    *,
     allowed: tuple[str, ...] = REDUCTIONS,
+    **tensors: object,
 ) -> str:
     """The reduction to use, honouring torch's deprecated ``size_average``/``reduce``.
 
-    ``allowed`` lists the accepted names (``kl_div`` adds ``'batchmean'``).
+    ``allowed`` lists the accepted names (``kl_div`` adds ``'batchmean'``). The loss's
+    tensor arguments, given as ``tensors``, are checked first (:func:`check_tensors`).
     """
+    check_tensors(name, **tensors)
     if size_average is not None or reduce is not None:
         size_average = True if size_average is None else size_average
         reduce = True if reduce is None else reduce
@@ -76,3 +85,33 @@ def any_true(cond: Tensor) -> bool:
         return bool(cond.any())
     except (RuntimeError, NotImplementedError):
         return False
+
+
+# The docstring lines shared by the losses, by placeholder: a docstring line that is just
+# ``{key}`` (or ``{key:arg}``, filling the part's ``{0}``) becomes the part, at that line's indent.
+DOC_PARTS = {
+    "reduction_args": """\
+size_average: deprecated, see ``reduction``.
+reduce: deprecated, see ``reduction``.
+reduction: ``'none'`` | ``'mean'`` | ``'sum'``.""",
+    "returns": """\
+Returns:
+    The reduced loss, or {0} losses for ``'none'``.""",
+}
+_DOC_DEFAULTS = {"returns": "per-element"}
+_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<key>\w+)(?::(?P<arg>[^}\n]*))?\}[ \t]*$", re.M)
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+def fill_doc(fn: _F) -> _F:
+    """Decorator: ``fn`` with its docstring's ``{key}`` lines replaced from ``DOC_PARTS``."""
+
+    def part(match: re.Match[str]) -> str:
+        key = match["key"]
+        text = DOC_PARTS[key].format(match["arg"] or _DOC_DEFAULTS.get(key, ""))
+        return "\n".join(match["indent"] + line if line else line for line in text.split("\n"))
+
+    if fn.__doc__:
+        fn.__doc__ = _PLACEHOLDER.sub(part, fn.__doc__)
+    return fn

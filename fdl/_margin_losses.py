@@ -4,7 +4,8 @@ Written out from their formulas (``docs/catalog.md`` lists them; each docstring 
 formula in the code's symbols). Re-exported by :mod:`fdl.losses`. Hinges are
 ``clamp_min(z, 0)``, whose gradient at ``z = 0`` passes (as torch's); the multi-class hinges
 of ``multilabel_margin_loss`` and ``multi_margin_loss`` count a term only where ``z > 0``,
-as torch's kernels do.
+as torch's kernels do. Losses with one signature share it: each is made by a factory
+(``_pair_loss``, ``_scored_loss``) from its per-element (or per-sample) formula.
 """
 
 from __future__ import annotations
@@ -31,15 +32,66 @@ __all__ = [
 Tensor = torch.Tensor
 
 
-def margin_ranking_loss(
-    input1: Tensor,
-    input2: Tensor,
-    target: Tensor,
-    margin: float = 0,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def _pair_loss(
+    name: str, per_pair: Callable[[Tensor, Tensor, Tensor, float], Tensor], doc: str
+) -> Callable[..., Tensor]:
+    """The loss ``name`` of two inputs, a ``1``/``-1`` target and a margin: ``per_pair`` reduced."""
+
+    def loss(
+        input1: Tensor,
+        input2: Tensor,
+        target: Tensor,
+        margin: float = 0,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        reduction = _c.reduction_of(
+            name, reduction, size_average, reduce, input1=input1, input2=input2, target=target
+        )
+        return _c.reduce(per_pair(input1, input2, target, margin), reduction)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return _c.fill_doc(loss)
+
+
+def _scored_loss(
+    name: str, losses: Callable[[Tensor, Tensor], Tensor], doc: str
+) -> Callable[..., Tensor]:
+    """The loss ``name`` of scores ``input`` and ``target``: ``losses(input, target)`` reduced."""
+
+    def loss(
+        input: Tensor,
+        target: Tensor,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
+        reduction: str = "mean",
+    ) -> Tensor:
+        reduction = _c.reduction_of(
+            name, reduction, size_average, reduce, input=input, target=target
+        )
+        return _c.reduce(losses(input, target), reduction)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return _c.fill_doc(loss)
+
+
+def _ranking_hinges(input1: Tensor, input2: Tensor, target: Tensor, margin: float) -> Tensor:
+    """Per-pair losses of :func:`margin_ranking_loss`."""
+    if not input1.dim() == input2.dim() == target.dim():
+        raise ValueError(
+            "margin_ranking_loss: input1, input2 and target must have the same number of "
+            f"dimensions, got {input1.dim()}, {input2.dim()} and {target.dim()}"
+        )
+    loss = (-target * (input1 - input2) + margin).clamp_min(0)
+    return loss
+
+
+margin_ranking_loss = _pair_loss(
+    "margin_ranking_loss",
+    _ranking_hinges,
     """Ranking hinge: ``l = max(0, -target * (input1 - input2) + margin)``.
 
     Args:
@@ -47,30 +99,19 @@ def margin_ranking_loss(
         input2: same shape as ``input1``.
         target: ``1`` where ``input1`` should rank higher, ``-1`` where lower.
         margin: the required gap.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
         >>> margin_ranking_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([-1.0]))
         tensor(1.)
-    """
-    name = "margin_ranking_loss"
-    _c.check_tensors(name, input1=input1, input2=input2, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
-    if not input1.dim() == input2.dim() == target.dim():
-        raise ValueError(
-            f"{name}: input1, input2 and target must have the same number of dimensions, got "
-            f"{input1.dim()}, {input2.dim()} and {target.dim()}"
-        )
-    loss = (-target * (input1 - input2) + margin).clamp_min(0)
-    return _c.reduce(loss, reduction)
+    """,
+)
 
 
+@_c.fill_doc
 def hinge_embedding_loss(
     input: Tensor,
     target: Tensor,
@@ -88,12 +129,9 @@ def hinge_embedding_loss(
         input: distances, any shape.
         target: ``1`` (similar) or ``-1`` (dissimilar), same shape as ``input``.
         margin: the hinge's margin for dissimilar pairs.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -101,21 +139,22 @@ def hinge_embedding_loss(
         tensor(0.5000)
     """
     name = "hinge_embedding_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(name, reduction, size_average, reduce, input=input, target=target)
     zeros = torch.zeros_like(input)
     hinge = torch.where(target != 1, (margin - input).clamp_min(0), zeros)
     linear = torch.where(target != -1, input, zeros)
     return _c.reduce(hinge + linear, reduction)
 
 
-def soft_margin_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def _soft_margins(input: Tensor, target: Tensor) -> Tensor:
+    """Per-element losses of :func:`soft_margin_loss`."""
+    _c.check_same_shape("soft_margin_loss", input=input, target=target)
+    return -logsigmoid(target * input)
+
+
+soft_margin_loss = _scored_loss(
+    "soft_margin_loss",
+    _soft_margins,
     """Two-class logistic loss: ``l = log(1 + exp(-target * input)) = -logsigmoid(target * input)``.
 
     Computed as ``-logsigmoid`` so it stays finite for any ``target * input``.
@@ -123,25 +162,19 @@ def soft_margin_loss(
     Args:
         input: scores, any shape.
         target: ``1`` or ``-1``, same shape as ``input``.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
         >>> soft_margin_loss(torch.tensor([0.0]), torch.tensor([1.0]))
         tensor(0.6931)
-    """
-    name = "soft_margin_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
-    _c.check_same_shape(name, input=input, target=target)
-    return _c.reduce(-logsigmoid(target * input), reduction)
+    """,
+)
 
 
+@_c.fill_doc
 def multilabel_soft_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -163,8 +196,7 @@ def multilabel_soft_margin_loss(
         reduce: deprecated, see ``reduction``.
         reduction: ``'none'`` (``(N,)``) | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-sample losses for ``'none'``.
+    {returns:per-sample}
 
     Example:
         >>> import torch
@@ -172,8 +204,9 @@ def multilabel_soft_margin_loss(
         tensor(0.6931)
     """
     name = "multilabel_soft_margin_loss"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     _c.check_same_shape(name, input=input, target=target)
     loss = -(target * logsigmoid(input) + (1 - target) * logsigmoid(-input))
     if weight is not None:
@@ -183,17 +216,16 @@ def multilabel_soft_margin_loss(
     return _c.reduce(loss, reduction)
 
 
-def _reduce_per_sample(
+def _per_sample(
     name: str,
     input: Tensor,
     target: Tensor,
-    reduction: str,
     per_sample: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
-    """``per_sample(x, t)`` of ``(N, C)`` scores ``x`` and ``(N, ...)`` targets ``t``, reduced.
+    """``per_sample(x, t)`` of ``(N, C)`` scores ``x`` and ``(N, ...)`` targets ``t``.
 
-    A 1-d (or 0-d) ``input`` is one sample: it is scored as ``(1, C)`` and its ``'none'``
-    loss is a scalar ``()``.
+    A 1-d (or 0-d) ``input`` is one sample: it is scored as ``(1, C)`` and its loss is a
+    scalar ``()``.
     """
     if input.dim() > 2:
         raise ValueError(f"{name}: input must be (C,) or (N, C), got {tuple(input.shape)}")
@@ -201,42 +233,12 @@ def _reduce_per_sample(
     if unbatched:
         input, target = input.reshape(1, -1), target.reshape(1, -1)  # (1, C)
     loss = per_sample(input, target)  # (N,)
-    return _c.reduce(loss.reshape(()) if unbatched else loss, reduction)
+    return loss.reshape(()) if unbatched else loss
 
 
-def multilabel_margin_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Multi-class multi-label hinge loss.
-
-    A sample's labels are ``target[:k]``, where ``k`` is the position of the first ``-1``
-    (or ``C``). With ``Y`` that set of labels,
-    ``loss = sum_{j < k} sum_{i not in Y} max(0, 1 - (input[target[j]] - input[i])) / C``
-    (a label listed twice counts twice, as in torch).
-
-    Args:
-        input: ``(N, C)`` or ``(C,)`` scores.
-        target: integer tensor of ``input``'s shape: label indices, then ``-1`` padding.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` (``(N,)``, or ``()`` unbatched) | ``'mean'`` | ``'sum'``.
-
-    Returns:
-        The reduced loss, or per-sample losses for ``'none'``.
-
-    Example:
-        >>> import torch
-        >>> x = torch.tensor([[0.1, 0.2, 0.4, 0.8]])
-        >>> multilabel_margin_loss(x, torch.tensor([[3, 0, -1, 1]]))
-        tensor(0.8500)
-    """
+def _multilabel_hinges(input: Tensor, target: Tensor) -> Tensor:
+    """Per-sample losses of :func:`multilabel_margin_loss`."""
     name = "multilabel_margin_loss"
-    _c.check_tensors(name, input=input, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
     if target.shape != input.shape or target.dtype.is_floating_point:
         raise ValueError(
             f"{name}: target must be an integer tensor of input's shape {tuple(input.shape)}, "
@@ -256,9 +258,38 @@ def multilabel_margin_loss(
         keep = listed[:, :, None] & ~is_label[:, None, :] & (z > 0)  # (N, j, i)
         return torch.where(keep, z, 0.0).sum((1, 2)) / c  # (N,)
 
-    return _reduce_per_sample(name, input, target, reduction, hinges)
+    return _per_sample(name, input, target, hinges)
 
 
+multilabel_margin_loss = _scored_loss(
+    "multilabel_margin_loss",
+    _multilabel_hinges,
+    """Multi-class multi-label hinge loss.
+
+    A sample's labels are ``target[:k]``, where ``k`` is the position of the first ``-1``
+    (or ``C``). With ``Y`` that set of labels,
+    ``loss = sum_{j < k} sum_{i not in Y} max(0, 1 - (input[target[j]] - input[i])) / C``
+    (a label listed twice counts twice, as in torch).
+
+    Args:
+        input: ``(N, C)`` or ``(C,)`` scores.
+        target: integer tensor of ``input``'s shape: label indices, then ``-1`` padding.
+        size_average: deprecated, see ``reduction``.
+        reduce: deprecated, see ``reduction``.
+        reduction: ``'none'`` (``(N,)``, or ``()`` unbatched) | ``'mean'`` | ``'sum'``.
+
+    {returns:per-sample}
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.1, 0.2, 0.4, 0.8]])
+        >>> multilabel_margin_loss(x, torch.tensor([[3, 0, -1, 1]]))
+        tensor(0.8500)
+    """,
+)
+
+
+@_c.fill_doc
 def multi_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -282,12 +313,9 @@ def multi_margin_loss(
         p: ``1`` or ``2``.
         margin: the required gap between the true class and the others.
         weight: optional ``(C,)`` class weights.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-sample losses for ``'none'``.
+    {returns:per-sample}
 
     Example:
         >>> import torch
@@ -295,8 +323,9 @@ def multi_margin_loss(
         tensor(0.3250)
     """
     name = "multi_margin_loss"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     if p not in (1, 2):
         raise ValueError(f"{name}: only p == 1 and p == 2 are supported, got {p!r}")
     if weight is not None and weight.dim() != 1:
@@ -315,48 +344,15 @@ def multi_margin_loss(
             h = h * weight[t][:, None]
         return h.sum(1) / c  # (N,)
 
-    return _reduce_per_sample(name, input, target, reduction, hinges)
+    return _c.reduce(_per_sample(name, input, target, hinges), reduction)
 
 
 _COSINE_EPS = 1e-12
 
 
-def cosine_embedding_loss(
-    input1: Tensor,
-    input2: Tensor,
-    target: Tensor,
-    margin: float = 0,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Cosine embedding loss: ``1 - cos`` for similar pairs, ``max(0, cos - margin)`` otherwise.
-
-    ``cos = sum(input1 * input2) / sqrt((sum(input1**2) + 1e-12) * (sum(input2**2) + 1e-12))``
-    along the feature dimension; ``l = where(target == 1, 1 - cos, 0) +
-    where(target == -1, max(0, cos - margin), 0)``.
-
-    Args:
-        input1: ``(N, D)`` or ``(D,)``.
-        input2: same shape as ``input1``.
-        target: ``(N,)`` (or ``()``) of ``1`` or ``-1``.
-        margin: the hinge's margin for dissimilar pairs.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
-
-    Returns:
-        The reduced loss, or per-pair losses for ``'none'``.
-
-    Example:
-        >>> import torch
-        >>> x = torch.tensor([[1.0, 0.0]])
-        >>> cosine_embedding_loss(x, x, torch.tensor([-1.0]))
-        tensor(1.)
-    """
+def _cosine_hinges(input1: Tensor, input2: Tensor, target: Tensor, margin: float) -> Tensor:
+    """Per-pair losses of :func:`cosine_embedding_loss`."""
     name = "cosine_embedding_loss"
-    _c.check_tensors(name, input1=input1, input2=input2, target=target)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
     _c.check_same_shape(name, input1=input1, input2=input2)
     if input1.dim() not in (1, 2) or target.dim() != input1.dim() - 1:
         raise ValueError(
@@ -372,7 +368,34 @@ def cosine_embedding_loss(
     loss = torch.where(target == 1, 1 - cos, zeros) + torch.where(
         target == -1, (cos - margin).clamp_min(0), zeros
     )
-    return _c.reduce(loss, reduction)
+    return loss
+
+
+cosine_embedding_loss = _pair_loss(
+    "cosine_embedding_loss",
+    _cosine_hinges,
+    """Cosine embedding loss: ``1 - cos`` for similar pairs, ``max(0, cos - margin)`` otherwise.
+
+    ``cos = sum(input1 * input2) / sqrt((sum(input1**2) + 1e-12) * (sum(input2**2) + 1e-12))``
+    along the feature dimension; ``l = where(target == 1, 1 - cos, 0) +
+    where(target == -1, max(0, cos - margin), 0)``.
+
+    Args:
+        input1: ``(N, D)`` or ``(D,)``.
+        input2: same shape as ``input1``.
+        target: ``(N,)`` (or ``()``) of ``1`` or ``-1``.
+        margin: the hinge's margin for dissimilar pairs.
+        {reduction_args}
+
+    {returns:per-pair}
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 0.0]])
+        >>> cosine_embedding_loss(x, x, torch.tensor([-1.0]))
+        tensor(1.)
+    """,
+)
 
 
 def _check_triplet(name: str, anchor: Tensor, positive: Tensor, negative: Tensor, margin: float):
@@ -406,6 +429,7 @@ def _triplet_hinge(
     return _c.reduce((margin + d_pos - d_neg).clamp_min(0), reduction)
 
 
+@_c.fill_doc
 def triplet_margin_with_distance_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -430,8 +454,7 @@ def triplet_margin_with_distance_loss(
         swap: use the distance swap of Balntas et al. (2016).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
 
-    Returns:
-        The reduced loss, or per-triplet losses for ``'none'``.
+    {returns:per-triplet}
 
     Example:
         >>> import torch
@@ -447,6 +470,7 @@ def triplet_margin_with_distance_loss(
     return _triplet_hinge(dist, anchor, positive, negative, margin, swap, reduction)
 
 
+@_c.fill_doc
 def triplet_margin_loss(
     anchor: Tensor,
     positive: Tensor,
@@ -472,12 +496,9 @@ def triplet_margin_loss(
         p: the norm degree.
         eps: added to each difference.
         swap: use the distance swap.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
 
-    Returns:
-        The reduced loss, or per-triplet losses for ``'none'``.
+    {returns:per-triplet}
 
     Example:
         >>> import torch

@@ -78,6 +78,7 @@ def _elementwise_args(name: str, input: Tensor, target: Tensor, weight: Tensor |
 # --------------------------------------------------------------------------- regression
 
 
+@_c.fill_doc
 def mse_loss(
     input: Tensor,
     target: Tensor,
@@ -95,9 +96,7 @@ def mse_loss(
     Args:
         input: predictions, any shape.
         target: same shape as ``input``.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
         weight: optional per-element weights, same shape as ``input``.
 
     Returns:
@@ -115,6 +114,7 @@ def mse_loss(
     return _reduce_weighted(loss, weight, reduction)
 
 
+@_c.fill_doc
 def l1_loss(
     input: Tensor,
     target: Tensor,
@@ -131,8 +131,7 @@ def l1_loss(
     Args:
         input, target, size_average, reduce, reduction, weight: as in :func:`mse_loss`.
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -145,6 +144,7 @@ def l1_loss(
     return _reduce_weighted(loss, weight, reduction)
 
 
+@_c.fill_doc
 def smooth_l1_loss(
     input: Tensor,
     target: Tensor,
@@ -162,21 +162,19 @@ def smooth_l1_loss(
     Args:
         input: predictions, any shape.
         target: same shape as ``input``.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
         beta: the switch point, ``>= 0``.
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
         >>> smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), reduction="none")
         tensor([0.1250, 2.5000])
     """
-    _c.check_tensors("smooth_l1_loss", input=input, target=target)
-    reduction = _c.reduction_of("smooth_l1_loss", reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        "smooth_l1_loss", reduction, size_average, reduce, input=input, target=target
+    )
     _check_same_shape("smooth_l1_loss", input, target)
     if beta < 0:
         raise ValueError(f"smooth_l1_loss: beta must be >= 0, got {beta}")
@@ -187,6 +185,7 @@ def smooth_l1_loss(
     return _c.reduce(loss, reduction)
 
 
+@_c.fill_doc
 def huber_loss(
     input: Tensor,
     target: Tensor,
@@ -208,8 +207,7 @@ def huber_loss(
         delta: the switch point, ``> 0``.
         weight: optional per-element weights, same shape as ``input``.
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -262,6 +260,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         return grad_input, grad_target
 
 
+@_c.fill_doc
 def binary_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -290,8 +289,7 @@ def binary_cross_entropy(
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (``'mean'`` divides by
             the number of elements, not by the weights).
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -300,8 +298,9 @@ def binary_cross_entropy(
         tensor([100.0000,   0.6931])
     """
     name = "binary_cross_entropy"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     _check_same_shape(name, input, target)
     if weight is not None:
         _check_broadcast_weight(name, input, weight, "weight")
@@ -326,6 +325,7 @@ def _check_broadcast_weight(name: str, input: Tensor, weight: Tensor, arg: str) 
         )
 
 
+@_c.fill_doc
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
@@ -346,14 +346,11 @@ def binary_cross_entropy_with_logits(
         input: logits, any shape.
         target: same shape as ``input``, values in ``[0, 1]``.
         weight: optional weights broadcastable to ``input``'s shape.
-        size_average: deprecated, see ``reduction``.
-        reduce: deprecated, see ``reduction``.
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
+        {reduction_args}
         pos_weight: optional weight of positive examples, broadcastable to
             ``input``'s shape (typically ``(C,)`` for the last dimension).
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch
@@ -362,8 +359,16 @@ def binary_cross_entropy_with_logits(
         tensor([100.0000,   0.6931])
     """
     name = "binary_cross_entropy_with_logits"
-    _c.check_tensors(name, input=input, target=target, weight=weight, pos_weight=pos_weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name,
+        reduction,
+        size_average,
+        reduce,
+        input=input,
+        target=target,
+        weight=weight,
+        pos_weight=pos_weight,
+    )
     _check_same_shape(name, input, target)
     if weight is not None:
         _check_broadcast_weight(name, input, weight, "weight")
@@ -485,8 +490,9 @@ def nll_loss(
         tensor(2.5000)
     """
     name = "nll_loss"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     if target.is_floating_point() or target.dtype == torch.bool:
         raise ValueError(f"{name}: target must hold integer class indices, got {target.dtype}")
     x, unbatched = _class_layout(name, input)
@@ -545,8 +551,9 @@ def cross_entropy(
         tensor([0.0000, 0.6931])
     """
     name = "cross_entropy"
-    _c.check_tensors(name, input=input, target=target, weight=weight)
-    reduction = _c.reduction_of(name, reduction, size_average, reduce)
+    reduction = _c.reduction_of(
+        name, reduction, size_average, reduce, input=input, target=target, weight=weight
+    )
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
     x, unbatched = _class_layout(name, input)
@@ -591,6 +598,7 @@ def cross_entropy(
     return _reduce_examples(loss, reduction, unbatched, w)
 
 
+@_c.fill_doc
 def kl_div(
     input: Tensor,
     target: Tensor,
@@ -616,8 +624,7 @@ def kl_div(
         reduction: ``'none'`` | ``'batchmean'`` | ``'sum'`` | ``'mean'``.
         log_target: whether ``target`` is given in log space.
 
-    Returns:
-        The reduced loss, or per-element losses for ``'none'``.
+    {returns}
 
     Example:
         >>> import torch

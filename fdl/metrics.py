@@ -21,6 +21,7 @@ scikit-learn's ``(y_true, y_pred)``.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from typing import Literal
 
@@ -374,12 +375,25 @@ _AVERAGE_DOC = """
 """
 
 
+_EXAMPLE_DOC = """
+    Example:
+        >>> import torch
+        >>> NAME(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
+        OUTPUT
+"""
+
+
 def _rate_metric(
     name: str,
     ratio: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     doc: str,
+    example: str,
 ) -> Callable[..., torch.Tensor]:
-    """A per-class rate metric: ``num / den`` with ``(num, den) = ratio(tp, fp, fn)``."""
+    """A per-class rate metric: ``num / den`` with ``(num, den) = ratio(tp, fp, fn)``.
+
+    Its docstring is ``doc``, then the averaging rules and arguments, then an example on
+    one pair of 4-sample tensors whose printed result (``average=None``) is ``example``.
+    """
 
     def metric(
         input: torch.Tensor,
@@ -395,48 +409,60 @@ def _rate_metric(
         return _per_class(num, den, tp + fp + fn > 0, average, _rate_dtype(input))
 
     metric.__name__ = metric.__qualname__ = name
-    metric.__doc__ = doc.replace("{average}", _AVERAGE_DOC)
+    tail = _EXAMPLE_DOC.replace("NAME", name).replace("OUTPUT", example)
+    metric.__doc__ = doc + _AVERAGE_DOC + tail
     return metric
 
 
-precision = _rate_metric(
-    "precision",
-    lambda tp, fp, fn: (tp, tp + fp),
-    r"""Precision: of the samples predicted as class :math:`c`, the fraction truly :math:`c`.
+# precision and recall: the share of true positives among one side's counts,
+# tp / (tp + fp) for the predictions, tp / (tp + fn) for the targets
+_TP_SHARE_DOC = string.Template(
+    r"""$title: of the samples $given, the fraction $found.
 
     .. math::
-        P_c = \frac{tp_c}{tp_c + fp_c}, \qquad
-        P_{\text{micro}} = \frac{\sum_c tp_c}{\sum_c (tp_c + fp_c)}
+        ${S}_c = \frac{tp_c}{tp_c + ${e}_c}, \qquad
+        ${S}_{\text{micro}} = \frac{\sum_c tp_c}{\sum_c (tp_c + ${e}_c)}
 
-    with :math:`tp_c = M_{cc}` and :math:`fp_c = \sum_{i \ne c} M_{ic}` from
+    with :math:`tp_c = M_{cc}` and :math:`${e}_c = $e_sum` from
     :func:`confusion_matrix`.
-    {average}
-
-    Example:
-        >>> import torch
-        >>> precision(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
-        tensor([0.5000, 1.0000])
-    """,
+"""
 )
 
-recall = _rate_metric(
+
+def _tp_share(
+    name: str, title: str, given: str, found: str, error: str, error_sum: str, example: str
+) -> Callable[..., torch.Tensor]:
+    """``tp / (tp + error)`` per class: ``error="fp"`` is precision, ``"fn"`` recall."""
+    doc = _TP_SHARE_DOC.substitute(
+        title=title, given=given, found=found, S=title[0], e=error, e_sum=error_sum
+    )
+
+    def ratio(
+        tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return tp, tp + (fp if error == "fp" else fn)
+
+    return _rate_metric(name, ratio, doc, example)
+
+
+precision = _tp_share(
+    "precision",
+    "Precision",
+    "predicted as class :math:`c`",
+    "truly :math:`c`",
+    "fp",
+    r"\sum_{i \ne c} M_{ic}",
+    "tensor([0.5000, 1.0000])",
+)
+
+recall = _tp_share(
     "recall",
-    lambda tp, fp, fn: (tp, tp + fn),
-    r"""Recall: of the samples truly of class :math:`c`, the fraction predicted as :math:`c`.
-
-    .. math::
-        R_c = \frac{tp_c}{tp_c + fn_c}, \qquad
-        R_{\text{micro}} = \frac{\sum_c tp_c}{\sum_c (tp_c + fn_c)}
-
-    with :math:`tp_c = M_{cc}` and :math:`fn_c = \sum_{j \ne c} M_{cj}` from
-    :func:`confusion_matrix`.
-    {average}
-
-    Example:
-        >>> import torch
-        >>> recall(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
-        tensor([1.0000, 0.6667])
-    """,
+    "Recall",
+    "truly of class :math:`c`",
+    "predicted as :math:`c`",
+    "fn",
+    r"\sum_{j \ne c} M_{cj}",
+    "tensor([1.0000, 0.6667])",
 )
 
 f1 = _rate_metric(
@@ -451,13 +477,8 @@ f1 = _rate_metric(
 
     Macro F1 is the mean of the per-class :math:`F_c`, not the harmonic mean of
     macro precision and macro recall.
-    {average}
-
-    Example:
-        >>> import torch
-        >>> f1(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), average=None)
-        tensor([0.6667, 0.8000])
-    """,
+""",
+    "tensor([0.6667, 0.8000])",
 )
 
 
@@ -554,11 +575,11 @@ def _check_regression(input: object, target: object, fn: str) -> tuple[torch.Ten
     return input, target
 
 
-def mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    r"""Mean squared error over all elements.
+_MEAN_ERROR_DOC = string.Template(
+    r"""Mean $error error over all elements.
 
     .. math::
-        \mathrm{MSE} = \frac{1}{n} \sum_{i=1}^{n} (\hat y_i - y_i)^2
+        \mathrm{$abbr} = \frac{1}{n} \sum_{i=1}^{n} $term
 
     Args:
         input: predictions :math:`\hat y`, any shape.
@@ -569,33 +590,35 @@ def mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> mse(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 4.0]))
-        tensor(1.6667)
+        >>> $name(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 4.0]))
+        $example
     """
-    input, target = _check_regression(input, target, "mse")
-    return (input - target).square().mean()
+)
 
 
-def mae(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    r"""Mean absolute error over all elements.
+def _mean_error(
+    name: str,
+    error: str,
+    term: str,
+    of_difference: Callable[[torch.Tensor], torch.Tensor],
+    example: str,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``mean(of_difference(input - target))``; ``term`` is its summand in LaTeX."""
 
-    .. math::
-        \mathrm{MAE} = \frac{1}{n} \sum_{i=1}^{n} |\hat y_i - y_i|
+    def metric(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        input, target = _check_regression(input, target, name)
+        return of_difference(input - target).mean()
 
-    Args:
-        input: predictions :math:`\hat y`, any shape.
-        target: targets :math:`y`, the same shape (no broadcasting).
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = _MEAN_ERROR_DOC.substitute(
+        error=error, abbr=name.upper(), term=term, name=name, example=example
+    )
+    return metric
 
-    Returns:
-        A 0-dim tensor.
 
-    Example:
-        >>> import torch
-        >>> mae(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 4.0]))
-        tensor(1.)
-    """
-    input, target = _check_regression(input, target, "mae")
-    return (input - target).abs().mean()
+mse = _mean_error("mse", "squared", r"(\hat y_i - y_i)^2", torch.square, "tensor(1.6667)")
+
+mae = _mean_error("mae", "absolute", r"|\hat y_i - y_i|", torch.abs, "tensor(1.)")
 
 
 def r2(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@
 * A public function made by a factory (``dropout2d = _dropout_fn(...)``), which the static
   reading sees as a plain attribute without a docstring, is read from the imported module
   instead, so it is shown with its signature and docstring like a ``def``.
+* A docstring with a placeholder line (``{reduction_args}``, filled when the module is
+  imported by ``fdl._loss_common.fill_doc``) is read from the imported function, as filled.
 
 ``LayerSignatures`` gives every ``fdl.nn`` layer its constructor signature: the layer base
 makes each subclass a frozen dataclass when the class is created, which a static reading of
@@ -31,6 +33,7 @@ import griffe
 _EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", re.M)
 _ARGS = re.compile(r"^(?P<indent>[ \t]*)Args:[ \t]*\n(?P<first>[^\n]*)", re.M)
 _ITEM = re.compile(r"^\s*\*{0,2}[A-Za-z_][A-Za-z0-9_]*(\s*\(.*\))?\s*:")
+_PLACEHOLDER = re.compile(r"^[ \t]*\{\w+(:[^}\n]*)?\}[ \t]*$", re.M)
 
 
 def _retitle_args(match: re.Match[str]) -> str:
@@ -39,14 +42,18 @@ def _retitle_args(match: re.Match[str]) -> str:
     return f"{match['indent']}Arguments described in prose:\n{match['first']}"
 
 
+def _rewrite(value: str) -> str:
+    value = _EXAMPLE.sub(r"\g<indent>Examples:", value)
+    return _ARGS.sub(_retitle_args, value)
+
+
 class FdlDocstrings(griffe.Extension):
-    """Rewrite the two docstring habits above before griffe parses a docstring."""
+    """Rewrite the docstring habits above before griffe parses a docstring."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is None:
             return
-        value = _EXAMPLE.sub(r"\g<indent>Examples:", obj.docstring.value)
-        obj.docstring.value = _ARGS.sub(_retitle_args, value)
+        obj.docstring.value = _rewrite(obj.docstring.value)
 
     def on_module_members(self, *, mod: griffe.Module, agent: Any, **kwargs: Any) -> None:
         if not isinstance(agent, griffe.Visitor):
@@ -56,7 +63,14 @@ class FdlDocstrings(griffe.Extension):
             return
         made: griffe.Module | None = None
         for name, member in list(mod.members.items()):
-            if member.is_alias or not member.is_attribute or member.docstring is not None:
+            if member.is_alias:
+                continue
+            if member.docstring is not None and _PLACEHOLDER.search(member.docstring.value):
+                filled = getattr(getattr(module, name, None), "__doc__", None)
+                if filled:
+                    member.docstring.value = _rewrite(inspect.cleandoc(filled))
+                continue
+            if not member.is_attribute or member.docstring is not None:
                 continue
             obj = getattr(module, name, None)
             if not (inspect.isfunction(obj) and obj.__module__ == mod.path and obj.__doc__):
@@ -68,6 +82,8 @@ class FdlDocstrings(griffe.Extension):
                     docstring_options=agent.docstring_options,
                 )
             function = made[name]
+            if function.docstring is not None:  # as for a def (on_instance)
+                function.docstring.value = _rewrite(function.docstring.value)
             function.lineno, function.endlineno = member.lineno, member.endlineno
             mod.set_member(name, function)
 
