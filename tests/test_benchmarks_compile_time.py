@@ -64,3 +64,29 @@ def test_child_runs_end_to_end_in_a_fresh_process() -> None:
     assert record["shared_objects"] == 0  # the eager backend compiles no C++
     assert set(record["phases"]) == {p for p, _, _ in C.PHASES}
     assert "graph break" in C.describe(record)
+
+
+def test_run_reports_each_variant_with_its_breakdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(options, env=None):
+        calls.append(options)
+        first = 12.0 + len(calls)
+        phases = {p: 1.0 for p, _, _ in C.PHASES}
+        return {
+            "first_step_s": first, "steady_ms": 5.0, "phases": phases, "cpu_s": 30.0,
+            "self_cpu_s": 20.0, "shared_objects": 11, "graphs": 1, "graph_breaks": 0,
+            "import_s": 2.0, "threads": 1,
+        }  # fmt: skip
+
+    monkeypatch.setattr(C, "measure_cold", fake)
+    quick = C.run(quick=True)
+    assert [r.peer for r in quick] == ["fdl"] and quick[0].median_s == 13.0
+    assert quick[0].note.startswith("target ≤ 10 s") and "11 compiled libraries" in quick[0].note
+    calls.clear()
+    full = C.run(quick=False)
+    assert [r.peer for r in full] == list(C.VARIANTS)
+    assert full[0].repeats == 3 and all(r.repeats == 1 for r in full[1:])
+    assert full[0].median_s == 14.0  # the middle of 13, 14, 15
+    inductor = [c["inductor"] for c in calls[3:]]
+    assert inductor == [C.VARIANTS[n][1] for n in list(C.VARIANTS)[1:]]
