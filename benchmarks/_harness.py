@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -142,7 +143,15 @@ def format_table(results: list[Result], baseline_peer: str = "fdl") -> str:
 def allocator_note() -> str:
     """The C allocator setting every peer runs under, to state beside every report."""
     import fdl.allocator
+    from benchmarks._allocators import loaded_allocator
 
+    preloaded = loaded_allocator()
+    if preloaded is not None:
+        conf = os.environ.get("MALLOC_CONF")
+        return (
+            f"{Path(preloaded).name} via LD_PRELOAD ({preloaded}"
+            f"{f', MALLOC_CONF={conf}' if conf else ''}); glibc's malloc settings do not apply"
+        )
     current = fdl.allocator.settings()
     if current is None:
         return "the C library's own (not glibc: fdl.allocator does nothing here)"
