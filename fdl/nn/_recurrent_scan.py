@@ -73,18 +73,21 @@ def _lstm_forward(
     acts = gi.new_empty(length, n, 4 * hid)  # (L, N, 4 H): i, f, g, o activated
     cells = gi.new_empty(length, n, hid)  # (L, N, H): c_t
     pre = gi.new_empty(n, 4 * hid)  # (N, 4 H): this step's pre-activations
+    pre_g = pre[:, 2 * hid : 3 * hid]  # (N, H)
     tanh_c = gi.new_empty(n, hid)  # (N, H)
-    i, f, g, o = acts.chunk(4, dim=-1)  # 4 x (L, N, H) views
+    # per-step views, made once (L-long lists of (N, *) views)
+    gib_t, out_t, acts_t, cells_t = gib.unbind(0), out.unbind(0), acts.unbind(0), cells.unbind(0)
+    i, f, g, o = (a.unbind(0) for a in acts.chunk(4, dim=-1))  # 4 x L x (N, H)
     h, c = h0, c0
     for t in range(length - 1, -1, -1) if reverse else range(length):
-        torch.addmm(gib[t], h, w_t, out=pre)
-        torch.sigmoid(pre, out=acts[t])
-        torch.tanh(pre[:, 2 * hid : 3 * hid], out=g[t])
-        torch.mul(f[t], c, out=cells[t])
-        cells[t].addcmul_(i[t], g[t])
-        torch.tanh(cells[t], out=tanh_c)
-        torch.mul(o[t], tanh_c, out=out[t])
-        h, c = out[t], cells[t]
+        torch.addmm(gib_t[t], h, w_t, out=pre)
+        torch.sigmoid(pre, out=acts_t[t])
+        torch.tanh(pre_g, out=g[t])
+        torch.mul(f[t], c, out=cells_t[t])
+        cells_t[t].addcmul_(i[t], g[t])
+        torch.tanh(cells_t[t], out=tanh_c)
+        torch.mul(o[t], tanh_c, out=out_t[t])
+        h, c = out_t[t], cells_t[t]
     return out, acts, cells
 
 
@@ -205,19 +208,27 @@ def _lstm_backward(*args: Any) -> list[Tensor]:
         c_prev = torch.cat([cells[1:], c0[None]]) if reverse else torch.cat([c0[None], cells[:-1]])
         i, f, g, o = acts.chunk(4, dim=-1)  # 4 x (L, N, H)
         tc = _A.tanh(cells)  # (L, N, H)
-        p = o * (1 - tc * tc)  # (L, N, H)
-        q = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)
-        r = tc * o * (1 - o)  # (L, N, H); q above: (L, N, 3, H)
+        otc = o * tc  # (L, N, H)
+        p = torch.addcmul(o, otc, tc, value=-1)  # o (1 - tc^2)
+        r = torch.addcmul(otc, otc, o, value=-1)  # tc o (1 - o)
+        q = gi.new_empty(length, n, 3, hid)  # (L, N, 3, H)
+        torch.mul(torch.addcmul(i, i, i, value=-1), g, out=q[:, :, 0])  # g i (1 - i)
+        torch.mul(torch.addcmul(f, f, f, value=-1), c_prev, out=q[:, :, 1])  # c_{t-1} f (1 - f)
+        torch.addcmul(i, i * g, g, value=-1, out=q[:, :, 2])  # i (1 - g^2)
         d_gates = gi.new_empty(length, n, 4 * hid)  # (L, N, 4 H)
-        d_split = d_gates.view(length, n, 4, hid)  # (L, N, 4, H)
-        dh, dc_rec = g_out[order[-1]] + g_h, g_c
+        # per-step views, made once: L-long lists of (N, 3, H), (N, H), (N, 4 H), ...
+        d_ifg = d_gates.view(length, n, 4, hid)[:, :, :3].unbind(0)
+        d_o = d_gates.view(length, n, 4, hid)[:, :, 3].unbind(0)
+        d_t, g_out_t, f_t = d_gates.unbind(0), g_out.unbind(0), f.unbind(0)
+        p_t, q_t, r_t = p.unbind(0), q.unbind(0), r.unbind(0)
+        dh, dc_rec = g_out_t[order[-1]] + g_h, g_c
         for k, t in enumerate(reversed(order)):
-            dc = torch.addcmul(dc_rec, dh, p[t])  # (N, H)
-            torch.mul(dc.unsqueeze(1), q[t], out=d_split[t, :, :3])
-            torch.mul(dh, r[t], out=d_split[t, :, 3])
-            dc_rec = dc * f[t]
+            dc = torch.addcmul(dc_rec, dh, p_t[t])  # (N, H)
+            torch.mul(dc.unsqueeze(1), q_t[t], out=d_ifg[t])
+            torch.mul(dh, r_t[t], out=d_o[t])
+            dc_rec = dc * f_t[t]
             if k + 1 < length:  # dh of the step processed before: g_out + dG_t W_hh
-                dh = torch.addmm(g_out[order[length - 2 - k]], d_gates[t], w_hh)  # (N, H)
+                dh = torch.addmm(g_out_t[order[length - 2 - k]], d_t[t], w_hh)  # (N, H)
         dh_rec = d_gates[order[0]] @ w_hh  # (N, H)
         flat = d_gates.reshape(length * n, 4 * hid)  # (L N, 4 H)
         d_whh = flat.t() @ h_prev.reshape(length * n, hid)  # (4 H, H)
