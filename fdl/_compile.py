@@ -12,8 +12,14 @@ Every step builder (:func:`fdl.train.make_train_step`, :func:`fdl.train.make_eva
 
 ``torch.compile`` keeps its compiled graphs on the function's code object, so
 steps built by repeated calls of one factory would share one cache and one
-recompile limit. :func:`maybe_compile` compiles a copy with its own code object
-(:func:`fresh_function`), so every built step has a cache of its own.
+recompile limit. It also keeps, per function identity (file, first line, name),
+which input sizes it has seen change ("automatic dynamic" shapes): a step built
+for one model would then compile the next model's step with dynamic sizes from
+its first call, and such a graph can guard on details that change between calls
+(the ``_base`` of a view input: the parameters from ``init`` can be views, the
+step's outputs are not), so its second call recompiles. :func:`maybe_compile`
+compiles a copy with its own code object and its own name (:func:`fresh_function`),
+so every built step has a cache and a shape history of its own.
 
 Example:
     >>> from fdl._compile import maybe_compile
@@ -24,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,16 +41,27 @@ __all__ = ["CompileArg", "compile_options", "fresh_function", "maybe_compile"]
 
 CompileArg = bool | Mapping[str, Any]
 
+# numbers the copies' code names (``step`` -> ``step_fdl3``): dynamo's automatic-dynamic
+# state is keyed by (file, first line, code name), so each copy needs a name of its own
+_COPIES = itertools.count(1)
+
 
 def fresh_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of ``fn`` with its own code object (and so its own ``torch.compile`` cache).
+    """A copy of ``fn`` with its own code object and code name.
+
+    The code object holds the copy's ``torch.compile`` cache and recompile limit; the
+    code name (``fn``'s with a number appended, e.g. ``step_fdl3``; ``__name__`` and
+    ``__qualname__`` stay ``fn``'s) keys dynamo's record of which input sizes changed,
+    so no other copy's calls make this one's sizes dynamic.
 
     Example:
         >>> f = lambda x: x
-        >>> fresh_function(f).__code__ is f.__code__
-        False
+        >>> g = fresh_function(f)
+        >>> g.__code__ is f.__code__, g.__code__.co_name == f.__code__.co_name, g.__name__
+        (False, False, '<lambda>')
     """
-    code = fn.__code__.replace(co_name=fn.__code__.co_name)
+    name = f"{fn.__code__.co_name}_fdl{next(_COPIES)}"
+    code = fn.__code__.replace(co_name=name)
     out = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     out.__qualname__, out.__doc__ = fn.__qualname__, fn.__doc__
     out.__kwdefaults__ = fn.__kwdefaults__

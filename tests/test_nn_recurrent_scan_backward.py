@@ -35,8 +35,12 @@ def _id(case: Any) -> str:
     return f"{mode}-{direction}-N{n}-L{length}-{b}-{g}"
 
 
-def _args(case: Any, dtype: torch.dtype) -> tuple:
-    """Schema arguments of ``recurrent_scan_backward`` (no projection)."""
+def _args(case: Any, dtype: torch.dtype, saved: bool = True) -> tuple:
+    """Schema arguments of ``recurrent_scan_backward`` (no projection).
+
+    The last three, the forward's saved ``(out, acts, cells)``, come from the forward
+    operator (``saved``) or are empty (the backward then recomputes the forward).
+    """
     mode, rev, n, length, bias, zero = case
     gen = torch.Generator().manual_seed(CASES.index(case))
 
@@ -50,7 +54,11 @@ def _args(case: Any, dtype: torch.dtype) -> tuple:
     g_out = r(length, n, H)
     g_h = torch.zeros(n, H, dtype=dtype) if zero else r(n, H)
     g_c = (torch.zeros(n, H, dtype=dtype) if zero else r(n, H)) if lstm else torch.zeros(0)
-    return gi, h0, c0, w_hh, b_hh, None, mode, rev, g_out, g_h, g_c.to(dtype)
+    forward = (gi, h0, c0, w_hh, b_hh, None, mode, rev)
+    out, _, _, acts, cells = S.recurrent_scan(*forward)
+    if not saved:
+        acts, cells = torch.empty(0, dtype=dtype), torch.empty(0, dtype=dtype)
+    return (*forward, g_out, g_h, g_c.to(dtype), out, acts, cells)
 
 
 def _check(got: list[torch.Tensor], expected: list[torch.Tensor], tol: float) -> None:
@@ -68,6 +76,13 @@ def test_backward_equals_autograd_recompute(case: Any, dtype: torch.dtype) -> No
     args = _args(case, dtype)
     written = getattr(S, WRITTEN[case[0]])
     _check(written(*args), S._scan_backward_autograd(*args), TOLS[dtype])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "LSTM"], ids=_id)
+def test_lstm_backward_without_saved_gates_recomputes_them(case: Any) -> None:
+    """Given empty ``acts``/``cells``, the LSTM backward recomputes the forward: same result."""
+    args = _args(case, torch.float64, saved=False)
+    _check(S._lstm_backward(*args), S._scan_backward_autograd(*args), TOLS[torch.float64])
 
 
 @pytest.mark.parametrize("case", CASES[::5], ids=_id)
@@ -88,11 +103,12 @@ def test_operator_takes_the_hand_written_path(case: Any, monkeypatch: pytest.Mon
 
 def test_projection_keeps_the_autograd_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``w_hr`` (proj_size > 0) the operator uses the autograd recomputation."""
-    gi, h0, c0, w_hh, b_hh, _, mode, rev, g_out, _, g_c = _args(CASES[2], torch.float64)
+    gi, h0, c0, w_hh, b_hh, _, mode, rev, g_out, _, g_c, *_ = _args(CASES[2], torch.float64)
     w_hr = torch.randn(2, H, dtype=torch.float64)
     h0, g_out, g_h = h0[:, :2], g_out[..., :2], torch.ones_like(h0[:, :2])
     w_hh = w_hh[:, :2]
+    out, _, _, acts, cells = S.recurrent_scan(gi, h0, c0, w_hh, b_hh, w_hr, mode, rev)
+    assert acts.numel() == cells.numel() == 0  # nothing saved: the backward recomputes
     monkeypatch.setattr(S, "_lstm_backward", None)  # calling it would raise
-    got = S.recurrent_scan_backward(gi, h0, c0, w_hh, b_hh, w_hr, mode, rev, g_out, g_h, g_c)
-    expected = S._scan_backward_autograd(gi, h0, c0, w_hh, b_hh, w_hr, mode, rev, g_out, g_h, g_c)
-    _check(list(got), expected, 1e-12)
+    args = (gi, h0, c0, w_hh, b_hh, w_hr, mode, rev, g_out, g_h, g_c, out, acts, cells)
+    _check(list(S.recurrent_scan_backward(*args)), S._scan_backward_autograd(*args), 1e-12)

@@ -174,6 +174,24 @@ def test_each_step_has_its_own_compile_cache() -> None:
     assert counter.frame_count == 4
 
 
+def test_a_step_keeps_its_sizes_whatever_steps_were_built_before() -> None:
+    # dynamo records per function identity which input sizes changed; a step built for
+    # other sizes must not make this step's sizes dynamic (its graph would then guard on
+    # the ``_base`` of the view params, which the step's outputs lack, and recompile)
+    for n, m in ((3, 2), (5, 4)):
+        counter = dynamo_testing.CompileCounter()
+        opt = fdl.optim.sgd(lr=0.1)
+        params = {"w": torch.ones(n + 1, m)[1:]}  # a view, as init's params can be
+        step = train.make_train_step(
+            lambda p, x: (x @ p["w"]).square().mean(), opt, compile={"backend": counter}
+        )
+        x = torch.ones(2, n)
+        params, state, _ = step(params, opt.init(params), x)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            step(params, state, x)
+        assert counter.frame_count == 1
+
+
 @pytest.fixture(scope="module")
 def fit_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One compiled fit: 3 epochs of 50 samples (batch 16, last 2) and 21 validation samples."""

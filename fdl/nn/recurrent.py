@@ -434,17 +434,21 @@ class _RNNBase(_Recurrent[_HX, _Out]):
             x = input
         states = self._initial_state(hx, x, unbatched)
         keys = _random.split(key, self.num_layers) if use_dropout else None
+        # the operator's LSTM and RNN take b_hh added to gi: add it to b_ih (a GRU's b_hn is
+        # inside r * (h W_hn^T + b_hn), so it stays)
+        fold_bias = _use_scan_op() and self.mode != "GRU"
         finals: list[Any] = []
         for layer in range(self.num_layers):
             outs = []
             for d in range(self._directions):
                 sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
-                gi = _L.linear(
-                    x, params[f"weight_ih{sfx}"], params.get(f"bias_ih{sfx}")
-                )  # (L, N, G H)
+                b_ih, b_hh = params.get(f"bias_ih{sfx}"), params.get(f"bias_hh{sfx}")
+                if fold_bias and b_ih is not None and b_hh is not None:
+                    b_ih, b_hh = b_ih + b_hh, None  # added once, in the input projection
+                gi = _L.linear(x, params[f"weight_ih{sfx}"], b_ih)  # (L, N, G H)
                 p = {
                     "w_hh": params[f"weight_hh{sfx}"],
-                    "b_hh": params.get(f"bias_hh{sfx}"),
+                    "b_hh": b_hh,
                     "w_hr": params.get(f"weight_hr{sfx}"),
                 }
                 state = states[layer * self._directions + d]
