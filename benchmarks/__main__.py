@@ -5,6 +5,8 @@ Usage::
     python -m benchmarks              # full run (under 20 minutes on 2 cores)
     python -m benchmarks --quick      # fewer repeats and sizes (under 3 minutes)
     python -m benchmarks --only train_step --only optim_update
+    python -m benchmarks --merge docs/benchmarks.json --json docs/benchmarks.json train_step
+                                      # re-run one module, keep the others from the last run
 
 Every module ``benchmarks/<name>.py`` (not starting with ``_``) that defines
 ``run(quick: bool = False) -> list[Result]`` is a workload family. A module may
@@ -134,6 +136,40 @@ def _floor_line(workload: str, flops: int, rows: list[Result], peak: float) -> s
     )
 
 
+def _now() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def _module_note(e: dict[str, Any]) -> str:
+    carried = f", from the run of {e['generated']}" if e.get("carried") else ""
+    return f"`{e['name']}` ({e['seconds']:.0f} s{carried})"
+
+
+def merged_entries(entries: list[dict[str, Any]], previous: Path, report: Path) -> list[dict]:
+    """``entries`` plus the modules of an earlier ``--json`` file that were not run now.
+
+    A carried module keeps the time of its own run (``generated``; for files written before
+    entries carried it, the "Generated" line of ``report``), and is marked ``carried``.
+    """
+    if not previous.exists():
+        return entries
+    fallback = "an earlier run"
+    if report.exists():
+        for line in report.read_text().splitlines():
+            if line.startswith("Generated "):
+                fallback = line.split(" by ", 1)[0].removeprefix("Generated ")
+                break
+    ran = {e["name"] for e in entries}
+    out = list(entries)
+    for old in json.loads(previous.read_text()):
+        if old["name"] in ran:
+            continue
+        old = {**old, "carried": True, "generated": old.get("generated", fallback)}
+        old["results"] = [Result(**r) for r in old["results"]]
+        out.append(old)
+    return sorted(out, key=lambda e: e["name"])
+
+
 def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Path | None) -> str:
     """The generated markdown section: one table per workload, peers from every module merged."""
     m = machine()
@@ -141,7 +177,7 @@ def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Pa
     out = [
         BEGIN,
         "",
-        f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+        f"Generated {_now()} by "
         f"`python -m benchmarks{' ' if argv else ''}{' '.join(argv)}`"
         f"{' (quick mode)' if quick else ''}.",
         "",
@@ -151,7 +187,7 @@ def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Pa
         "the ratio column is each peer's median over fdl's (above 1: fdl is faster). "
         "Compile time (first call) is reported apart and excluded from the medians.",
         f"- **Allocator** (the same for every peer, fdl and the others alike): {allocator_note()}",
-        "- Modules: " + ", ".join(f"`{e['name']}` ({e['seconds']:.0f} s)" for e in entries),
+        "- Modules: " + ", ".join(_module_note(e) for e in entries),
         "",
     ]
     if plot is not None:
@@ -256,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch threads per module (default: all cores)"
     )
     p.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="keep the modules not run now from an earlier --json file (each marked with the "
+        "time of its run), so a partial run still writes the whole report",
+    )
+    p.add_argument(
         "--allocator",
         choices=("keep", "glibc"),
         default="keep",
@@ -302,7 +346,10 @@ def _run(args: argparse.Namespace, argv: list[str], names: list[str]) -> int:
         print(f"[benchmarks] {name}: {status} in {e['seconds']:.0f} s", flush=True)
         if e["results"]:
             print(format_table(e["results"]), flush=True)
+        e["generated"] = _now()
         entries.append(e)
+    if args.merge is not None:
+        entries = merged_entries(entries, args.merge, args.out)
 
     note = allocator_note()
     plot = args.plot or args.out.with_suffix(".png")
@@ -373,7 +420,7 @@ def _compare_allocators(
         [
             ALLOC_BEGIN,
             "",
-            f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+            f"Generated {_now()} by "
             f"`python -m benchmarks {' '.join(argv)}`{' (quick mode)' if args.quick else ''}: "
             "one process per allocator, every peer in it under that allocator. Modules: "
             + ", ".join(f"`{n}`" for n in names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,30 @@ def test_targets_are_judged_met_or_missed() -> None:
     assert met[0].endswith("| met |")
     assert missed[0].endswith("| **missed** |")
     assert "peer not measured" in absent[0]
+
+
+def test_merge_keeps_the_modules_not_run_now_and_marks_them(tmp_path: Path) -> None:
+    old = Result("w_old", "fdl", 2.0, 1.0, 3.0, 5)
+    stale = Result("w_new", "fdl", 9.0, 9.0, 9.0, 5)
+    previous = tmp_path / "old.json"
+    previous.write_text(
+        json.dumps(
+            [
+                {"name": n, "results": [r.to_dict()], "flops": {}, "error": None, "seconds": t}
+                for n, r, t in (("a", old, 3), ("b", stale, 4))
+            ]
+        )
+    )
+    report = tmp_path / "report.md"
+    report.write_text("# B\n\nGenerated 2026-01-02 03:04 by `python -m benchmarks`.\n")
+    now = Result("w_new", "fdl", 1.0, 1.0, 1.0, 5)
+    fresh = {"name": "b", "results": [now], "flops": {}, "error": None, "seconds": 1}
+    out = harness.merged_entries([fresh], previous, report)
+    assert [e["name"] for e in out] == ["a", "b"]
+    assert out[1] is fresh  # the module run now wins over its earlier result
+    assert out[0]["carried"] and out[0]["generated"] == "2026-01-02 03:04"
+    assert out[0]["results"] == [old]
+    text = harness.render(out, quick=True, argv=[], plot=None)
+    assert "`a` (3 s, from the run of 2026-01-02 03:04)" in text
+    assert "`b` (1 s)" in text
+    assert harness.merged_entries([fresh], tmp_path / "missing.json", report) == [fresh]
