@@ -181,14 +181,16 @@ def peak_mem_child(fn: Callable[[], Any]) -> float:
     return _status_mb("VmHWM") - base
 
 
-def peak_mem(module: str, peer: str, batch: int, *, timeout: float = 900) -> float | None:
-    """``python -m <module> --mem PEER BATCH`` in a fresh process: its printed ``peak_mb``.
+def peak_mem(
+    module: str, peer: str, batch: int, *, timeout: float = 900, args: tuple[str, ...] = ()
+) -> float | None:
+    """``python -m <module> --mem PEER BATCH *args`` in a fresh process: its printed ``peak_mb``.
 
     The child runs under glibc's default allocator policy (it never calls
     ``fdl.allocator.keep_freed_memory()``): with freed memory kept, the first call's
     memory would stay mapped and the peak would not grow. ``None`` if the child fails.
     """
-    cmd = [sys.executable, "-m", module, "--mem", peer, str(batch)]
+    cmd = [sys.executable, "-m", module, "--mem", peer, str(batch), *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
         return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
