@@ -15,10 +15,11 @@ sets it); it runs under glibc's default allocator policy (it never
 calls ``fdl.allocator.keep_freed_memory()``), so freed memory leaves the resident set.
 
 The search: doubling from ``start`` until three batches fit, the least-squares line
-``peak = a + b·B`` through the fitting probes predicts the batch at the cap, the next probe
-is that prediction (at most 4× the largest fitting batch); once a batch fails, bisection
-between the largest fitting and the smallest failing batch until they are within ``tol``
-(5 %). With memory linear in ``B`` that is five probes.
+``peak = a + b·B`` through the fitting probes predicts the batch at the cap, the next
+probe is that prediction (at most ``GROWTH`` = 256 × the largest fitting batch, at least
+``1 + tol`` times it); once a batch fails, bisection between the largest fitting and the
+smallest failing batch until they are within ``tol`` (5 %). With memory linear in ``B``
+that is five probes: three small ones, the prediction, and ``1 + tol`` times it.
 
 Run::
 
@@ -45,6 +46,7 @@ from benchmarks._harness import Result, Timing, _status_mb, result
 PEERS = ("fdl dp step", "opacus hooks", "opacus ghost")
 CAP_MB = 8 * 1024.0
 QUICK_CAP_MB = 1024.0
+GROWTH = 256  # the most one probe may grow the batch over the largest that fit
 
 
 @dataclass
@@ -107,8 +109,8 @@ def search(
             batch = 2 * lo
         else:
             a, b = line
-            batch = min(int((cap_mb - a) / b), 4 * lo)
-            batch = max(batch, int(lo * (1 + tol)) + 1)
+            batch = min(int((cap_mb - a) / b), GROWTH * lo)
+            batch = max(batch, int(lo * (1 + tol)), lo + 1)
         batch = min(batch, limit)
     while hi - lo > 1 and hi > lo * (1 + tol):
         mid = (lo + hi) // 2 if lo else max(1, hi // 2)
