@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks._harness import Result, Timing, _status_mb, result
+from benchmarks._harness import Result, Timing, _status_mb, result, workload_tables
 
 PEERS = ("fdl dp step", "opacus hooks", "opacus ghost")
 CAP_MB = 8 * 1024.0
@@ -199,27 +199,23 @@ def run(
 
 def markdown(results: list[Result]) -> str:
     """One table per cap and model: each peer's largest batch, its peak, its step time."""
-    out: list[str] = []
-    for workload in dict.fromkeys(r.workload for r in results):
-        rows = [r for r in results if r.workload == workload]
-        base = next((r for r in rows if r.peer == "fdl dp step"), rows[0])
-        out += [
-            f"### {workload}",
-            "",
+
+    def header(base: Result) -> list[str]:
+        return [
             f"| peer | largest batch | batch / {base.peer}'s | peak RSS (MB) "
             "| step at that batch (s) | probes (batch: MB) |",
             "|---|---:|---:|---:|---:|---|",
         ]
-        for r in rows:
-            best, ref = r.extra["max_batch"], base.extra["max_batch"]
-            ratio = f"{best / ref:.2f}×" if ref else ""
-            peak = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else ""
-            out.append(
-                f"| {r.peer} | {best} | {ratio} | {peak} | {r.median_s:.2f} "
-                f"| {r.extra['probes_mb']} |"
-            )
-        out.append("")
-    return "\n".join(out)
+
+    def row(r: Result, base: Result) -> str:
+        best, ref = r.extra["max_batch"], base.extra["max_batch"]
+        ratio = f"{best / ref:.2f}×" if ref else ""
+        peak = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else ""
+        return (
+            f"| {r.peer} | {best} | {ratio} | {peak} | {r.median_s:.2f} | {r.extra['probes_mb']} |"
+        )
+
+    return workload_tables(results, "fdl dp step", header, row)
 
 
 if __name__ == "__main__":
