@@ -19,7 +19,8 @@ The search: doubling from ``start`` until three batches fit, the least-squares l
 probe is that prediction (at most ``GROWTH`` = 256 × the largest fitting batch, at least
 ``1 + tol`` times it); once a batch fails, bisection between the largest fitting and the
 smallest failing batch until they are within ``tol`` (5 %). With memory linear in ``B``
-that is five probes: three small ones, the prediction, and ``1 + tol`` times it.
+that is five probes: three small ones, the prediction, and ``1 + tol`` times it (four
+with ``--quick``, which trusts the line once its prediction fits).
 
 Run::
 
@@ -78,13 +79,17 @@ def search(
     start: int = 64,
     tol: float = 0.05,
     limit: int = 1 << 24,
+    trust_line: bool = False,
 ) -> tuple[int, list[Probe]]:
     """The largest batch ``B <= limit`` with ``measure(B)[0] <= cap_mb``, within ``tol``.
 
     ``measure(B)`` returns ``(peak_mb, step_s)``; a peak above the cap (or ``inf``, for a
     probe that failed) means ``B`` does not fit. The answer is the largest fitting batch
     measured once the smallest failing one is at most ``(1 + tol)`` times it (or ``limit``
-    fits; or 0 if not even batch 1 fits). Returns it and every probe, in order.
+    fits; or 0 if not even batch 1 fits). ``trust_line``: also stop once the line's
+    prediction has been run and fits, if the line refitted through it predicts no more
+    than ``(1 + tol)`` times it (one probe fewer; exact only for memory linear in ``B``).
+    Returns the answer and every probe, in order.
     """
     probes: list[Probe] = []
 
@@ -109,7 +114,10 @@ def search(
             batch = 2 * lo
         else:
             a, b = line
-            batch = min(int((cap_mb - a) / b), GROWTH * lo)
+            predicted = int((cap_mb - a) / b)
+            if trust_line and len(fitting) > 3 and predicted <= lo * (1 + tol):
+                return lo, probes
+            batch = min(predicted, GROWTH * lo)
             batch = max(batch, int(lo * (1 + tol)), lo + 1)
         batch = min(batch, limit)
     while hi - lo > 1 and hi > lo * (1 + tol):
@@ -133,7 +141,7 @@ def probe(model: str, peer: str, batch: int, cap_mb: float, timeout: float = 180
         return Probe(batch, float("inf"), False)
 
 
-def _watchdog(cap_mb: float, every_s: float = 0.002) -> None:
+def _watchdog(cap_mb: float, every_s: float = 0.005) -> None:
     """End the process (printing its probe as not fitting) once its RSS passes ``cap_mb``."""
 
     def watch() -> None:
@@ -166,7 +174,7 @@ def run(
     models: tuple[str, ...] | None = None,
     peers: tuple[str, ...] = PEERS,
 ) -> list[Result]:
-    """Search every (model, peer); ``quick``: a 1 GiB cap and 25 % tolerance."""
+    """Search every (model, peer); ``quick``: a 1 GiB cap, 25 % tolerance, the line trusted."""
     from benchmarks.dp_step import MODELS
 
     cap = cap_mb if cap_mb is not None else (QUICK_CAP_MB if quick else CAP_MB)
@@ -178,9 +186,12 @@ def run(
 
             def measure(b: int, model: str = model, peer: str = peer) -> tuple[float, Any]:
                 got = probe(model, peer, b, cap)
+                print(f"[max_batch] {model}, {peer}, batch {b}: {got.peak_mb:.0f} MB", flush=True)
                 return got.peak_mb, got.step_s  # inf if the probe failed
 
-            best, probes = search(measure, cap, start=16 if quick else 64, tol=tol)
+            best, probes = search(
+                measure, cap, start=16 if quick else 64, tol=tol, trust_line=quick
+            )
             at = next((p for p in reversed(probes) if p.batch == best), None)
             step_s = at.step_s if at is not None and at.step_s is not None else float("nan")
             trail = ", ".join(f"{p.batch}: {p.peak_mb:.0f}" for p in probes)

@@ -70,6 +70,15 @@ def test_linear_memory_takes_five_probes() -> None:
     assert _truth(CURVES["linear"], CAP) / 1.05 <= best <= _truth(CURVES["linear"], CAP)
 
 
+@pytest.mark.parametrize("name", ["linear", "linear steep"])
+def test_trusting_the_line_saves_the_probe_above(name: str) -> None:
+    measure, calls = _fake(CURVES[name])
+    best, _ = max_batch.search(measure, CAP, start=64, tol=0.05, trust_line=True)
+    truth = _truth(CURVES[name], CAP)
+    assert truth / 1.05 <= best <= truth
+    assert len(calls) == 4, calls  # 64, 128, 256, the prediction
+
+
 def test_growth_is_bounded_over_the_largest_fit() -> None:
     measure, calls = _fake(lambda b: 700.0 + 1e-6 * b)  # almost flat: the line predicts far
     max_batch.search(measure, CAP, start=64, tol=0.05, limit=1 << 30)
