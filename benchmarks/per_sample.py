@@ -206,9 +206,13 @@ def _opacus_text(kind: str, peer: str, params: Any, x: torch.Tensor, y: torch.Te
     Told ``loss_reduction="mean"``, Opacus multiplies the output gradients by ``B`` before
     its hooks, so its ``grad_sample`` (and ghost norms) are each example's own, as fdl's.
     """
+    import warnings
+
     from opacus import GradSampleModule
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
+    # the embedding's integer input needs no gradient: torch says so on every backward
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     module = _text.torch_classifier(kind, params, opacus=True)
     first = _text.batch_first(kind, opacus=True)
     if peer == "opacus":
