@@ -15,12 +15,13 @@ sets it); it runs under glibc's default allocator policy (it never
 calls ``fdl.allocator.keep_freed_memory()``), so freed memory leaves the resident set.
 
 The search: doubling from ``start`` until three batches fit, the least-squares line
-``peak = a + b·B`` through the fitting probes predicts the batch at the cap, the next
-probe is that prediction (at most ``GROWTH`` = 256 × the largest fitting batch, at least
-``1 + tol`` times it); once a batch fails, bisection between the largest fitting and the
-smallest failing batch until they are within ``tol`` (5 %). With memory linear in ``B``
-that is five probes: three small ones, the prediction, and ``1 + tol`` times it (four
-with ``--quick``, which trusts the line once its prediction fits).
+``peak = a + b·B`` through the fitting probes predicts the batch at the cap; the next
+probe is that prediction over ``1 + tol / 2`` (just below the cap; at most ``GROWTH`` =
+256 × and at least ``1 + tol`` times the largest fitting batch); once a batch fails,
+bisection between the largest fitting and the smallest failing batch until they are
+within ``tol`` (5 %). With memory linear in ``B`` that is five probes: three small ones,
+the prediction, and ``1 + tol`` times it (four with ``--quick``, which trusts the line
+once its prediction fits).
 
 Run::
 
@@ -117,7 +118,7 @@ def search(
             predicted = int((cap_mb - a) / b)
             if trust_line and len(fitting) > 3 and predicted <= lo * (1 + tol):
                 return lo, probes
-            batch = min(predicted, GROWTH * lo)
+            batch = min(int(predicted / (1 + tol / 2)), GROWTH * lo)  # aim just below
             batch = max(batch, int(lo * (1 + tol)), lo + 1)
         batch = min(batch, limit)
     while hi - lo > 1 and hi > lo * (1 + tol):
