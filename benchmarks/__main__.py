@@ -15,7 +15,9 @@ one step of each workload it names, from which the report derives the
 physical floor: the time those FLOPs take at the CPU's peak rate. A result
 whose ``extra`` holds ``targets`` (a list of ``{"text", "vs", "max_ratio"}``,
 meaning ``time(this) / time(vs) <= max_ratio``) is checked against them, and a
-missed target is reported as missed.
+missed target is reported as missed. A module whose results are not times relative to
+fdl (e.g. the largest batch that fits) defines ``markdown(results) -> str``: its
+results are then rendered by it, apart from the merged tables and the chart.
 
 The generated part of the report lies between two marker lines; what is
 written around them by hand (training runs, notes) is kept.
@@ -99,6 +101,8 @@ def run_module(name: str, quick: bool, threads: int | None = None) -> dict[str, 
             entry["flops"] = dict(mod.flops(quick=quick))
         if hasattr(mod, "note"):
             entry["note"] = mod.note()
+        if hasattr(mod, "markdown"):
+            entry["markdown"] = mod.markdown(entry["results"])
     except Exception:  # noqa: BLE001 - a failing benchmark is reported, the others still run
         entry["error"] = traceback.format_exc(limit=3)
     finally:
@@ -192,7 +196,7 @@ def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Pa
     ]
     if plot is not None:
         out += [f"![time of each peer relative to fdl]({plot.name})", ""]
-    results = [r for e in entries for r in e["results"]]
+    results = [r for e in entries if "markdown" not in e for r in e["results"]]
     flops = {k: val for e in entries for k, val in e["flops"].items()}
     groups: dict[str, list[Result]] = {}
     for r in results:
@@ -201,6 +205,9 @@ def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Pa
         out.append(format_table(rows).replace("### ", "## ", 1))
         if workload in flops:
             out += [_floor_line(workload, flops[workload], rows, m.peak_gflops_fp32), ""]
+    for e in entries:
+        if "markdown" in e:
+            out += [f"## {e['title']}", "", e["markdown"].replace("### ", "#### "), ""]
     for e in entries:
         if e["error"]:
             out += [f"## `benchmarks/{e['name']}.py` failed", "", "```", e["error"].rstrip(), "```"]
@@ -229,7 +236,7 @@ def plot_ratios(entries: list[dict[str, Any]], path: Path) -> bool:
     """
     groups: dict[str, list[Result]] = {}
     for e in entries:
-        for r in e["results"]:
+        for r in e["results"] if "markdown" not in e else []:
             groups.setdefault(r.workload, []).append(r)
     labels, ratios = [], []
     for workload, rows in groups.items():
@@ -345,7 +352,7 @@ def _run(args: argparse.Namespace, argv: list[str], names: list[str]) -> int:
         status = "FAILED" if e["error"] else f"{len(e['results'])} results"
         print(f"[benchmarks] {name}: {status} in {e['seconds']:.0f} s", flush=True)
         if e["results"]:
-            print(format_table(e["results"]), flush=True)
+            print(e.get("markdown") or format_table(e["results"]), flush=True)
         e["generated"] = _now()
         entries.append(e)
     if args.merge is not None:

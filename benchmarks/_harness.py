@@ -114,10 +114,15 @@ def result(workload: str, peer: str, timing: Timing, **kwargs: Any) -> Result:
     )
 
 
-def format_table(results: list[Result], baseline_peer: str = "fdl") -> str:
-    """A markdown table per workload: median, min-max, and time relative to ``baseline_peer``.
+def workload_tables(
+    results: list[Result],
+    baseline_peer: str,
+    header: Callable[[Result], list[str]],
+    row: Callable[[Result, Result], str],
+) -> str:
+    """A markdown table per workload: ``header(base)`` lines, then ``row(r, base)`` per result.
 
-    The ratio column is ``peer median / baseline median`` (> 1: the peer is slower).
+    ``base`` is the workload's ``baseline_peer`` result (its first result if absent).
     """
     out: list[str] = []
     workloads: dict[str, list[Result]] = {}
@@ -125,19 +130,30 @@ def format_table(results: list[Result], baseline_peer: str = "fdl") -> str:
         workloads.setdefault(r.workload, []).append(r)
     for name, rows in workloads.items():
         base = next((r for r in rows if r.peer == baseline_peer), rows[0])
-        out.append(f"### {name}\n")
-        out.append(
-            f"| peer | median (ms) | min–max (ms) | time / {base.peer} | compile (s) | note |"
-        )
-        out.append("|---|---:|---:|---:|---:|---|")
-        for r in rows:
-            comp = f"{r.compile_s:.1f}" if r.compile_s is not None else ""
-            out.append(
-                f"| {r.peer} | {r.median_s * 1e3:.3f} | {r.min_s * 1e3:.3f}–{r.max_s * 1e3:.3f} "
-                f"| {r.median_s / base.median_s:.2f}× | {comp} | {r.note} |"
-            )
-        out.append("")
+        out += [f"### {name}\n", *header(base), *(row(r, base) for r in rows), ""]
     return "\n".join(out)
+
+
+def format_table(results: list[Result], baseline_peer: str = "fdl") -> str:
+    """A markdown table per workload: median, min-max, and time relative to ``baseline_peer``.
+
+    The ratio column is ``peer median / baseline median`` (> 1: the peer is slower).
+    """
+
+    def header(base: Result) -> list[str]:
+        return [
+            f"| peer | median (ms) | min–max (ms) | time / {base.peer} | compile (s) | note |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+
+    def row(r: Result, base: Result) -> str:
+        comp = f"{r.compile_s:.1f}" if r.compile_s is not None else ""
+        return (
+            f"| {r.peer} | {r.median_s * 1e3:.3f} | {r.min_s * 1e3:.3f}–{r.max_s * 1e3:.3f} "
+            f"| {r.median_s / base.median_s:.2f}× | {comp} | {r.note} |"
+        )
+
+    return workload_tables(results, baseline_peer, header, row)
 
 
 def allocator_note() -> str:
@@ -190,14 +206,16 @@ def peak_mem_child(fn: Callable[[], Any]) -> float:
     return _status_mb("VmHWM") - base
 
 
-def peak_mem(module: str, peer: str, batch: int, *, timeout: float = 900) -> float | None:
-    """``python -m <module> --mem PEER BATCH`` in a fresh process: its printed ``peak_mb``.
+def peak_mem(
+    module: str, peer: str, batch: int, *, timeout: float = 900, args: tuple[str, ...] = ()
+) -> float | None:
+    """``python -m <module> --mem PEER BATCH *args`` in a fresh process: its printed ``peak_mb``.
 
     The child runs under glibc's default allocator policy (it never calls
     ``fdl.allocator.keep_freed_memory()``): with freed memory kept, the first call's
     memory would stay mapped and the peak would not grow. ``None`` if the child fails.
     """
-    cmd = [sys.executable, "-m", module, "--mem", peer, str(batch)]
+    cmd = [sys.executable, "-m", module, "--mem", peer, str(batch), *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
         return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])

@@ -1,4 +1,4 @@
-"""Per-sample gradients and DP-SGD on the document's MNIST CNN.
+"""Per-sample gradients and DP-SGD on the document's MNIST CNN and on two text classifiers.
 
 Peers, per batch size (64 and 256), all eager on the CPU, measured side by
 side in one process (warm-up, repeats, medians):
@@ -13,6 +13,18 @@ side in one process (warm-up, repeats, medians):
 and a training step: ``fdl dp step`` (``fdl.privacy.make_dp_train_step``, Adam)
 against ``non-private step`` (``fdl.train.make_train_step``, eager, Adam).
 
+Text classifiers (``benchmarks/_text.py``: Embedding → LSTM → last step → Linear, and
+Embedding → TransformerEncoderLayer → mean → Linear; vocabulary 256, T = 64, d = 64),
+batch 64 and 256: ``batch gradient``, ``fdl`` (``auto``; the note names the path it
+took), ``fdl vmap``, ``per-example loop``, ``opacus`` (``GradSampleModule`` hooks on
+``DPLSTM`` / ``DPMultiheadAttention`` holding the same weights), and the norms alone:
+``fdl norms`` against ``opacus ghost norms`` (``GradSampleModuleFastGradientClipping``
+with ghost clipping, ``get_norm_sample()``). Before timing, every peer's per-sample
+gradients (or norms) are asserted equal to fdl's. Opacus is told the loss is a mean
+(``loss_reduction="mean"``): it then scales the output gradients by ``B`` itself, so its
+``grad_sample`` is each example's own gradient, as fdl's (with ``"sum"`` declared for a
+mean loss it would be ``1/B`` of that).
+
 Times are process CPU seconds with one torch thread: on a machine shared with
 other jobs, wall-clock time mostly measures the other jobs. Peak memory is the
 growth of the process's peak resident set while running the peer, measured
@@ -24,7 +36,7 @@ Run::
 
     python -m benchmarks.per_sample            # full
     python -m benchmarks.per_sample --quick    # batch 64, fewer repeats
-    python -m benchmarks.per_sample --sequences  # also the Transformer/LSTM classifiers
+    python -m benchmarks.per_sample --text-only  # only the text classifiers
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from typing import Any
 import torch
 
 import fdl
+from benchmarks import _text
 from benchmarks._harness import (
     Result,
     Timing,
@@ -172,82 +185,141 @@ def _make(peer: str, batch: int) -> Callable[[], Any]:
     raise ValueError(f"unknown peer {peer!r}")
 
 
-SEQ_PEERS = ["batch gradient", "fdl", "fdl norms", "fdl vmap", "per-example loop"]
-SEQ_VOCAB, SEQ_LEN, SEQ_DIM, SEQ_CLASSES = 1000, 32, 64, 4
+TEXT_PEERS = [
+    "batch gradient",
+    "fdl",
+    "fdl vmap",
+    "per-example loop",
+    "opacus",
+    "fdl norms",
+    "opacus ghost norms",
+]
+TEXT_BATCHES = (64, 256)
+# float32 against float32, different orders of the same sums (over B·T terms for the weights
+# shared across the sequence): 1e-4 relative plus 1e-4 of the leaf's largest entry
+TEXT_RTOL, TEXT_ATOL = 1e-4, 1e-4
 
 
-def _sequence_model(kind: str) -> tuple[Any, Callable[..., torch.Tensor]]:
-    """Embedding -> (2-layer TransformerEncoder | LSTM) -> pool -> Linear: params and logits."""
-    nn = fdl.nn
-    emb = nn.Embedding(SEQ_VOCAB, SEQ_DIM, padding_idx=0)
-    fc = nn.Linear(SEQ_DIM, SEQ_CLASSES)
-    if kind == "transformer":
-        layer = nn.TransformerEncoderLayer(
-            SEQ_DIM, 4, dim_feedforward=2 * SEQ_DIM, dropout=0.0, batch_first=True
-        )
-        body: Any = nn.TransformerEncoder(layer, 2)
-        run_body = lambda p, h: body.apply(p, h).mean(1)  # noqa: E731  # mean-pool
+def _opacus_text(kind: str, peer: str, params: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
+    """Opacus on the text model: ``(call, to_fdl)``.
+
+    Told ``loss_reduction="mean"``, Opacus multiplies the output gradients by ``B`` before
+    its hooks, so its ``grad_sample`` (and ghost norms) are each example's own, as fdl's.
+    """
+    import warnings
+
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    # the embedding's integer input needs no gradient: torch says so on every backward
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    module = _text.torch_classifier(kind, params, opacus=True)
+    first = _text.batch_first(kind, opacus=True)
+    if peer == "opacus":
+        gsm: Any = GradSampleModule(module, batch_first=first, loss_reduction="mean")
     else:
-        body = nn.LSTM(SEQ_DIM, SEQ_DIM, batch_first=True)
-        run_body = lambda p, h: body.apply(p, h)[0][:, -1]  # noqa: E731  # last step
-    keys = fdl.random.split(fdl.random.key(0), 3)
-    params = {"emb": emb.init(keys[0]), "body": body.init(keys[1]), "fc": fc.init(keys[2])}
+        gsm = GradSampleModuleFastGradientClipping(
+            module, batch_first=first, loss_reduction="mean", use_ghost_clipping=True
+        )
 
-    def logits(p: Any, x: torch.Tensor) -> torch.Tensor:
-        return fc.apply(p["fc"], run_body(p["body"], emb.apply(p["emb"], x)))
+    def call() -> Any:
+        for p in gsm.parameters():
+            p.grad_sample = None
+            p.grad = None
+        torch.nn.functional.cross_entropy(gsm(x), y).backward()
+        if peer == "opacus":
+            return {id(p): p.grad_sample for p in module.parameters()}
+        return gsm.get_norm_sample()
 
-    return params, logits
+    if peer == "opacus":
+        return call, lambda out: _text.torch_names(module, out)
+    return call, lambda norms: norms
 
 
-def _make_sequence(kind: str, peer: str, batch: int) -> Callable[[], Any]:
-    """The callable timed for ``peer`` on the ``kind`` sequence classifier at ``batch``."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, SEQ_VOCAB, (batch, SEQ_LEN), generator=g)
-    y = torch.randint(0, SEQ_CLASSES, (batch,), generator=g)
-    params, logits = _sequence_model(kind)
+def _make_text(kind: str, peer: str, batch: int) -> tuple[Callable[[], Any], Any]:
+    """``(call, to_fdl)`` for ``peer`` on the ``kind`` text classifier at ``batch``.
 
-    def loss_fn(p: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return fdl.losses.cross_entropy(logits(p, x), y)
-
+    ``to_fdl(call())`` is the peer's per-sample gradients (by fdl's dotted names) or norms,
+    as fdl defines them; ``None`` for the batch gradient (not per-sample).
+    """
+    x, y = _text.data(batch)
+    params, loss_fn = _text.fdl_classifier(kind)
+    named = lambda g: dict(fdl.nn.state_dict(g))  # noqa: E731
+    if peer.startswith("opacus"):
+        return _opacus_text(kind, peer, params, x, y)
     if peer == "batch gradient":
         grad = torch.func.grad(loss_fn)
-        return lambda: grad(params, x, y)
+        return (lambda: grad(params, x, y)), None
     if peer == "per-example loop":
         grad = torch.func.grad(loss_fn)
-        return lambda: fdl.tree.stack(
-            [grad(params, x[i : i + 1], y[i : i + 1]) for i in range(batch)]
+        loop = (
+            lambda: fdl.tree.stack(  # noqa: E731
+                [grad(params, x[i : i + 1], y[i : i + 1]) for i in range(batch)]
+            )
         )
+        return loop, named
     fn = {
         "fdl": fdl.per_sample_grads(loss_fn),
         "fdl norms": fdl.per_sample_grad_norms(loss_fn),
         "fdl vmap": fdl.per_sample_grads(loss_fn, method="vmap"),
     }[peer]
-    return lambda: fn(params, x, y)
+    return (lambda: fn(params, x, y)), (lambda out: out) if peer == "fdl norms" else named
 
 
-def _path(kind: str, batch: int) -> str:
-    """The path ``per_sample_grads`` takes on the ``kind`` classifier (rules or vmap)."""
-    params, logits = _sequence_model(kind)
-    x = torch.randint(1, SEQ_VOCAB, (batch, SEQ_LEN))
-    y = torch.randint(0, SEQ_CLASSES, (batch,))
-    loss_fn = lambda p, x, y: fdl.losses.cross_entropy(logits(p, x), y)  # noqa: E731
-    return fdl.per_sample.per_sample_method(loss_fn)(params, x, y).method
+def _text_method(kind: str, batch: int) -> str:
+    """The path ``per_sample_grads`` takes on the ``kind`` classifier, and why."""
+    params, loss_fn = _text.fdl_classifier(kind)
+    plan = fdl.per_sample.per_sample_method(loss_fn)(params, *_text.data(batch))
+    return plan.method + (f" ({plan.reason})" if plan.reason else "")
 
 
-def run_sequences(quick: bool = False) -> list[Result]:
-    """Per-sample gradients of an embedding + Transformer (rules) and + LSTM (vmap) classifier."""
+def check_text(kind: str, outputs: dict[str, Any]) -> None:
+    """Assert every peer's converted output equals fdl's (gradients) or fdl norms' (norms).
+
+    ``outputs`` maps a peer to ``to_fdl(call())``; peers absent or ``None`` are skipped.
+    """
+    close = lambda got, ref, msg: torch.testing.assert_close(  # noqa: E731
+        got, ref, rtol=TEXT_RTOL, atol=TEXT_ATOL * float(ref.abs().max()), msg=msg
+    )
+    grads, norms = outputs["fdl"], outputs["fdl norms"]
+    for peer, out in outputs.items():
+        if out is None or peer in ("fdl", "fdl norms"):
+            continue
+        if peer.endswith("norms"):
+            close(out, norms, lambda m, peer=peer: f"{kind}: {peer} vs fdl norms: {m}")
+            continue
+        assert set(out) == set(grads), (kind, peer, sorted(set(out) ^ set(grads)))
+        for name, ref in grads.items():
+            close(out[name], ref, lambda m, n=name, peer=peer: f"{kind}: {peer} {n}: {m}")
+    flat = torch.cat([g.flatten(1) for g in grads.values()], 1)  # (B, P)
+    close(norms, flat.norm(dim=1), lambda m: f"{kind}: fdl norms vs |fdl grads|: {m}")
+
+
+def run_text(quick: bool = False) -> list[Result]:
+    """Per-sample gradients and norms of the LSTM and Transformer text classifiers.
+
+    Every peer's result is first checked against fdl's (:func:`check_text`); that call
+    is also the warm-up.
+    """
     torch.set_num_threads(1)
     results: list[Result] = []
-    for kind in ("transformer", "lstm"):
-        for batch in (16,) if quick else (32, 128):
-            workload = f"{kind} classifier (T={SEQ_LEN}, d={SEQ_DIM}), per-sample, batch {batch}"
-            path = _path(kind, batch)
-            for peer in SEQ_PEERS:
-                fn = _make_sequence(kind, peer, batch)
-                slow = peer in ("per-example loop", "fdl vmap")
+    for kind in _text.KINDS:
+        for batch in TEXT_BATCHES[:1] if quick else TEXT_BATCHES:
+            workload = (
+                f"{kind} text classifier (T={_text.SEQ}, d={_text.DIM}), "
+                f"per-sample gradients, batch {batch}"
+            )
+            method = _text_method(kind, batch)
+            peers = {peer: _make_text(kind, peer, batch) for peer in TEXT_PEERS}
+            outputs = {p: (call(), conv) for p, (call, conv) in peers.items()}  # warm-up
+            check_text(kind, {p: conv and conv(out) for p, (out, conv) in outputs.items()})
+            for peer, (call, _) in peers.items():
+                slow = peer in ("per-example loop", "fdl vmap") or peer.startswith("opacus")
                 repeats = 2 if quick else (3 if slow else 5)
-                t = measure_cpu(fn, warmup=1, repeats=repeats)
-                note = f"path: {path}" if peer in ("fdl", "fdl norms") else ""
+                t = measure_cpu(call, warmup=0, repeats=repeats)
+                note = f"path: {method}" if peer in ("fdl", "fdl norms") else ""
+                if peer.endswith("norms"):
+                    note = "; ".join(filter(None, ["norms only", note]))
                 results.append(result(workload, peer, t, note=note))
     return results
 
@@ -264,8 +336,11 @@ def measure_cpu(fn: Callable[[], Any], *, warmup: int, repeats: int) -> Timing:
     return Timing(times)
 
 
-def run(quick: bool = False, memory: bool = True) -> list[Result]:
-    """Time every peer at batch 64 (and 256 unless ``quick``), one thread, CPU time."""
+def run(quick: bool = False, memory: bool = True, text: bool = True) -> list[Result]:
+    """Time every peer at batch 64 (and 256 unless ``quick``), one thread, CPU time.
+
+    ``text``: also the text classifiers (:func:`run_text`).
+    """
     torch.manual_seed(0)
     torch.set_num_threads(1)
     results: list[Result] = []
@@ -284,7 +359,7 @@ def run(quick: bool = False, memory: bool = True) -> list[Result]:
             results.append(
                 result(workload, peer, timings[peer], peak_mem_mb=mem, note=note, extra=extra)
             )
-    return results
+    return results + (run_text(quick) if text else [])
 
 
 def flops(quick: bool = False) -> dict[str, int]:
@@ -327,15 +402,17 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--sequences", action="store_true", help="also the sequence classifiers")
+    ap.add_argument("--text-only", action="store_true", help="only the text classifiers")
     ap.add_argument("--mem", nargs=2, metavar=("PEER", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mem:
         print(json.dumps({"peak_mb": peak_mem_child(_make(args.mem[0], int(args.mem[1])))}))
     else:
-        res = run(quick=args.quick, memory=not args.no_memory)
-        if args.sequences:
-            res += run_sequences(quick=args.quick)
+        if args.text_only:
+            res = run_text(quick=args.quick)
+        else:
+            res = run(quick=args.quick, memory=not args.no_memory)
         print(format_table(res))
         print(threads_note())
-        print(_summary(res))
+        if not args.text_only:
+            print(_summary(res))
