@@ -6,7 +6,7 @@ step receives (conv weights, image batches, their optimizer moments) the
 step runs, so each convolution, pooling and normalisation in it reads and
 writes NHWC memory; the params and optimizer state the step returns get back
 the strides of the ones passed in. Only strides change, never shapes or
-values: ``x.contiguous(memory_format=...)`` is a copy with the same entries,
+values: ``x.to(memory_format=...)`` is a copy with the same entries,
 and the returned params equal (and ``state_dict`` exactly as) those of the
 default ``"preserve"``, which passes every tensor through as it comes.
 
@@ -53,7 +53,9 @@ def check_memory_format(memory_format: Any, who: str) -> None:
 
 def _to_channels_last(leaf: Any) -> Any:
     if isinstance(leaf, torch.Tensor) and leaf.dim() in _CHANNELS_LAST and leaf.is_floating_point():
-        return leaf.contiguous(memory_format=_CHANNELS_LAST[leaf.dim()])
+        # ``to``, not ``contiguous``: with one channel a tensor is already "contiguous" in
+        # both layouts, and only ``to`` gives it the channel stride 1 the kernels look at
+        return leaf.to(memory_format=_CHANNELS_LAST[leaf.dim()])
     return leaf
 
 
