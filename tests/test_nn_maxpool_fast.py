@@ -1,11 +1,11 @@
-"""fdl's 2x2 max-pool paths (eager custom ops, compiled selections) equal torch's.
+"""The eager 2x2 max-pool path (channels-last forward, backward in the input's layout).
 
 ``fdl.nn.functional.max_pool2d(x, 2)`` on a ``(N, C, H, W)`` input with
-``C > 1`` takes its own eager path (see ``_MaxPool2x2``), and in compiled code
-the pointwise selections of ``max_pool2x2_select``; every derivative that fdl
+``C > 1`` takes its own path (see ``_MaxPool2x2``); every derivative that fdl
 supports must still be torch's, bit for bit: values, reverse mode, forward
 mode, second order, under ``vmap`` and ``grad``, with ties and NaN, and in the
-input's memory layout.
+input's memory layout. Compiled code keeps the compiler's pooling (checked
+once under inductor, ties and NaN included).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fdl.nn import functional as FF
-from fdl.nn._maxpool import _MaxPool2x2, max_pool2x2_select
+from fdl.nn._maxpool import _MaxPool2x2
 
 SHAPES = [(2, 3, 8, 8), (3, 5, 7, 9), (1, 2, 2, 2), (4, 16, 28, 28)]
 
@@ -89,36 +89,6 @@ def test_channels_last_and_strided_inputs() -> None:
     assert y.stride() == F.max_pool2d(channels_last, 2).stride() and y.stride()[1] == 1
     g = torch.func.grad(lambda t: FF.max_pool2d(t, 2).pow(2).sum())(channels_last)
     assert g.stride() == channels_last.stride()
-
-
-# the compiled path, checked eagerly (it is plain torch ops) and once under inductor
-SELECT_SHAPES = [(2, 3, 8, 8), (3, 5, 7, 9), (2, 1, 5, 4), (3, 6, 6), (1, 2, 2, 3)]
-
-
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("shape", SELECT_SHAPES)
-def test_select_path_values_and_gradients_equal_torch(
-    shape: tuple[int, ...], layout: torch.memory_format
-) -> None:
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64)
-    if x.dim() == 4:
-        x = x.to(memory_format=layout)
-    y = max_pool2x2_select(x)
-    assert torch.equal(y, F.max_pool2d(x, 2))
-    w = torch.randn(y.shape, generator=g, dtype=torch.float64)
-    g1 = torch.func.grad(lambda t: (max_pool2x2_select(t) * w).sum())(x)
-    assert torch.equal(g1, torch.func.grad(lambda t: (F.max_pool2d(t, 2) * w).sum())(x))
-
-
-def test_select_path_ties_and_nan_follow_torch() -> None:
-    x = _ties()
-    x[0, 0, 2:, 2:] = torch.tensor([[float("nan"), 1.0], [float("nan"), 2.0]])  # two NaNs
-    y1, y2 = max_pool2x2_select(x), F.max_pool2d(x, 2)
-    torch.testing.assert_close(y1, y2, rtol=0, atol=0, equal_nan=True)
-    g1 = torch.func.grad(lambda t: max_pool2x2_select(t).nan_to_num().sum())(x)
-    g2 = torch.func.grad(lambda t: F.max_pool2d(t, 2).nan_to_num().sum())(x)
-    assert torch.equal(g1, g2)
 
 
 def test_compiled_max_pool_equals_torch_with_ties_and_nan() -> None:

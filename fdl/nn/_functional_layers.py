@@ -2,9 +2,8 @@
 
 Linear maps, convolutions and pooling call torch's kernels directly
 (``F.linear``, ``F.conv2d``, ``F.max_pool2d``, ...), so code that intercepts
-those kernels (per-sample gradients) sees them; the exception is 2x2
-max-pooling, which goes through the faster paths of ``fdl/nn/_maxpool.py``
-(custom ops eagerly, pointwise selections in compiled code).
+those kernels (per-sample gradients) sees them; the exception is eager 2x2
+max-pooling, which goes through the faster custom ops of ``fdl/nn/_maxpool.py``.
 ``bilinear`` and ``dropout`` are written out; ``dropout`` takes an explicit
 ``fdl.random`` key.
 """
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 from fdl import random as _random
 from fdl.nn._functional_named import with_first
-from fdl.nn._maxpool import _MaxPool2x2, max_pool2x2, max_pool2x2_select
+from fdl.nn._maxpool import _MaxPool2x2, max_pool2x2
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -214,7 +213,7 @@ def _max_pool(
     ceil_mode: bool = False,
     return_indices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``max_pool{n}d``: torch's kernel, or for 2x2 windows fdl's faster paths."""
+    """``max_pool{n}d``: torch's kernel, or for eager 2x2 windows fdl's faster one."""
     stride = kernel_size if stride is None else stride
     if (
         n == 2
@@ -224,14 +223,9 @@ def _max_pool(
         and _is_pair(stride, 2)
         and _is_pair(padding, 0)
         and _is_pair(dilation, 1)
-        and input.dim() in (3, 4)
-        and input.is_floating_point()
-        and min(input.shape[-2:]) >= 2  # smaller: torch's kernel raises its error
+        and _MaxPool2x2.applies(input)
     ):
-        if torch.compiler.is_compiling():
-            return max_pool2x2_select(input)
-        if _MaxPool2x2.applies(input):
-            return max_pool2x2(input)
+        return max_pool2x2(input)
     kernel = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
     return kernel(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
