@@ -13,6 +13,10 @@ Peers, each a full step (forward, backward, Adam update):
 - ``torch.compile + fused Adam``: the same module under ``torch.compile`` with
   ``torch.optim.Adam(fused=True)``.
 
+and on the CNN the same three in channels-last memory (``fdl channels-last``:
+``make_train_step(..., memory_format="channels_last")``; the torch peers: model
+and input ``.to(memory_format=torch.channels_last)``).
+
 Run: ``python -m benchmarks.train_step`` (``--quick`` for fewer repeats).
 """
 
@@ -69,13 +73,19 @@ class _FdlMLP(fdl.nn.Layer):
         return F.log_softmax(self.fc3.apply(params["fc3"], x), dim=1)
 
 
-def _fdl_step(model: Any, params: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _fdl_step(
+    model: Any,
+    params: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    memory_format: fdl.train.MemoryFormat = "preserve",
+) -> Callable[[], None]:
     opt = fdl.optim.adam(lr=1e-3)
 
     def loss_fn(p: Any, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return fdl.losses.nll_loss(model.apply(p, xb), yb)
 
-    step = fdl.train.make_train_step(loss_fn, opt)
+    step = fdl.train.make_train_step(loss_fn, opt, memory_format=memory_format)
     carry = {"params": params, "state": opt.init(params)}
 
     def call() -> None:
@@ -85,8 +95,15 @@ def _fdl_step(model: Any, params: Any, x: torch.Tensor, y: torch.Tensor) -> Call
 
 
 def _torch_step(
-    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, compiled: bool
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    compiled: bool,
+    channels_last: bool = False,
 ) -> Callable[[], None]:
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=compiled or None)
     forward = torch.compile(net) if compiled else net
 
@@ -108,7 +125,7 @@ def _workload(
     quick: bool,
 ) -> list[Result]:
     torch.manual_seed(0)
-    nets = [torch_net() for _ in range(3)]
+    nets = [torch_net() for _ in range(5 if x.dim() == 4 else 3)]
     for net in nets[1:]:
         net.load_state_dict(nets[0].state_dict())
     params = fdl.nn.load_state_dict(
@@ -123,6 +140,24 @@ def _workload(
             "torch.compile(module), Adam(fused=True)",
         ),
     ]
+    if x.dim() == 4:  # image batches: the same peers in channels-last memory
+        peers += [
+            (
+                "fdl channels-last",
+                _fdl_step(fdl_model, params, x, y, memory_format="channels_last"),
+                'make_train_step(memory_format="channels_last")',
+            ),
+            (
+                "torch eager channels-last",
+                _torch_step(nets[3], x, y, compiled=False, channels_last=True),
+                "module and input .to(memory_format=torch.channels_last)",
+            ),
+            (
+                "torch.compile channels-last",
+                _torch_step(nets[4], x, y, compiled=True, channels_last=True),
+                "torch.compile(module), Adam(fused=True), channels-last",
+            ),
+        ]
     repeats, number = (5, 5) if quick else (15, 10)
     compile_s = [time_first_call(call) for _, call, _ in peers]  # includes compilation
     for _, call, _ in peers:

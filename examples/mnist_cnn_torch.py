@@ -45,7 +45,7 @@ class CNN(nn.Module):
         x = F.max_pool2d(x, 2)  # the fix: pool after conv1 too (28 -> 14)
         x = F.relu(self.conv2(x))
         x = F.max_pool2d(x, 2)  # 14 -> 7
-        x = x.view(-1, 64 * 7 * 7)
+        x = torch.flatten(x, 1)  # (N, 3136); a view when x is contiguous, a copy if channels-last
         x = F.relu(self.fc1(x))
         x = self.fc2(x)
         return F.log_softmax(x, dim=1)

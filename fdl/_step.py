@@ -16,7 +16,8 @@ loss (:func:`fdl.train.make_train_step`), the clipped and noised DP-SGD
 gradient (:func:`fdl.privacy.make_dp_train_step`), the gradients given as an
 input (:func:`fdl.optim.make_update`); :func:`fdl.ensemble.make_ensemble_train_step`
 vmaps the eager core step over a leading member axis. Compilation goes
-through :func:`fdl._compile.maybe_compile`.
+through :func:`fdl._compile.maybe_compile`, and the memory layout the step runs
+in (``memory_format=``) through :func:`fdl._layout.with_memory_format`.
 
 Example:
     >>> import torch, fdl
@@ -33,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fdl import _compile
+from fdl import _compile, _layout
 from fdl import tree as _tree
 from fdl.optim.base import apply_updates
 
@@ -67,6 +68,7 @@ def make_step(
     *,
     donate: bool = False,
     compile: _compile.CompileArg = True,
+    memory_format: _layout.MemoryFormat = "preserve",
     **compile_aliases: Any,
 ) -> Callable[..., tuple[Any, ...]]:
     """Build ``step(params, opt_state, *inputs, **options) -> (params, opt_state, *outputs)``.
@@ -77,16 +79,25 @@ def make_step(
         donate: write the new params and state into the buffers of the ones
             passed in (see :func:`donate_into`); without it nothing is modified.
         compile: see :data:`fdl._compile.CompileArg`.
+        memory_format: ``"preserve"`` runs on the tensors as they come;
+            ``"channels_last"`` on channels-last strides of every 4-d
+            floating-point param, state and input tensor, returning params and
+            state with the incoming strides (see :mod:`fdl._layout`).
         compile_aliases: older single-option spellings (``backend=``, ``mode=``).
 
     Returns:
         The step, with a compile cache of its own.
     """
 
-    def step(params: Any, opt_state: Any, *inputs: Any, **options: Any) -> tuple[Any, ...]:
+    def update(params: Any, opt_state: Any, *inputs: Any, **options: Any) -> tuple[Any, ...]:
         grads, *outputs = grad_fn(params, *inputs, **options)
         updates, new_state = optimizer.update(grads, opt_state, params)
-        new_params = apply_updates(params, updates)
+        return (apply_updates(params, updates), new_state, *outputs)
+
+    update = _layout.with_memory_format(update, memory_format)
+
+    def step(params: Any, opt_state: Any, *inputs: Any, **options: Any) -> tuple[Any, ...]:
+        new_params, new_state, *outputs = update(params, opt_state, *inputs, **options)
         if donate:
             new_params, new_state = donate_into((params, opt_state), (new_params, new_state))
         return (new_params, new_state, *outputs)

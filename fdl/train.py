@@ -36,19 +36,21 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fdl import _compile, _step
+from fdl import _compile, _layout, _step
 from fdl import data as _data
 from fdl import random as _random
 from fdl import reporting as _reporting
 from fdl import tree as _tree
 from fdl._arrays import leading_size
 from fdl._compile import CompileArg
+from fdl._layout import MemoryFormat
 from fdl.nn.functional import softmax
 from fdl.optim.base import apply_updates
 
 __all__ = [
     "CompileArg",
     "FitResult",
+    "MemoryFormat",
     "evaluate",
     "fit",
     "grads_and_loss",
@@ -102,6 +104,7 @@ def make_train_step(
     compile: CompileArg = True,
     grad_fn: GradTransform = grads_and_loss,
     donate: bool = False,
+    memory_format: MemoryFormat = "preserve",
 ) -> Callable[..., tuple[Any, ...]]:
     """Build ``step(params, opt_state, *batch) -> (params, opt_state, loss[, aux])``.
 
@@ -135,6 +138,14 @@ def make_train_step(
         donate: the caller gives up the ``params`` and ``opt_state`` it passes
             in: the step writes the results into their buffers and returns
             them (no fresh copy per step; see :func:`fdl.optim.make_update`).
+        memory_format: the memory layout the step runs in. ``"preserve"``
+            (default): every tensor as it comes. ``"channels_last"``: every
+            4-d floating-point param, optimizer-state and batch tensor gets
+            ``torch.channels_last`` strides inside the step (5-d:
+            ``channels_last_3d``), so convolutions, pooling and normalisation
+            read and write NHWC memory; the returned params and state have the
+            strides of the incoming ones, and equal the default's values (see
+            "Memory layout" in ``docs/training.md`` for when it pays).
 
     Returns:
         The step function. Each call of ``make_train_step`` compiles its own
@@ -154,17 +165,27 @@ def make_train_step(
     if not callable(loss_fn):
         raise TypeError(f"make_train_step: loss_fn must be callable, got {type(loss_fn).__name__}")
     _step.check_optimizer(optimizer, "make_train_step")
+    _layout.check_memory_format(memory_format, "make_train_step")
     return _step.make_step(
-        grad_fn(loss_fn, has_aux=has_aux), optimizer, donate=donate, compile=compile
+        grad_fn(loss_fn, has_aux=has_aux),
+        optimizer,
+        donate=donate,
+        compile=compile,
+        memory_format=memory_format,
     )
 
 
-def make_eval_step(fn: Callable[..., Any], *, compile: CompileArg = True) -> Callable[..., Any]:
+def make_eval_step(
+    fn: Callable[..., Any],
+    *,
+    compile: CompileArg = True,
+    memory_format: MemoryFormat = "preserve",
+) -> Callable[..., Any]:
     """Build ``eval_step(params, *batch) -> fn(params, *batch)`` without gradient tracking.
 
     ``fn`` returns any pytree of tensors (a loss, logits, sums of correct
     predictions, ...). The step runs under ``torch.no_grad()`` and is compiled
-    like :func:`make_train_step`'s.
+    like :func:`make_train_step`'s, in its ``memory_format``.
 
     Example:
         >>> import torch
@@ -174,6 +195,8 @@ def make_eval_step(fn: Callable[..., Any], *, compile: CompileArg = True) -> Cal
     """
     if not callable(fn):
         raise TypeError(f"make_eval_step: fn must be callable, got {type(fn).__name__}")
+    _layout.check_memory_format(memory_format, "make_eval_step")
+    fn = _layout.eval_in_memory_format(fn, memory_format)
 
     def eval_step(params: Any, *batch: Any) -> Any:
         with torch.no_grad():
@@ -401,10 +424,17 @@ class _TrainStep:
     """
 
     def __init__(
-        self, grad_fn: Callable[..., tuple[Any, ...]], optimizer: Any, compile: CompileArg
+        self,
+        grad_fn: Callable[..., tuple[Any, ...]],
+        optimizer: Any,
+        compile: CompileArg,
+        memory_format: MemoryFormat = "preserve",
     ):
         self._grad_fn, self._optimizer, self._compile = grad_fn, optimizer, compile
-        self._step = _step.make_step(grad_fn, optimizer, compile=compile)
+        self._memory_format = memory_format
+        self._step = _step.make_step(
+            grad_fn, optimizer, compile=compile, memory_format=memory_format
+        )
         self._probe: Callable[..., tuple[Any, ...]] | None = None
 
     def __call__(self, *args: Any) -> tuple[Any, ...]:
@@ -420,7 +450,8 @@ class _TrainStep:
                 new_params = apply_updates(params, updates)
                 return (new_params, new_state, *outputs, grads, updates)
 
-            self._probe = _compile.maybe_compile(probe_step, self._compile)
+            probe = _layout.with_memory_format(probe_step, self._memory_format)
+            self._probe = _compile.maybe_compile(probe, self._compile)
         return self._probe(*args)
 
 
@@ -445,6 +476,7 @@ def fit(
     start_epoch: int = 0,
     eval_batch_size: int = 1000,
     reporters: Sequence[Any] = (),
+    memory_format: MemoryFormat = "preserve",
 ) -> FitResult:
     """Train a model for ``epochs`` epochs with a compiled step; validate after each epoch.
 
@@ -487,6 +519,9 @@ def fit(
         reporters: further reporters (objects with ``on_step``,
             ``on_epoch_end``, ... hooks; see :mod:`fdl.reporting`), called
             after the default ones.
+        memory_format: the layout of the train and validation steps (see
+            :func:`make_train_step`); ``"channels_last"`` for convolutional
+            models on CPU.
 
     Returns:
         :class:`FitResult` ``(params, opt_state, history)``; ``history`` has one
@@ -511,14 +546,20 @@ def fit(
     if opt_state is None:
         opt_state = optimizer.init(params)
     _step.check_optimizer(optimizer, "fit")
+    _layout.check_memory_format(memory_format, "fit")
     train_step = _TrainStep(
         grads_and_loss(_masked_metrics(apply, loss, accuracy, train=True), has_aux=True),
         optimizer,
         compile,
+        memory_format,
     )
     eval_step = None
     if val_data is not None:
-        eval_step = make_eval_step(_masked_metrics(apply, loss, accuracy, False), compile=compile)
+        eval_step = make_eval_step(
+            _masked_metrics(apply, loss, accuracy, False),
+            compile=compile,
+            memory_format=memory_format,
+        )
     steps = _data.num_batches(n, batch_size)
     reps = [
         *_reporting.default_reporters(

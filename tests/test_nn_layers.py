@@ -352,6 +352,10 @@ LAYERS: dict[str, Entry] = {
 }
 NAMES = list(LAYERS)
 PARAMETRIC = [n for n in NAMES if LAYERS[n].example()[0].param_shapes()]
+# layers on (N, C, H, W) images, checked again with channels-last inputs and conv weights
+CHANNELS_LAST = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
+CHANNELS_LAST += ["Sequential"]
+LAYOUTS = [(n, "contiguous") for n in NAMES] + [(n, "channels_last") for n in CHANNELS_LAST]
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -361,6 +365,16 @@ def _params_from_torch(case: Case) -> dict[str, Any]:
     # clone: torch writes into its own weights (Embedding max_norm), ours must not alias them
     sd = {k: v.clone() for k, v in case.module.state_dict().items()}
     return fdl.nn.load_state_dict(sd, case.layer)
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def _channels_last(case: Case) -> Case:
+    """``case`` with channels-last 4-d inputs and torch module (the params follow the module)."""
+    module = case.module.to(memory_format=torch.channels_last)
+    return Case(case.layer, module, tuple(_cl(x) for x in case.inputs), case.kwargs, case.vmap)
 
 
 def _first(y: Any) -> torch.Tensor:
@@ -391,17 +405,21 @@ def _torch_grads(case: Case, cot: torch.Tensor) -> tuple[Any, list]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "layout"), LAYOUTS)
 @SETTINGS
 @given(data=st.data())
-def test_parity_with_torch(name: str, dtype: torch.dtype, data: st.DataObject) -> None:
+def test_parity_with_torch(name: str, layout: str, dtype: torch.dtype, data: st.DataObject) -> None:
     case = data.draw(st.composite(lambda draw: LAYERS[name].build(draw, dtype))())
+    if layout == "channels_last":
+        case = _channels_last(case)
     tol = TOL[dtype]
     params = _params_from_torch(case)
     # values (and purity: apply modifies neither params nor inputs)
     y = assert_pure(case.layer.apply, params, *case.inputs, **(case.kwargs or {}))
     expected = case.module(*case.inputs, **(case.kwargs or {}))
     assert_trees_close(y, expected, rtol=tol, atol=tol)
+    if layout == "channels_last":  # the layout is torch's too: what NHWC code reads next
+        assert _first(y).stride() == _first(expected).stride()
     # gradients w.r.t. params and inputs, with a random cotangent
     y0 = _first(expected)
     cot = torch.randn(y0.shape, dtype=y0.dtype, generator=torch.Generator().manual_seed(1))

@@ -1,9 +1,11 @@
-"""The eager 2x2 max-pool path (channels-last forward, contiguous backward) equals torch's.
+"""The eager 2x2 max-pool path (channels-last forward, backward in the input's layout).
 
-``fdl.nn.functional.max_pool2d(x, 2)`` on a contiguous ``(N, C, H, W)`` input
-with ``C > 1`` takes its own path (see ``_MaxPool2x2``); every derivative that
-fdl supports must still be torch's, bit for bit: values, reverse mode, forward
-mode, second order, under ``vmap`` and ``grad``, with ties and NaN.
+``fdl.nn.functional.max_pool2d(x, 2)`` on a ``(N, C, H, W)`` input with
+``C > 1`` takes its own path (see ``_MaxPool2x2``); every derivative that fdl
+supports must still be torch's, bit for bit: values, reverse mode, forward
+mode, second order, under ``vmap`` and ``grad``, with ties and NaN, and in the
+input's memory layout. Compiled code keeps the compiler's pooling (checked
+once under inductor, ties and NaN included).
 """
 
 from __future__ import annotations
@@ -76,8 +78,26 @@ def test_vmap_grad_jvp_hessian_equal_torch() -> None:
 def test_channels_last_and_strided_inputs() -> None:
     g = torch.Generator().manual_seed(2)
     base = torch.randn(4, 6, 10, 12, generator=g)
-    for x in (base.contiguous(memory_format=torch.channels_last), base.transpose(2, 3)):
+    channels_last = base.contiguous(memory_format=torch.channels_last)
+    for x in (channels_last, base.transpose(2, 3)):
         assert _MaxPool2x2.applies(x)
         assert torch.equal(FF.max_pool2d(x, 2), F.max_pool2d(x, 2))
         g1 = torch.func.grad(lambda t: FF.max_pool2d(t, 2).pow(2).sum())(x)
         assert torch.equal(g1, torch.func.grad(lambda t: F.max_pool2d(t, 2).pow(2).sum())(x))
+    # channels-last in, channels-last out, forward and backward (as torch's own kernel)
+    y = FF.max_pool2d(channels_last, 2)
+    assert y.stride() == F.max_pool2d(channels_last, 2).stride() and y.stride()[1] == 1
+    g = torch.func.grad(lambda t: FF.max_pool2d(t, 2).pow(2).sum())(channels_last)
+    assert g.stride() == channels_last.stride()
+
+
+def test_compiled_max_pool_equals_torch_with_ties_and_nan() -> None:
+    torch._dynamo.reset()
+    x = _ties().to(memory_format=torch.channels_last) + torch.arange(4.0).reshape(1, 1, 1, 4)
+
+    def grad(pool):  # noqa: ANN001, ANN202
+        return torch.func.grad_and_value(lambda t: pool(t, 2).nan_to_num().pow(2).sum())
+
+    got = torch.compile(grad(FF.max_pool2d), fullgraph=True)(x)
+    want = grad(F.max_pool2d)(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)

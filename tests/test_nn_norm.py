@@ -122,6 +122,8 @@ NORMS: list[NormCase] = [
     ),
 ]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+# the layers of (N, C, H, W) images, checked again on channels-last inputs
+CHANNELS_LAST = [c for c in NORMS if c.name in ("GroupNorm", "BatchNorm2d")]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -208,7 +210,17 @@ def test_batch_norm_every_option_combination(case, options):
     _check_parity(case, {**kwargs, **options}, shape, torch.float64, seed=11)
 
 
-def _check_parity(case, kwargs, shape, dtype, seed):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CHANNELS_LAST, ids=lambda c: c.name)
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_parity_in_channels_last(case, dtype, seed):
+    """Channels-last inputs: torch's values, gradients, statistics, and torch's output layout."""
+    kwargs, shape = case.example
+    _check_parity(case, kwargs, (4, *shape[1:2], 5, 3), dtype, seed, torch.channels_last)
+
+
+def _check_parity(case, kwargs, shape, dtype, seed, memory_format=torch.contiguous_format):
     module = _torch_module(case, kwargs, dtype, seed)
     layer = case.fdl_layer(**kwargs, dtype=dtype)
     params, state = _params_and_state(module)
@@ -217,12 +229,18 @@ def _check_parity(case, kwargs, shape, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     # three training steps then one evaluation step (stateless layers: train flag unused)
     for step, train in enumerate([True, True, True, False]):
-        x = torch.randn(shape, generator=g, dtype=dtype) * 3 + 1
-        cot = torch.rand(shape, generator=g, dtype=dtype) + 0.5
+        x = (torch.randn(shape, generator=g, dtype=dtype) * 3 + 1).contiguous(
+            memory_format=memory_format
+        )
+        cot = (torch.rand(shape, generator=g, dtype=dtype) + 0.5).contiguous(
+            memory_format=memory_format
+        )
         what = f"{case.name} {kwargs} step {step} train={train}"
         got, got_g, state = _fdl_value_and_grads(layer, params, x, state, train, cot)
         want, want_g = _torch_value_and_grads(module, x, train, cot)
         _close(got, want, dtype, what + " value")
+        assert got.stride() == want.stride(), what + " layout"
+        assert got_g["input"].stride() == want_g["input"].stride(), what + " input-grad layout"
         _close(got_g, want_g, dtype, what + " grads")
         _close(state, dict(module.named_buffers()), dtype, what + " state")
 

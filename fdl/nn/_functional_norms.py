@@ -87,9 +87,9 @@ def group_norm(
 ) -> Tensor:
     """Group normalisation: statistics per sample over each group of channels.
 
-    ``input`` of shape ``(N, C, *)`` is viewed as ``(N, G, C // G * prod(*))``;
-    ``mu`` and the biased ``var`` are taken over the last axis;
-    ``y = (input - mu) / sqrt(var + eps)``, reshaped back, then
+    ``input`` of shape ``(N, C, *)`` is viewed as ``(N, G, C // G, *)``;
+    ``mu`` and the biased ``var`` are taken over every axis after ``G``;
+    ``y = (input - mu) / sqrt(var + eps)``, viewed back, then
     ``y * weight[c] + bias[c]`` per channel ``c``.
 
     Args:
@@ -112,7 +112,7 @@ def group_norm(
         raise ValueError(
             f"group_norm: expected an input of shape (N, C, *), got {tuple(input.shape)}"
         )
-    n, c = input.shape[0], input.shape[1]
+    c = input.shape[1]
     if num_groups <= 0 or c % num_groups != 0:
         raise ValueError(
             f"group_norm: the number of channels ({c}) must be divisible by num_groups "
@@ -123,9 +123,11 @@ def group_norm(
         raise ValueError(
             f"group_norm: expected more than 1 value in the input, got shape {tuple(input.shape)}"
         )
-    grouped = input.reshape(n, num_groups, -1)  # (N, G, C//G * spatial)
-    var, mu = torch.var_mean(grouped, dim=-1, correction=0, keepdim=True)  # biased variance
-    y = ((grouped - mu) * torch.rsqrt(var + eps)).reshape(input.shape)
+    # a view in every memory layout, so y keeps the input's (channels-last stays so)
+    grouped = input.unflatten(1, (num_groups, c // num_groups))  # (N, G, C//G, *)
+    dims = tuple(range(2, grouped.dim()))
+    var, mu = torch.var_mean(grouped, dim=dims, correction=0, keepdim=True)  # biased variance
+    y = ((grouped - mu) * torch.rsqrt(var + eps)).flatten(1, 2)  # (N, C, *)
     return _affine(y, weight, bias, (1, c) + (1,) * (input.dim() - 2))
 
 
