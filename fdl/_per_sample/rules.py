@@ -103,11 +103,21 @@ class Recorder(TorchFunctionMode):
     :class:`fdl._per_sample.marks.VmapOnly`.
     """
 
-    def __init__(self, params: list[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        *,
+        outputs: str = "graph",
+        perturb: list[torch.Tensor] | None = None,
+    ) -> None:
+        """``outputs``: ``"graph"`` (each output a graph node), ``"probe"`` (left as computed)
+        or ``"perturb"`` (``out + perturb[k]`` for the ``k``-th call)."""
         super().__init__()
+        self.outputs = outputs
+        self.perturb = perturb
         self.slots = [_views.Slot(i, tuple(p.shape)) for i, p in enumerate(params)]
         self.ids = {id(p): i for i, p in enumerate(params)}
-        self._alive: list[torch.Tensor] = list(params)  # keeps every tracked id in use
+        self._alive: list[torch.Tensor] = list(params)  # slot i's tensor; keeps its id in use
         self.records: list[Record] = []
 
     def __enter__(self) -> Recorder:
@@ -118,8 +128,18 @@ class Recorder(TorchFunctionMode):
         super().__exit__(*exc)
         _marks.ACTIVE.remove(self)
 
+    def _emit(self, out: torch.Tensor) -> torch.Tensor:
+        """The output a recorded call hands on, by :attr:`outputs` (before its record is kept)."""
+        if self.outputs == "perturb":
+            return out + self.perturb[len(self.records)]  # type: ignore[index]
+        return out if self.outputs == "probe" else _as_graph_node(out)
+
     def _slot(self, t: Any) -> int | None:
-        return self.ids.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if not isinstance(t, torch.Tensor):
+            return None
+        if torch.compiler.is_compiling():  # id() would guard on the input object: compare by `is`
+            return next((i for i, s in enumerate(self._alive) if s is t), None)
+        return self.ids.get(id(t))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -132,7 +152,7 @@ class Recorder(TorchFunctionMode):
             rec = self._embedding(args, kwargs)
         elif func in _SCALES or func in _SHIFTS:
             rec = self._broadcast("scale" if func in _SCALES else "shift", func, args, kwargs)
-        elif args and self._slot(args[0]) is not None and _views.is_view_call(func, args):
+        elif args and _views.is_view_call(func, args) and self._slot(args[0]) is not None:
             return self._view(func, args, kwargs)
         if rec is None:
             return func(*args, **kwargs)
@@ -165,7 +185,7 @@ class Recorder(TorchFunctionMode):
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             return None
         out = _LINEAR(x, weight.detach(), None if bias is None else bias.detach())
-        out = _as_graph_node(out)
+        out = self._emit(out)
         self.records.append(Record("linear", w_slot, b_slot, x.detach(), out))
         return out
 
@@ -187,7 +207,7 @@ class Recorder(TorchFunctionMode):
         pad = bound.get("padding_idx")
         if pad is not None and pad < 0:
             pad += weight.shape[0]
-        out = _as_graph_node(_EMBEDDING(idx, weight.detach(), pad))
+        out = self._emit(_EMBEDDING(idx, weight.detach(), pad))
         self.records.append(
             Record(
                 "embedding", w_slot, None, idx.detach(), out,
@@ -214,7 +234,7 @@ class Recorder(TorchFunctionMode):
         out = func(a, w.detach())  # commutative: a first
         if out.shape != a.shape:
             return None
-        out = _as_graph_node(out)
+        out = self._emit(out)
         self.records.append(
             Record(kind, w_slot, None, a.detach(), out, weight_shape=tuple(w.shape))  # type: ignore[arg-type]
         )
@@ -260,7 +280,7 @@ class Recorder(TorchFunctionMode):
             dilation,
             groups,
         )
-        out = _as_graph_node(out)
+        out = self._emit(out)
         self.records.append(
             Record(
                 "conv",
