@@ -101,6 +101,12 @@ class Recorder(TorchFunctionMode):
     autograd graph (and the rules path then refuses). While it is active, a
     layer marked ``vmap``-only (:func:`fdl._per_sample.marks.vmap_only`) raises
     :class:`fdl._per_sample.marks.VmapOnly`.
+
+    ``outputs`` says what a recorded call hands on: ``"graph"`` (eager: the
+    output made a graph node, for ``torch.autograd.grad``), ``"probe"`` (the
+    output as computed, outside the graph) or ``"perturb"`` (``out +
+    perturb[k]`` for the ``k``-th call); the last two serve
+    :func:`fdl._per_sample.core.record_traced`.
     """
 
     def __init__(
@@ -110,8 +116,6 @@ class Recorder(TorchFunctionMode):
         outputs: str = "graph",
         perturb: list[torch.Tensor] | None = None,
     ) -> None:
-        """``outputs``: ``"graph"`` (each output a graph node), ``"probe"`` (left as computed)
-        or ``"perturb"`` (``out + perturb[k]`` for the ``k``-th call)."""
         super().__init__()
         self.outputs = outputs
         self.perturb = perturb

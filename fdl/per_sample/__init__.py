@@ -34,9 +34,15 @@ Two methods compute the same numbers:
 only by such calls and falls back to ``vmap`` otherwise (a parameter used by
 any other op, a recurrent layer (``RNN``/``LSTM``/``GRU`` mark themselves
 ``vmap``-only), a sequence-first layout, a non-linear reduction, coupled
-examples, random ops, or when running under ``torch.compile`` or a
-``torch.func`` transform). :func:`per_sample_method` reports which path a
-call takes and the rule behind each parameter.
+examples, random ops, or inside a ``torch.func`` transform).
+:func:`per_sample_method` reports which path a call takes and the rule behind
+each parameter.
+
+Under ``torch.compile(fullgraph=True)`` the rules are traced too: the static
+reasons above still send a call to ``vmap`` (decided while tracing), while the
+data-dependent check (the reduction, coupled examples) runs in the graph and
+raises ``RuntimeError`` when the compiled function runs, instead of falling
+back (pass ``method="vmap"`` for such a loss).
 """
 
 from __future__ import annotations
