@@ -28,22 +28,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from test_per_sample_layers import _ints, _randn
 
 import fdl
 from fdl import privacy
 from fdl._per_sample import core as _core
 
 B = 6
-
-
-def _randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
-
-
-def _ints(*shape: int, high: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, high, shape, generator=g)
 
 
 def _init(model: fdl.nn.Layer, dtype: torch.dtype) -> Any:

@@ -306,11 +306,33 @@ def _record(
     has_aux: bool,
     n: int,
 ) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
-    """Run ``loss_fn`` once, recording layer calls, and backpropagate to their outputs."""
+    """Run ``loss_fn`` once, recording layer calls, and backpropagate to their outputs.
+
+    Under ``torch.compile`` the same records come from :func:`record_traced`.
+    """
     req = [p.detach().requires_grad_(p.is_floating_point()) for p in flat]
+
+    def run(params: list[torch.Tensor], rec: _rules.Recorder) -> tuple[torch.Tensor, Any]:
+        return _run_recorded(loss_fn, treedef, params, batch, has_aux, rec)
+
+    if torch.compiler.is_compiling():
+        loss, aux, records, slots = record_traced(run, req, n)
+    else:
+        loss, aux, records, slots = _record_eager(run, req, treedef, n)
+    aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
+    return loss.detach(), aux, records, slots
+
+
+Run = Callable[[list[torch.Tensor], _rules.Recorder], tuple[torch.Tensor, Any]]
+
+
+def _record_eager(
+    run: Run, req: list[torch.Tensor], treedef: Any, n: int
+) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
+    """The recording with ``torch.autograd.grad`` to the layer outputs and the parameters."""
     rec = _rules.Recorder(req)
     with torch.enable_grad():
-        loss, aux = _run_recorded(loss_fn, treedef, req, batch, has_aux, rec)
+        loss, aux = run(req, rec)
         records = rec.records
         _check_records(records, n)
         wrt = [r.out for r in records] + [p for p in req if p.requires_grad]
@@ -321,50 +343,43 @@ def _record(
     tracked = [i for i, p in enumerate(req) if p.requires_grad]
     for i, g in zip(tracked, grads[n_rec:], strict=True):
         if g is not None:
-            paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
+            paths = _tree.paths(_tree.unflatten(treedef, list(range(len(req)))))
             raise NoRule(f"parameter {paths[i]!r} is used outside the layers with rules")
     for r, g in zip(records, grads[:n_rec], strict=True):
         r.g = torch.zeros_like(r.out) if g is None else g
         r.out = None  # type: ignore[assignment]  # drop the graph (out is never read again)
-    aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
-    return loss.detach(), aux, records, rec.slots
+    return loss, aux, records, rec.slots
 
 
 def record_traced(
-    loss_fn: LossFn,
-    flat: list[torch.Tensor],
-    treedef: Any,
-    batch: Sequence[Any],
-    has_aux: bool,
-    n: int,
+    run: Run, req: list[torch.Tensor], n: int
 ) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
-    """:func:`_record` in a form Dynamo traces (``torch.autograd.grad`` does not).
+    """The recording in a form Dynamo traces (``torch.autograd.grad`` does not).
 
-    Two recordings of ``loss_fn``. The probe runs the intercepted calls with
-    outputs outside the graph and the parameters tracked: every decision is
-    made on it from shapes and ``requires_grad`` alone, so the traced graph
-    holds no Python branch on data (the loss still requiring grad means a
-    parameter reached it through another op). The probe's values are unused
-    and the compiler drops its ops. The second recording adds a zero ``ε_k`` to
-    the output of the ``k``-th call, and ``torch.func.vjp`` of the loss gives
-    ``g_k = ∂loss/∂ε_k``, the output gradients, with the layer inputs as aux.
+    Two recordings of the loss (``run(params, recorder)``). The probe runs the
+    intercepted calls with outputs outside the graph and the parameters
+    tracked (``req``): every decision is made on it from shapes and
+    ``requires_grad`` alone, so the traced graph holds no Python branch on data
+    (the loss still requiring grad means a parameter reached it through
+    another op). The probe's values are unused and the compiler drops its ops.
+    The second recording adds a zero ``ε_k`` to the output of the ``k``-th
+    call, and ``torch.func.vjp`` of the loss gives ``g_k = ∂loss/∂ε_k``, the
+    output gradients, with the layer inputs as aux.
     """
-    req = [p.detach().requires_grad_(p.is_floating_point()) for p in flat]
     probe = _rules.Recorder(req, outputs="probe")
     with torch.enable_grad():
-        loss, _ = _run_recorded(loss_fn, treedef, req, batch, has_aux, probe)
+        loss, _ = run(req, probe)
     records = probe.records
     _check_records(records, n)
     if loss.requires_grad:
         raise NoRule("a parameter is used outside the layers with rules")
-    det = [p.detach() for p in flat]
+    det = [p.detach() for p in req]
     eps = [torch.zeros(r.out.shape, dtype=r.out.dtype, device=r.out.device) for r in records]
-
     kept: list[Any] = []  # aux's structure and its non-tensor leaves (vjp's aux holds tensors)
 
     def perturbed(*eps: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, list[torch.Tensor]]]:
         rec = _rules.Recorder(det, outputs="perturb", perturb=list(eps))
-        loss, aux = _run_recorded(loss_fn, treedef, det, batch, has_aux, rec)
+        loss, aux = run(det, rec)
         leaves, aux_def = _tree.flatten(aux)
         kept[:] = [aux_def, [None if isinstance(t, torch.Tensor) else t for t in leaves]]
         tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
@@ -378,8 +393,7 @@ def record_traced(
     for r, a, g in zip(records, acts, vjp_fn(torch.ones_like(loss)), strict=True):
         r.a, r.g = a, g
         r.out = None  # type: ignore[assignment]
-    aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
-    return loss.detach(), aux, records, probe.slots
+    return loss, aux, records, probe.slots
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
@@ -487,35 +501,20 @@ def rules_factored(
     """The rules path on one (sub-)batch: loss, aux and the factored representation."""
     flat, treedef = _tree.flatten(params)
     n = batch_size(batch)
-    if torch.compiler.is_compiling():
-        return _rules_factored_traced(loss_fn, flat, treedef, batch, has_aux, n)
     loss, aux, records, table = _record(loss_fn, flat, treedef, batch, has_aux, n)
-    if n > 1:
+    if n > 1 and torch.compiler.is_compiling():  # the reduction found and checked in the graph
+        j = _loudest(records)
+        one_batch = tuple(_tree.map(lambda t: t.index_select(0, j), tuple(batch)))  # (1, ...)
+        _, _, one, _ = _record(loss_fn, flat, treedef, one_batch, has_aux, 1)
+        scale = _reduction_scale_traced(records, one, n, j)
+        for r in records:
+            r.g = r.g * scale.to(r.g.dtype)  # undo a batch mean (scale n) or keep a sum (1)
+    elif n > 1:
         _, _, one, _ = _record(loss_fn, flat, treedef, _slice(batch, 0, 1), has_aux, 1)
         c = _reduction_scale(records, one, n)
         if c != 1.0:
             for r in records:
                 r.g = r.g * n  # undo the batch mean: per-example output gradients
-    return loss, aux, Factored(records, flat, n, table)
-
-
-def _rules_factored_traced(
-    loss_fn: LossFn,
-    flat: list[torch.Tensor],
-    treedef: Any,
-    batch: Sequence[Any],
-    has_aux: bool,
-    n: int,
-) -> tuple[torch.Tensor, Any, Factored]:
-    """:func:`rules_factored` under ``torch.compile``: the reduction is checked in the graph."""
-    loss, aux, records, table = record_traced(loss_fn, flat, treedef, batch, has_aux, n)
-    if n > 1:
-        j = _loudest(records)
-        one_batch = tuple(_tree.map(lambda t: t.index_select(0, j), tuple(batch)))  # (1, ...)
-        _, _, one, _ = record_traced(loss_fn, flat, treedef, one_batch, has_aux, 1)
-        scale = _reduction_scale_traced(records, one, n, j)
-        for r in records:
-            r.g = r.g * scale.to(r.g.dtype)  # undo a batch mean (scale n) or keep a sum (1)
     return loss, aux, Factored(records, flat, n, table)
 
 

@@ -26,7 +26,6 @@ input and the output tensor of each call.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +83,21 @@ def _as_graph_node(out: torch.Tensor) -> torch.Tensor:
     return out if out.requires_grad else out.requires_grad_()
 
 
-def _bind(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
-    except TypeError:
+# F.embedding's parameters in order (bound by hand: Dynamo does not trace inspect.signature)
+_EMBEDDING_PARAMS = (
+    "input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse",
+)  # fmt: skip
+
+
+def _bind_embedding(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``F.embedding``'s arguments by name, or ``None`` if they do not bind."""
+    if len(args) > len(_EMBEDDING_PARAMS) or any(k not in _EMBEDDING_PARAMS for k in kwargs):
         return None
+    bound = dict(zip(_EMBEDDING_PARAMS, args, strict=False))
+    if any(k in bound for k in kwargs):
+        return None
+    bound.update(kwargs)
+    return bound if "input" in bound and "weight" in bound else None
 
 
 class Recorder(TorchFunctionMode):
@@ -195,7 +204,7 @@ class Recorder(TorchFunctionMode):
 
     def _embedding(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
         """``F.embedding`` without ``max_norm``/``scale_grad_by_freq``/``sparse``."""
-        bound = _bind(_EMBEDDING, args, kwargs)
+        bound = _bind_embedding(args, kwargs)
         if bound is None:
             return None
         idx, weight = bound["input"], bound["weight"]
