@@ -563,7 +563,7 @@ def decompose(
     (for callers that compute what they need by ``vmap`` themselves).
     """
     batch_size(batch)
-    if method != "vmap":
+    if method == "rules" or (method == "auto" and not torch.compiler.is_compiling()):
         out = try_rules(
             loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=need_loss
         )
