@@ -1269,6 +1269,33 @@ CATALOGUE: list[Mutant] = [
         PER_SAMPLE_LAYERS,
         select="grads_equal",
     ),
+    Mutant(
+        "per_sample.traced.reduction_pick",
+        "per_sample",
+        "under compile the reduction check takes the farther of 1 and 1/B (mean and sum swapped)",
+        "mean = (ratio - 1.0 / n).abs() < (ratio - 1.0).abs()",
+        "mean = (ratio - 1.0 / n).abs() > (ratio - 1.0).abs()",
+        ("tests/test_per_sample_compile.py",),
+        select="ghost_norms",
+    ),
+    Mutant(
+        "per_sample.traced.mean_not_undone",
+        "per_sample",
+        "under compile the batch mean is not undone (per-example gradients 1/B too small)",
+        "r.g = r.g * scale.to(r.g.dtype)",
+        "r.g = r.g",
+        ("tests/test_per_sample_compile.py",),
+        select="ghost_norms",
+    ),
+    Mutant(
+        "per_sample.traced.outside_use_unchecked",
+        "per_sample",
+        "the compiled probe forgets that a parameter read by another op rules the rules out",
+        "    if loss.requires_grad:\n",
+        "    if False:\n",
+        ("tests/test_per_sample_compile.py",),
+        select="structural_fallback",
+    ),
     # ------------------------------------------------------------- checkpoint
     Mutant(
         "checkpoint.digest_ignored",

@@ -193,10 +193,12 @@ def batch_size(batch: Sequence[Any]) -> int:
     return next(iter(sizes.values()))
 
 
-def in_transform() -> bool:
-    """True under ``torch.compile`` tracing or inside a ``torch.func`` transform."""
-    if torch.compiler.is_compiling():
-        return True
+def in_func_transform() -> bool:
+    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ...).
+
+    ``torch.compile`` tracing is not a transform here: the rules path traces
+    (:func:`record_traced`).
+    """
     return torch._C._functorch.maybe_current_level() is not None
 
 
@@ -266,6 +268,36 @@ def vmap_sq_norms(
 # ---------------------------------------------------------------------------
 
 
+def _run_recorded(
+    loss_fn: LossFn,
+    treedef: Any,
+    flat: list[torch.Tensor],
+    batch: Sequence[Any],
+    has_aux: bool,
+    rec: _rules.Recorder,
+) -> tuple[torch.Tensor, Any]:
+    """``loss_fn`` on ``flat`` under ``rec``; a ``vmap``-only layer becomes :class:`NoRule`."""
+    try:
+        with rec:
+            out = loss_fn(_tree.unflatten(treedef, flat), *batch)
+    except _marks.VmapOnly as e:
+        raise NoRule(f"{e} is marked as computed by vmap (no per-sample rule)") from None
+    return _split_out(out, has_aux)
+
+
+def _check_records(records: list[_rules.Record], n: int) -> None:
+    """NoRule unless some layer was recorded and every record leads with the batch axis."""
+    if not records:
+        raise NoRule("no layer with a per-sample rule uses a parameter")
+    for r in records:
+        if r.out.shape[0] != n or r.a.shape[0] != n:
+            raise NoRule(
+                f"a {r.kind} call's input or output of shape {tuple(r.a.shape)} -> "
+                f"{tuple(r.out.shape)} does not lead with the batch axis ({n}) "
+                "(e.g. a sequence-first layout)"
+            )
+
+
 def _record(
     loss_fn: LossFn,
     flat: list[torch.Tensor],
@@ -274,26 +306,35 @@ def _record(
     has_aux: bool,
     n: int,
 ) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
-    """Run ``loss_fn`` once, recording layer calls, and backpropagate to their outputs."""
+    """Run ``loss_fn`` once, recording layer calls, and backpropagate to their outputs.
+
+    Under ``torch.compile`` the same records come from :func:`record_traced`.
+    """
     req = [p.detach().requires_grad_(p.is_floating_point()) for p in flat]
+
+    def run(params: list[torch.Tensor], rec: _rules.Recorder) -> tuple[torch.Tensor, Any]:
+        return _run_recorded(loss_fn, treedef, params, batch, has_aux, rec)
+
+    if torch.compiler.is_compiling():
+        loss, aux, records, slots = record_traced(run, req, n)
+    else:
+        loss, aux, records, slots = _record_eager(run, req, treedef, n)
+    aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
+    return loss.detach(), aux, records, slots
+
+
+Run = Callable[[list[torch.Tensor], _rules.Recorder], tuple[torch.Tensor, Any]]
+
+
+def _record_eager(
+    run: Run, req: list[torch.Tensor], treedef: Any, n: int
+) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
+    """The recording with ``torch.autograd.grad`` to the layer outputs and the parameters."""
     rec = _rules.Recorder(req)
     with torch.enable_grad():
-        try:
-            with rec:
-                out = loss_fn(_tree.unflatten(treedef, req), *batch)
-        except _marks.VmapOnly as e:
-            raise NoRule(f"{e} is marked as computed by vmap (no per-sample rule)") from None
-        loss, aux = _split_out(out, has_aux)
+        loss, aux = run(req, rec)
         records = rec.records
-        if not records:
-            raise NoRule("no layer with a per-sample rule uses a parameter")
-        for r in records:
-            if r.out.shape[0] != n or r.a.shape[0] != n:
-                raise NoRule(
-                    f"a {r.kind} call's input or output of shape {tuple(r.a.shape)} -> "
-                    f"{tuple(r.out.shape)} does not lead with the batch axis ({n}) "
-                    "(e.g. a sequence-first layout)"
-                )
+        _check_records(records, n)
         wrt = [r.out for r in records] + [p for p in req if p.requires_grad]
         if not loss.requires_grad:
             raise NoRule("the loss does not depend on the parameters")
@@ -302,13 +343,57 @@ def _record(
     tracked = [i for i, p in enumerate(req) if p.requires_grad]
     for i, g in zip(tracked, grads[n_rec:], strict=True):
         if g is not None:
-            paths = _tree.paths(_tree.unflatten(treedef, list(range(len(flat)))))
+            paths = _tree.paths(_tree.unflatten(treedef, list(range(len(req)))))
             raise NoRule(f"parameter {paths[i]!r} is used outside the layers with rules")
     for r, g in zip(records, grads[:n_rec], strict=True):
         r.g = torch.zeros_like(r.out) if g is None else g
         r.out = None  # type: ignore[assignment]  # drop the graph (out is never read again)
-    aux = _tree.map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
-    return loss.detach(), aux, records, rec.slots
+    return loss, aux, records, rec.slots
+
+
+def record_traced(
+    run: Run, req: list[torch.Tensor], n: int
+) -> tuple[torch.Tensor, Any, list[_rules.Record], list[_views.Slot]]:
+    """The recording in a form Dynamo traces (``torch.autograd.grad`` does not).
+
+    Two recordings of the loss (``run(params, recorder)``). The probe runs the
+    intercepted calls with outputs outside the graph and the parameters
+    tracked (``req``): every decision is made on it from shapes and
+    ``requires_grad`` alone, so the traced graph holds no Python branch on data
+    (the loss still requiring grad means a parameter reached it through
+    another op). The probe's values are unused and the compiler drops its ops.
+    The second recording adds a zero ``ε_k`` to the output of the ``k``-th
+    call, and ``torch.func.vjp`` of the loss gives ``g_k = ∂loss/∂ε_k``, the
+    output gradients, with the layer inputs as aux.
+    """
+    probe = _rules.Recorder(req, outputs="probe")
+    with torch.enable_grad():
+        loss, _ = run(req, probe)
+    records = probe.records
+    _check_records(records, n)
+    if loss.requires_grad:
+        raise NoRule("a parameter is used outside the layers with rules")
+    det = [p.detach() for p in req]
+    eps = [torch.zeros(r.out.shape, dtype=r.out.dtype, device=r.out.device) for r in records]
+    kept: list[Any] = []  # aux's structure and its non-tensor leaves (vjp's aux holds tensors)
+
+    def perturbed(*eps: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, list[torch.Tensor]]]:
+        rec = _rules.Recorder(det, outputs="perturb", perturb=list(eps))
+        loss, aux = run(det, rec)
+        leaves, aux_def = _tree.flatten(aux)
+        kept[:] = [aux_def, [None if isinstance(t, torch.Tensor) else t for t in leaves]]
+        tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+        return loss, (tensors, [r.a for r in rec.records])
+
+    loss, vjp_fn, (aux_tensors, acts) = torch.func.vjp(perturbed, *eps, has_aux=True)
+    tensors = iter(aux_tensors)
+    aux = _tree.unflatten(kept[0], [next(tensors) if t is None else t for t in kept[1]])
+    if len(acts) != len(records):
+        raise NoRule("the layers called differ between two runs of loss_fn")
+    for r, a, g in zip(records, acts, vjp_fn(torch.ones_like(loss)), strict=True):
+        r.a, r.g = a, g
+        r.out = None  # type: ignore[assignment]
+    return loss, aux, records, probe.slots
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
@@ -319,6 +404,15 @@ def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale + 1e-30))
 
 
+def _check_same_layers(full: list[_rules.Record], one: list[_rules.Record]) -> None:
+    same_layers = len(full) == len(one) and all(
+        (a.kind, a.weight, a.bias) == (b.kind, b.weight, b.bias)
+        for a, b in zip(full, one, strict=False)
+    )
+    if not same_layers:
+        raise NoRule("the layers called differ between the batch and a single example")
+
+
 def _reduction_scale(full: list[_rules.Record], one: list[_rules.Record], n: int) -> float:
     """Find ``c`` with ``batch output grad of example 0 == c · its batch-of-one output grad``.
 
@@ -326,12 +420,7 @@ def _reduction_scale(full: list[_rules.Record], one: list[_rules.Record], n: int
     (a non-linear reduction, examples coupled by the model such as batch
     statistics, a random op that draws differently) raises :class:`NoRule`.
     """
-    same_layers = len(full) == len(one) and all(
-        (a.kind, a.weight, a.bias) == (b.kind, b.weight, b.bias)
-        for a, b in zip(full, one, strict=False)
-    )
-    if not same_layers:
-        raise NoRule("the layers called differ between the batch and a single example")
+    _check_same_layers(full, one)
     num = sum(float(r.g[:1].double().square().sum()) for r in full)
     den = sum(float(r.g.double().square().sum()) for r in one)
     if den == 0.0 or num == 0.0:
@@ -357,6 +446,55 @@ def _reduction_scale(full: list[_rules.Record], one: list[_rules.Record], n: int
     return c
 
 
+TRACED_CHECK_FAILED = (
+    "per-sample rules under torch.compile: the batch gradient of the example with the largest "
+    "gradient is not 1 or 1/B times its gradient as a batch of one (loss_fn is not a sum or "
+    "mean of per-example terms, or the model couples examples or draws randomness per batch); "
+    "a compiled step cannot fall back to vmap on data, so pass method='vmap'"
+)
+
+
+def _close_traced(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`_close` as a 0-d bool tensor (a shape mismatch is :class:`NoRule` at trace time)."""
+    if a.shape != b.shape:
+        raise NoRule("a recorded call's shape differs between the batch and a single example")
+    if not a.is_floating_point():
+        return (a == b).all()
+    atol = 1e-4 * b.abs().max() + 1e-30
+    return ((a - b).abs() <= atol + 1e-3 * b.abs()).all()
+
+
+def _loudest(records: list[_rules.Record]) -> torch.Tensor:
+    """``(1,)`` index of the example with the largest output-gradient energy ``Σ_r ‖g_r[i]‖²``."""
+    energy = sum(r.g.double().flatten(1).square().sum(1) for r in records)
+    return energy.argmax().reshape(1)  # type: ignore[union-attr]
+
+
+def _reduction_scale_traced(
+    full: list[_rules.Record], one: list[_rules.Record], n: int, j: torch.Tensor
+) -> torch.Tensor:
+    """``1/c`` (``1`` or ``n``, a 0-d float64 tensor) from example ``j``, checked in the graph.
+
+    :func:`_reduction_scale` on tensors: ``c`` is whichever of ``1`` and ``1/n``
+    is nearer to the gradient ratio, and the checks become one
+    ``torch._assert_async`` (raised when the compiled function runs). ``j`` is
+    the example with the largest gradient, so ``c`` is identified unless every
+    output gradient is zero (then ``c`` does not matter).
+    """
+    _check_same_layers(full, one)
+    num = sum(r.g.index_select(0, j).double().square().sum() for r in full)
+    den = sum(r.g.double().square().sum() for r in one)
+    ratio = (num / den).sqrt()  # type: ignore[operator]
+    mean = (ratio - 1.0 / n).abs() < (ratio - 1.0).abs()
+    c = torch.where(mean, 1.0 / n, 1.0)
+    ok = (ratio / c - 1.0).abs() < 1e-3
+    for a, b in zip(full, one, strict=True):
+        ok = ok & _close_traced(a.g.index_select(0, j).double(), c * b.g.double())
+        ok = ok & _close_traced(a.a.index_select(0, j), b.a)
+    torch._assert_async(ok | (num == 0), TRACED_CHECK_FAILED)
+    return 1.0 / c
+
+
 def rules_factored(
     loss_fn: LossFn, params: Any, batch: Sequence[Any], has_aux: bool
 ) -> tuple[torch.Tensor, Any, Factored]:
@@ -364,7 +502,14 @@ def rules_factored(
     flat, treedef = _tree.flatten(params)
     n = batch_size(batch)
     loss, aux, records, table = _record(loss_fn, flat, treedef, batch, has_aux, n)
-    if n > 1:
+    if n > 1 and torch.compiler.is_compiling():  # the reduction found and checked in the graph
+        j = _loudest(records)
+        one_batch = tuple(_tree.map(lambda t: t.index_select(0, j), tuple(batch)))  # (1, ...)
+        _, _, one, _ = _record(loss_fn, flat, treedef, one_batch, has_aux, 1)
+        scale = _reduction_scale_traced(records, one, n, j)
+        for r in records:
+            r.g = r.g * scale.to(r.g.dtype)  # undo a batch mean (scale n) or keep a sum (1)
+    elif n > 1:
         _, _, one, _ = _record(loss_fn, flat, treedef, _slice(batch, 0, 1), has_aux, 1)
         c = _reduction_scale(records, one, n)
         if c != 1.0:
@@ -383,8 +528,8 @@ def try_rules(
     need_loss: bool,
 ) -> tuple[torch.Tensor | None, Any, Any] | str:
     """The rules path, or the reason (a string) why it does not apply."""
-    if in_transform():
-        return "it cannot run under torch.compile or torch.func transforms"
+    if in_func_transform():
+        return "it cannot run inside torch.func transforms"
     n = batch_size(batch)
     try:
         if chunk_size is None or chunk_size >= n:
@@ -418,7 +563,7 @@ def decompose(
     (for callers that compute what they need by ``vmap`` themselves).
     """
     batch_size(batch)
-    if method != "vmap":
+    if method == "rules" or (method == "auto" and not torch.compiler.is_compiling()):
         out = try_rules(
             loss_fn, params, batch, has_aux=has_aux, chunk_size=chunk_size, need_loss=need_loss
         )

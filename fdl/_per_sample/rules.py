@@ -26,7 +26,6 @@ input and the output tensor of each call.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +83,21 @@ def _as_graph_node(out: torch.Tensor) -> torch.Tensor:
     return out if out.requires_grad else out.requires_grad_()
 
 
-def _bind(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        return dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
-    except TypeError:
+# F.embedding's parameters in order (bound by hand: Dynamo does not trace inspect.signature)
+_EMBEDDING_PARAMS = (
+    "input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse",
+)  # fmt: skip
+
+
+def _bind_embedding(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``F.embedding``'s arguments by name, or ``None`` if they do not bind."""
+    if len(args) > len(_EMBEDDING_PARAMS) or any(k not in _EMBEDDING_PARAMS for k in kwargs):
         return None
+    bound = dict(zip(_EMBEDDING_PARAMS, args, strict=False))
+    if any(k in bound for k in kwargs):
+        return None
+    bound.update(kwargs)
+    return bound if "input" in bound and "weight" in bound else None
 
 
 class Recorder(TorchFunctionMode):
@@ -101,13 +110,27 @@ class Recorder(TorchFunctionMode):
     autograd graph (and the rules path then refuses). While it is active, a
     layer marked ``vmap``-only (:func:`fdl._per_sample.marks.vmap_only`) raises
     :class:`fdl._per_sample.marks.VmapOnly`.
+
+    ``outputs`` says what a recorded call hands on: ``"graph"`` (eager: the
+    output made a graph node, for ``torch.autograd.grad``), ``"probe"`` (the
+    output as computed, outside the graph) or ``"perturb"`` (``out +
+    perturb[k]`` for the ``k``-th call); the last two serve
+    :func:`fdl._per_sample.core.record_traced`.
     """
 
-    def __init__(self, params: list[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        *,
+        outputs: str = "graph",
+        perturb: list[torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
+        self.outputs = outputs
+        self.perturb = perturb
         self.slots = [_views.Slot(i, tuple(p.shape)) for i, p in enumerate(params)]
         self.ids = {id(p): i for i, p in enumerate(params)}
-        self._alive: list[torch.Tensor] = list(params)  # keeps every tracked id in use
+        self._alive: list[torch.Tensor] = list(params)  # slot i's tensor; keeps its id in use
         self.records: list[Record] = []
 
     def __enter__(self) -> Recorder:
@@ -118,8 +141,18 @@ class Recorder(TorchFunctionMode):
         super().__exit__(*exc)
         _marks.ACTIVE.remove(self)
 
+    def _emit(self, out: torch.Tensor) -> torch.Tensor:
+        """The output a recorded call hands on, by :attr:`outputs` (before its record is kept)."""
+        if self.outputs == "perturb":
+            return out + self.perturb[len(self.records)]  # type: ignore[index]
+        return out if self.outputs == "probe" else _as_graph_node(out)
+
     def _slot(self, t: Any) -> int | None:
-        return self.ids.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if not isinstance(t, torch.Tensor):
+            return None
+        if torch.compiler.is_compiling():  # id() would guard on the input object: compare by `is`
+            return next((i for i, s in enumerate(self._alive) if s is t), None)
+        return self.ids.get(id(t))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -132,7 +165,7 @@ class Recorder(TorchFunctionMode):
             rec = self._embedding(args, kwargs)
         elif func in _SCALES or func in _SHIFTS:
             rec = self._broadcast("scale" if func in _SCALES else "shift", func, args, kwargs)
-        elif args and self._slot(args[0]) is not None and _views.is_view_call(func, args):
+        elif args and _views.is_view_call(func, args) and self._slot(args[0]) is not None:
             return self._view(func, args, kwargs)
         if rec is None:
             return func(*args, **kwargs)
@@ -165,13 +198,13 @@ class Recorder(TorchFunctionMode):
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             return None
         out = _LINEAR(x, weight.detach(), None if bias is None else bias.detach())
-        out = _as_graph_node(out)
+        out = self._emit(out)
         self.records.append(Record("linear", w_slot, b_slot, x.detach(), out))
         return out
 
     def _embedding(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
         """``F.embedding`` without ``max_norm``/``scale_grad_by_freq``/``sparse``."""
-        bound = _bind(_EMBEDDING, args, kwargs)
+        bound = _bind_embedding(args, kwargs)
         if bound is None:
             return None
         idx, weight = bound["input"], bound["weight"]
@@ -187,7 +220,7 @@ class Recorder(TorchFunctionMode):
         pad = bound.get("padding_idx")
         if pad is not None and pad < 0:
             pad += weight.shape[0]
-        out = _as_graph_node(_EMBEDDING(idx, weight.detach(), pad))
+        out = self._emit(_EMBEDDING(idx, weight.detach(), pad))
         self.records.append(
             Record(
                 "embedding", w_slot, None, idx.detach(), out,
@@ -214,7 +247,7 @@ class Recorder(TorchFunctionMode):
         out = func(a, w.detach())  # commutative: a first
         if out.shape != a.shape:
             return None
-        out = _as_graph_node(out)
+        out = self._emit(out)
         self.records.append(
             Record(kind, w_slot, None, a.detach(), out, weight_shape=tuple(w.shape))  # type: ignore[arg-type]
         )
@@ -260,7 +293,7 @@ class Recorder(TorchFunctionMode):
             dilation,
             groups,
         )
-        out = _as_graph_node(out)
+        out = self._emit(out)
         self.records.append(
             Record(
                 "conv",

@@ -316,9 +316,10 @@ def make_dp_train_step(
             summed in row chunks of this size and noised once (see
             :func:`dp_grads`); the step's memory is that of one chunk.
         compile: ``True`` wraps the step in ``torch.compile(fullgraph=True)``
-            (per-example gradients then take the ``vmap`` path); a dict gives
-            ``torch.compile`` options. ``False`` (default) runs eagerly, where
-            the rules path applies — on a CPU usually the faster choice.
+            (per-example gradients by ``vmap``, or by the traced rules with
+            ``method="rules"``, see :mod:`fdl.per_sample`); a dict gives
+            ``torch.compile`` options.
+            ``False`` (default) runs eagerly.
         donate: write the results into the buffers of the params and state
             passed in (see :func:`fdl.train.make_train_step`).
 
