@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks              # full run (under 20 minutes on 2 cores)
+    python -m benchmarks              # full run (about 40 minutes on 2 cores)
     python -m benchmarks --quick      # fewer repeats and sizes (under 3 minutes)
     python -m benchmarks --only train_step --only optim_update
     python -m benchmarks --merge docs/benchmarks.json --json docs/benchmarks.json train_step

@@ -116,9 +116,9 @@ def per_sample_grads(
         True
 
     Note:
-        Differs from Opacus's ``grad_sample`` for mean-reduced losses: Opacus
-        reports the gradient of the batch loss split by example (scaled by
-        ``1/B``); here each entry is the example's own gradient.
+        Opacus's ``grad_sample`` equals this when its ``loss_reduction`` matches
+        the loss (it multiplies the output gradients by ``B`` for ``"mean"``);
+        here the reduction is found from ``loss_fn`` itself, with no flag.
     """
     opts = _options(chunk_size, has_aux, method)
 
