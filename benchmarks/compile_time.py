@@ -93,13 +93,19 @@ TARGET_S = 10.0  # seconds to the first finished step, cold, on the 2-core machi
 
 
 def phase_seconds(metrics: dict[str, float]) -> dict[str, float]:
-    """Exclusive seconds per phase of :data:`PHASES` (NaN where a metric is absent)."""
+    """Exclusive seconds per phase of :data:`PHASES` (NaN where a metric is absent).
+
+    NaN also where the exclusive time comes out negative: the phases did not nest
+    (a module's backward graph is compiled at its first backward, outside AOT autograd's
+    dispatcher, so its inductor time is not inside the AOT metric).
+    """
     out = {}
     for phase, metric, inner in PHASES:
         if metric not in metrics:
             out[phase] = float("nan")
             continue
-        out[phase] = metrics[metric] - sum(metrics.get(m, 0.0) for m in inner)
+        exclusive = metrics[metric] - sum(metrics.get(m, 0.0) for m in inner)
+        out[phase] = exclusive if exclusive >= 0 else float("nan")
     return out
 
 

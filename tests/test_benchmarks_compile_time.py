@@ -28,6 +28,8 @@ def test_phases_are_exclusive_of_the_phases_inside_them() -> None:
     assert got["C++ compile + load (waited for)"] == 2.5  # 5.5 less codegen's 3
     assert got["total compile"] == 12.5
     assert math.isnan(C.phase_seconds({})["dynamo trace"])
+    not_nested = {"create_aot_dispatcher_function": 2.0, "compile_fx_inner": 7.0}
+    assert math.isnan(C.phase_seconds(not_nested)["AOT autograd"])
 
 
 def test_cold_env_gives_the_child_its_own_empty_cache() -> None:
