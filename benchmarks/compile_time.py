@@ -87,6 +87,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, str]]] = {
     "fdl, cpp.vec_isa_ok (no ISA dry-compile)": ({}, {"cpp.vec_isa_ok": True}, {}),
     "fdl, no precompiled header": ({}, {"cpp_cache_precompile_headers": False}, {}),
     "fdl, combo_kernels": ({}, {"combo_kernels": True}, {}),
+    "fdl, generated scatter-add (cpp.fallback_scatter_reduce_sum=False)": (
+        {},
+        {"cpp.fallback_scatter_reduce_sum": False},
+        {},
+    ),
 }
 
 TARGET_S = 10.0  # seconds to the first finished step, cold, on the 2-core machine
