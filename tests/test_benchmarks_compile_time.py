@@ -28,6 +28,8 @@ def test_phases_are_exclusive_of_the_phases_inside_them() -> None:
     assert got["C++ compile + load (waited for)"] == 2.5  # 5.5 less codegen's 3
     assert got["total compile"] == 12.5
     assert math.isnan(C.phase_seconds({})["dynamo trace"])
+    not_nested = {"create_aot_dispatcher_function": 2.0, "compile_fx_inner": 7.0}
+    assert math.isnan(C.phase_seconds(not_nested)["AOT autograd"])
 
 
 def test_cold_env_gives_the_child_its_own_empty_cache() -> None:
@@ -56,20 +58,50 @@ def test_every_variant_names_real_inductor_settings(name: str) -> None:
             obj = getattr(obj, part)  # raises AttributeError for a misspelt setting
 
 
-def test_child_runs_end_to_end_in_a_fresh_process() -> None:
-    record = C.measure_cold({"compile": {"backend": "eager"}, "steady_steps": 1, "threads": 1})
+def test_parse_settings_reads_json_values() -> None:
+    got = C.parse_settings(["cpp.vec_isa_ok=true", "max_fusion_size=256", "x=O1"])
+    assert got == {"cpp.vec_isa_ok": True, "max_fusion_size": 256, "x": "O1"}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        C.parse_settings(["max_fusion_size"])
+
+
+@pytest.mark.parametrize("peer", ["fdl", "torch"])
+def test_child_runs_end_to_end_in_a_fresh_process(peer: str) -> None:
+    options = {"compile": {"backend": "eager"}, "steady_steps": 1, "threads": 1, "peer": peer}
+    record = C.measure_cold(options, fresh_pch=peer == "torch")
     assert record["graphs"] == 1 and record["graph_breaks"] == 0
     assert record["first_step_s"] > 0 and record["cpu_s"] > 0 and record["threads"] == 1
     assert math.isfinite(record["loss"])
-    assert record["shared_objects"] == 0  # the eager backend compiles no C++
+    assert record["shared_objects"] == 0 and record["cpp_lines"] == 0  # eager: no C++
+    assert record["dynamo_ops"] > 0 and record["kernels"] == 0
     assert set(record["phases"]) == {p for p, _, _ in C.PHASES}
-    assert "graph break" in C.describe(record)
+    assert "graph break" in C.describe(record) and "ops traced" in C.describe(record)
+
+
+def test_lever_labels_its_row_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def fake(options, env=None, fresh_pch=False):
+        seen.append((options, fresh_pch))
+        phases = {p: 1.0 for p, _, _ in C.PHASES}
+        return {
+            "first_step_s": 20.0, "steady_ms": 5.0, "phases": phases, "cpu_s": 30.0,
+            "self_cpu_s": 20.0, "shared_objects": 11, "graphs": 1, "graph_breaks": 0,
+            "import_s": 2.0, "threads": 1,
+        }  # fmt: skip
+
+    monkeypatch.setattr(C, "measure_cold", fake)
+    row = C.lever({"max_fusion_size": 256}, optimizer="sgd", repeats=2, fresh_pch=True)
+    assert row.peer == "fdl, max_fusion_size=256, optimizer=sgd, fresh PCH"
+    assert row.repeats == 2 and row.note.startswith("CPU s per run 30, 30")
+    assert seen[0][0]["inductor"] == {"max_fusion_size": 256} and seen[0][1] is True
+    assert C.lever({}, peer="torch").peer == "torch.compile + fused Adam"
 
 
 def test_run_reports_each_variant_with_its_breakdown(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fake(options, env=None):
+    def fake(options, env=None, fresh_pch=False):
         calls.append(options)
         first = 12.0 + len(calls)
         phases = {p: 1.0 for p, _, _ in C.PHASES}
