@@ -201,3 +201,40 @@ def kernel_profiling() -> Iterator[None]:
     """
     with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
         yield
+
+
+def markdown(rows: Sequence[Any]) -> str:
+    """A table of the kernel classes of every result whose ``extra`` has a ``breakdown``.
+
+    Results whose ``extra`` has ``pieces_ms`` (a peer timed piece by piece, as the
+    JAX peer's jitted pieces) follow as one line each. Empty when no row has either.
+
+    Example:
+        >>> from types import SimpleNamespace as R
+        >>> row = R(peer="fdl", extra={"breakdown": {"matmul fwd": 1.0, "framework": 0.5}})
+        >>> print(markdown([row]).splitlines()[4])
+        | fdl | 1.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.50 | 1.50 |
+    """
+    profiled = [r for r in rows if r.extra.get("breakdown")]
+    pieces = [r for r in rows if r.extra.get("pieces_ms")]
+    if not (profiled or pieces):
+        return ""
+    cols = (*KERNEL_CLASSES, FRAMEWORK)
+    out = []
+    if profiled:
+        out += [
+            "Where the time goes (ms per step; profiler self time per kernel class, framework "
+            "= profiled wall time minus the kernels):",
+            "",
+            "| peer | " + " | ".join(cols) + " | profiled wall |",
+            "|---|" + "---:|" * (len(cols) + 1),
+        ]
+        for r in profiled:
+            b = r.extra["breakdown"]
+            vals = [b.get(c, 0.0) for c in cols]
+            out.append(f"| {r.peer} | " + " | ".join(f"{v:.2f}" for v in (*vals, sum(vals))) + " |")
+        out.append("")
+    for r in pieces:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r.extra["pieces_ms"].items())
+        out += [f"{r.peer}, jitted pieces timed alone (ms): {parts}.", ""]
+    return "\n".join(out)
