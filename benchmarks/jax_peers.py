@@ -150,14 +150,15 @@ def _mlp_dots(params) -> dict:
     def act(n):
         return jnp.asarray(rng.standard_normal((W.MLP_BATCH, n), dtype=np.float32))
 
-    calls = {}
-    for i, k in enumerate(kernels):
-        a, g = act(k.shape[0]), act(k.shape[1])  # layer input, gradient of its output
-        calls[f"dot fwd{i + 1}"] = _jitted(lambda a, k: a @ k, a, k)
-        calls[f"dot wgrad{i + 1}"] = _jitted(lambda a, g: a.T @ g, a, g)
-        if i > 0:  # the first layer's input needs no gradient
-            calls[f"dot xgrad{i + 1}"] = _jitted(lambda g, k: g @ k.T, g, k)
-    return calls
+    acts = [(act(k.shape[0]), act(k.shape[1])) for k in kernels]  # layer input, output grad
+    products = {
+        "fwd": lambda a, g, k: _jitted(lambda a, k: a @ k, a, k),
+        "wgrad": lambda a, g, k: _jitted(lambda a, g: a.T @ g, a, g),
+        "xgrad": lambda a, g, k: _jitted(lambda g, k: g @ k.T, g, k),
+    }
+    return {
+        f"dot {label}": products[kind](*acts[i], kernels[i]) for label, i, kind in W.mlp_matmuls()
+    }
 
 
 def _round_robin(calls: dict, repeats: int, number: int = 10) -> dict[str, list[float]]:

@@ -265,29 +265,34 @@ def _gemm_calls(kind: str) -> dict[str, Callable[[], Any]]:
     ``kind``: ``"aten"`` (``torch.addmm`` / ``torch.mm``, the extern kernels of
     the compiled steps, MKL's sgemm here) or ``"onednn"``
     (``torch.ops.mkldnn._linear_pointwise``, oneDNN's fp32 matmul). Labels as
-    :func:`benchmarks.jax_peers._mlp_dots`: ``fwd`` ``a @ W.T + b``, ``wgrad``
-    ``g.T @ a``, ``xgrad`` ``g @ W`` (none for the first layer).
+    :func:`benchmarks._workloads.mlp_matmuls`: ``fwd`` ``a @ W.T + b``, ``wgrad``
+    ``g.T @ a``, ``xgrad`` ``g @ W``.
     """
     sizes = W.MLP_SIZES
     gen = torch.Generator().manual_seed(1)
-    calls: dict[str, Callable[[], Any]] = {}
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         w, b = torch.randn(n_out, n_in, generator=gen), torch.randn(n_out, generator=gen)
         a = torch.randn(W.MLP_BATCH, n_in, generator=gen)  # the layer's input
         g = torch.randn(W.MLP_BATCH, n_out, generator=gen)  # the gradient of its output
         if kind == "onednn":
-            lin = torch.ops.mkldnn._linear_pointwise  # linear(u, v, c) = u @ v.T + c
-            fwd = functools.partial(lin, a, w, b, "none", [], "")
-            wgrad = functools.partial(lin, g.t(), a.t(), None, "none", [], "")
-            xgrad = functools.partial(lin, g, w.t(), None, "none", [], "")
+            lin = torch.ops.mkldnn._linear_pointwise  # lin(u, v, c) = u @ v.T + c
+            layers.append(
+                {
+                    "fwd": functools.partial(lin, a, w, b, "none", [], ""),
+                    "wgrad": functools.partial(lin, g.t(), a.t(), None, "none", [], ""),
+                    "xgrad": functools.partial(lin, g, w.t(), None, "none", [], ""),
+                }
+            )
         else:
-            fwd = functools.partial(torch.addmm, b, a, w.t())
-            wgrad = functools.partial(torch.mm, g.t(), a)
-            xgrad = functools.partial(torch.mm, g, w)
-        calls[f"fwd{i + 1}"], calls[f"wgrad{i + 1}"] = fwd, wgrad
-        if i > 0:  # the first layer's input needs no gradient
-            calls[f"xgrad{i + 1}"] = xgrad
-    return calls
+            layers.append(
+                {
+                    "fwd": functools.partial(torch.addmm, b, a, w.t()),
+                    "wgrad": functools.partial(torch.mm, g.t(), a),
+                    "xgrad": functools.partial(torch.mm, g, w),
+                }
+            )
+    return {label: layers[i][k] for label, i, k in W.mlp_matmuls()}
 
 
 def _on_threads(fn: Callable[[], Any], n: int) -> Callable[[], Any]:
