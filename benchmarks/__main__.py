@@ -57,7 +57,7 @@ import torch
 
 import benchmarks
 import fdl
-from benchmarks import _allocators
+from benchmarks import _allocators, _breakdown
 from benchmarks._flops import floor_seconds
 from benchmarks._harness import Result, allocator_note, format_table
 from benchmarks._machine import machine, versions
@@ -203,6 +203,8 @@ def render(entries: list[dict[str, Any]], quick: bool, argv: list[str], plot: Pa
         groups.setdefault(r.workload, []).append(r)
     for workload, rows in groups.items():
         out.append(format_table(rows).replace("### ", "## ", 1))
+        if breakdown := _breakdown.markdown(rows):
+            out += [breakdown]
         if workload in flops:
             out += [_floor_line(workload, flops[workload], rows, m.peak_gflops_fp32), ""]
     for e in entries:

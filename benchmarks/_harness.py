@@ -114,6 +114,16 @@ def result(workload: str, peer: str, timing: Timing, **kwargs: Any) -> Result:
     )
 
 
+def per_gemm_note(ms: dict[str, float]) -> str:
+    """``"fwd1 0.41, ... ms"``: the time of each named matmul (milliseconds), for a note column.
+
+    Example:
+        >>> per_gemm_note({"fwd1": 0.4123, "wgrad1": 0.5})
+        'fwd1 0.412, wgrad1 0.500 ms'
+    """
+    return ", ".join(f"{k} {v:.3f}" for k, v in ms.items()) + " ms"
+
+
 def workload_tables(
     results: list[Result],
     baseline_peer: str,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
 
 from benchmarks import _workloads as W
-from benchmarks._harness import Result, measure, result
+from benchmarks._harness import Result, Timing, measure, per_gemm_note, result
 
 
 def _available() -> bool:
@@ -50,7 +51,8 @@ def _mlp():
     return MLP(), np.zeros((W.MLP_BATCH, W.MLP_SIZES[0]), np.float32), W.MLP_BATCH
 
 
-def _train_step_result(workload: str, build, quick: bool) -> Result:
+def _train_step_result(workload: str, build, quick: bool, pieces: bool = False) -> list[Result]:
+    """The jitted train step; with ``pieces``, also its pieces alone and its matmuls alone."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -67,11 +69,15 @@ def _train_step_result(workload: str, build, quick: bool) -> Result:
         logp = model.apply(p, x)
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
+    def update(g, s, p):
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
     @jax.jit
     def step(p, s, x, y):
         loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, s = opt.update(g, s, p)
-        return optax.apply_updates(p, updates), s, loss
+        p, s = update(g, s, p)
+        return p, s, loss
 
     carry = [params, state]
 
@@ -82,8 +88,88 @@ def _train_step_result(workload: str, build, quick: bool) -> Result:
     t0 = time.perf_counter()
     call()
     compile_s = time.perf_counter() - t0
-    timing = measure(call, warmup=3, repeats=5 if quick else 20)
-    return result(workload, "JAX + Flax + Optax (jit)", timing, compile_s=compile_s)
+    repeats = 5 if quick else 20
+    if not pieces:
+        timing = measure(call, warmup=3, repeats=repeats)
+        return [result(workload, W.JAX_PEER, timing, compile_s=compile_s)]
+    grads = jax.grad(loss_fn)(params, x, y)
+    parts = {
+        "step": call,
+        "forward": _jitted(loss_fn, params, x, y),
+        "forward + grad": _jitted(jax.value_and_grad(loss_fn), params, x, y),
+        "Adam update": _jitted(update, grads, state, params),
+        **_mlp_dots(params),
+    }
+    times = _round_robin(parts, repeats)
+    timing = Timing(times.pop("step"))
+    dots = {k.removeprefix("dot "): times.pop(k) for k in list(times) if k.startswith("dot ")}
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    dots_ms = {k: statistics.median(v) * 1e3 for k, v in dots.items()}
+    ms["the 8 dots, each alone"] = sum(dots_ms.values())
+    note = "jit pieces alone: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()) + " ms"
+    return [
+        result(
+            workload, W.JAX_PEER, timing, compile_s=compile_s, note=note, extra={"pieces_ms": ms}
+        ),
+        result(
+            W.MLP_GEMMS,
+            "JAX dot (jit each, Flax layout)",
+            Timing([sum(rep) for rep in zip(*dots.values(), strict=True)]),
+            note=per_gemm_note(dots_ms),
+            extra={"per_gemm_ms": dots_ms},
+        ),
+    ]
+
+
+def _jitted(fn, *args):
+    """A call of ``jax.jit(fn)(*args)`` that waits for its result (compiled on first call)."""
+    import jax
+
+    f = jax.jit(fn)
+
+    def call():
+        jax.block_until_ready(f(*args))
+
+    call()
+    return call
+
+
+def _mlp_dots(params) -> dict:
+    """A call per matmul of the MLP step (3 forward, 2 input and 3 weight gradients), jitted alone.
+
+    Operands in the layouts of the step: Flax's kernels are ``(in, out)``, so the
+    forward is ``x @ kernel``, the input gradient ``g @ kernel.T`` and the weight
+    gradient ``x.T @ g``, as ``jax.grad`` differentiates them.
+    """
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(1)
+    sizes = W.MLP_SIZES
+    kernels = [params["params"][f"Dense_{i}"]["kernel"] for i in range(len(sizes) - 1)]
+
+    def act(n):
+        return jnp.asarray(rng.standard_normal((W.MLP_BATCH, n), dtype=np.float32))
+
+    acts = [(act(k.shape[0]), act(k.shape[1])) for k in kernels]  # layer input, output grad
+    products = {
+        "fwd": lambda a, g, k: _jitted(lambda a, k: a @ k, a, k),
+        "wgrad": lambda a, g, k: _jitted(lambda a, g: a.T @ g, a, g),
+        "xgrad": lambda a, g, k: _jitted(lambda g, k: g @ k.T, g, k),
+    }
+    return {
+        f"dot {label}": products[kind](*acts[i], kernels[i]) for label, i, kind in W.mlp_matmuls()
+    }
+
+
+def _round_robin(calls: dict, repeats: int, number: int = 10) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls``, timed in turn ``repeats`` times."""
+    for call in calls.values():
+        measure(call, warmup=3, repeats=1)
+    times = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, call in calls.items():
+            times[k] += measure(call, warmup=0, repeats=1, number=number).times
+    return times
 
 
 def _adam_result(quick: bool) -> Result:
@@ -116,14 +202,22 @@ def _adam_result(quick: bool) -> Result:
     return result(W.adam("compiled", total), "JAX + Optax (jit)", timing, compile_s=compile_s)
 
 
-def run(quick: bool = False) -> list[Result]:
+def run(quick: bool = False, workloads: tuple[str, ...] = ("cnn", "mlp", "adam")) -> list[Result]:
+    """The JAX peers of ``workloads`` (``"cnn"``, ``"mlp"``, ``"adam"``); none without JAX.
+
+    The MLP step also comes with its pieces timed alone (forward, forward and
+    gradient, the update, each matmul).
+    """
     if not _available():
         return []
-    return [
-        _train_step_result(W.CNN, _cnn, quick),
-        _train_step_result(W.MLP, _mlp, quick),
-        _adam_result(quick),
-    ]
+    out = []
+    if "cnn" in workloads:
+        out += _train_step_result(W.CNN, _cnn, quick)
+    if "mlp" in workloads:
+        out += _train_step_result(W.MLP, _mlp, quick, pieces=True)
+    if "adam" in workloads:
+        out.append(_adam_result(quick))
+    return out
 
 
 def note() -> str:
