@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fdl.nn import _lean_attention
 from fdl.nn import functional as fF
 
 Tensor = torch.Tensor
@@ -149,6 +150,23 @@ ENTRIES = [
         ((B, H, L, E), (B, H, S, E), (B, H, S, E), (L, S)),
         lambda xs: _nbytes(*xs[:3]) + H * L * S * 8,
     ),
+    # "_cut": run with parts of one row each (see the entry fixture)
+    Entry(
+        "attention_cut",
+        lambda q, k, v, b: fF.scaled_dot_product_attention(q, k, v, attn_mask=b),
+        lambda q, k, v, b: F.scaled_dot_product_attention(q, k, v, attn_mask=b),
+        lambda q, k, v, b: _ref_attention(q, k, v, b),
+        ((B, H, L, E), (B, H, S, E), (B, H, S, E), (B, 1, 1, S)),
+        lambda xs: _nbytes(*xs),
+    ),
+    Entry(
+        "attention_cut_broadcast",
+        lambda q, k, v, b: fF.scaled_dot_product_attention(q, k, v, attn_mask=b),
+        lambda q, k, v, b: F.scaled_dot_product_attention(q, k, v, attn_mask=b),
+        lambda q, k, v, b: _ref_attention(q, k, v, b),
+        ((B, H, L, E), (1, H, S, E), (1, H, S, E), (L, S)),
+        lambda xs: _nbytes(*xs),
+    ),
 ]
 IDS = [e.name for e in ENTRIES]
 
@@ -164,7 +182,9 @@ def _cotangent(out: Tensor, seed: int = 2) -> Tensor:
 
 
 @pytest.fixture(params=ENTRIES, ids=IDS)
-def entry(request: pytest.FixtureRequest) -> Entry:
+def entry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Entry:
+    if request.param.name.endswith(("_cut", "_cut_broadcast")):  # one batch row per part
+        monkeypatch.setattr(_lean_attention, "_CHUNK", H * L * S)
     return request.param
 
 
