@@ -1784,7 +1784,7 @@ CATALOGUE: list[Mutant] = [
         "nn.lean_attention.no_bias_grad",
         "nn",
         "attention gives a learned additive bias no gradient",
-        "gb = _to(gs, bias) if bias is not None and ctx.needs_input_grad[3] else None",
+        "gb = _to(gs, bias) if bias is not None and need_bias else None",
         "gb = None",
         LEAN,
         select="attention",

@@ -41,14 +41,12 @@ _CHUNK = 1 << 18
 
 def safe_softmax(scores: Tensor) -> Tensor:
     """Softmax over the last axis; rows that are all ``-inf`` give zeros (and zero gradient)."""
-    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    probs = _sm.softmax(torch.where(dead, torch.zeros_like(scores), scores), -1)
-    return torch.where(dead, torch.zeros_like(probs), probs)
+    return _sm.softmax(scores, -1, safe=True)
 
 
 def weights(query: Tensor, k: Tensor, bias: Tensor | None, s: float) -> Tensor:
     """The attention weights ``safe_softmax(s Q Kᵀ + B)``: ``(*, L, S)``."""
-    scores = torch.matmul(query, k.transpose(-2, -1)) * s  # (*, L, S)
+    scores = torch.matmul(query * s, k.transpose(-2, -1))  # (*, L, S)
     if bias is not None:
         scores = scores + bias
     return safe_softmax(scores)

@@ -36,10 +36,18 @@ def _stable_max(input: Tensor, dim: int) -> Tensor:
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
-def softmax_formula(input: Tensor, d: int) -> Tensor:
-    """``e = exp(input - m)``, ``e / sum(e, d)`` in plain (fully recorded) tensor ops."""
+def softmax_formula(input: Tensor, d: int, safe: bool = False) -> Tensor:
+    """``e = exp(input - m)``, ``e / sum(e, d)`` in plain (fully recorded) tensor ops.
+
+    ``safe``: a row that is all ``-inf`` gives zeros. Its shift is 0 (no finite maximum),
+    so its ``e`` is all 0 and its sum is exactly 0, while every other row's sum is at
+    least 1 (its maximum's ``exp(0)``): dividing those rows' ``e`` by 1 instead gives 0.
+    """
     e = torch.exp(input - _stable_max(input, d))
-    return e / torch.sum(e, dim=d, keepdim=True)
+    total = torch.sum(e, dim=d, keepdim=True)
+    if safe:
+        total = torch.where(total == 0, torch.ones_like(total), total)
+    return e / total
 
 
 def log_softmax_formula(input: Tensor, d: int) -> Tensor:
@@ -54,8 +62,8 @@ class _Softmax(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input: Tensor, d: int) -> Tensor:  # type: ignore[override]
-        return softmax_formula(input, d)
+    def forward(input: Tensor, d: int, safe: bool) -> Tensor:  # type: ignore[override]
+        return softmax_formula(input, d, safe)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:  # type: ignore[override]
@@ -64,12 +72,12 @@ class _Softmax(torch.autograd.Function):
         ctx.save_for_forward(output)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (y,) = ctx.saved_tensors
-        return y * (g - torch.sum(y * g, dim=ctx.d, keepdim=True)), None
+        return y * (g - torch.sum(y * g, dim=ctx.d, keepdim=True)), None, None
 
     @staticmethod
-    def jvp(ctx: Any, t: Tensor, _: Any) -> Tensor:  # type: ignore[override]
+    def jvp(ctx: Any, t: Tensor, _d: Any, _safe: Any) -> Tensor:  # type: ignore[override]
         (y,) = ctx.saved_tensors
         return y * (t - torch.sum(y * t, dim=ctx.d, keepdim=True))
 
@@ -100,9 +108,14 @@ class _LogSoftmax(torch.autograd.Function):
         return t - torch.sum(torch.exp(y) * t, dim=ctx.d, keepdim=True)
 
 
-def softmax(input: Tensor, d: int) -> Tensor:
-    """Softmax along ``d``: the lean autograd function eagerly, the formula under compile."""
-    return _Softmax.apply(input, d) if eager() else softmax_formula(input, d)
+def softmax(input: Tensor, d: int, safe: bool = False) -> Tensor:
+    """Softmax along ``d``: the lean autograd function eagerly, the formula under compile.
+
+    ``safe``: rows that are all ``-inf`` give zeros (see :func:`softmax_formula`).
+    """
+    if eager():
+        return _Softmax.apply(input, d, safe)
+    return softmax_formula(input, d, safe)
 
 
 def log_softmax(input: Tensor, d: int) -> Tensor:
