@@ -36,7 +36,7 @@ from fdl.nn import _lean_softmax as _sm
 
 Tensor = torch.Tensor
 # score elements per part of the forward and backward: (B, H, L, S) is never whole
-_CHUNK = 1 << 18
+_CHUNK = 1 << 20
 
 
 def safe_softmax(scores: Tensor) -> Tensor:
