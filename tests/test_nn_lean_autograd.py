@@ -75,31 +75,28 @@ def _rows(x: Tensor, dims: int) -> int:
     return math.prod(x.shape[: x.dim() - dims]) * x.element_size()
 
 
+def _rowwise(
+    name: str,
+    fdl_fn: Callable[..., Tensor],
+    torch_fn: Callable[..., Tensor],
+    dim: int,
+    shape: tuple,
+) -> Entry:
+    """A softmax-family entry: torch's function is also the forward-mode reference."""
+    return Entry(
+        name,
+        lambda x: fdl_fn(x, dim=dim),
+        lambda x: torch_fn(x, dim),
+        lambda x: torch_fn(x, dim),
+        (shape,),
+        lambda xs: _nbytes(xs[0]),
+    )
+
+
 ENTRIES = [
-    Entry(
-        "softmax",
-        lambda x: fF.softmax(x, dim=-1),
-        lambda x: torch.softmax(x, -1),
-        lambda x: torch.softmax(x, -1),
-        ((B, L, S),),
-        lambda xs: _nbytes(xs[0]),
-    ),
-    Entry(
-        "softmax_dim0",
-        lambda x: fF.softmax(x, dim=0),
-        lambda x: torch.softmax(x, 0),
-        lambda x: torch.softmax(x, 0),
-        ((B, L),),
-        lambda xs: _nbytes(xs[0]),
-    ),
-    Entry(
-        "log_softmax",
-        lambda x: fF.log_softmax(x, dim=-1),
-        lambda x: torch.log_softmax(x, -1),
-        lambda x: torch.log_softmax(x, -1),
-        ((B, L, S),),
-        lambda xs: _nbytes(xs[0]),
-    ),
+    _rowwise("softmax", fF.softmax, torch.softmax, -1, (B, L, S)),
+    _rowwise("softmax_dim0", fF.softmax, torch.softmax, 0, (B, L)),
+    _rowwise("log_softmax", fF.log_softmax, torch.log_softmax, -1, (B, L, S)),
     Entry(
         "layer_norm",
         lambda x, w, b: fF.layer_norm(x, (S,), w, b),

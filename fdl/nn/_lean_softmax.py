@@ -56,20 +56,24 @@ def log_softmax_formula(input: Tensor, d: int) -> Tensor:
     return z - torch.log(torch.sum(torch.exp(z), dim=d, keepdim=True))
 
 
-class _Softmax(torch.autograd.Function):
-    """``softmax_formula`` saving only its output."""
+class _SavesOutput(torch.autograd.Function):
+    """A function of ``(input, d, ...)`` whose backward and ``jvp`` read only its output."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input: Tensor, d: int, safe: bool) -> Tensor:  # type: ignore[override]
-        return softmax_formula(input, d, safe)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:  # type: ignore[override]
         ctx.d = inputs[1]
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
+
+
+class _Softmax(_SavesOutput):
+    """``softmax_formula`` saving only its output."""
+
+    @staticmethod
+    def forward(input: Tensor, d: int, safe: bool) -> Tensor:  # type: ignore[override]
+        return softmax_formula(input, d, safe)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
@@ -82,20 +86,12 @@ class _Softmax(torch.autograd.Function):
         return y * (t - torch.sum(y * t, dim=ctx.d, keepdim=True))
 
 
-class _LogSoftmax(torch.autograd.Function):
+class _LogSoftmax(_SavesOutput):
     """``log_softmax_formula`` saving only its output."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input: Tensor, d: int) -> Tensor:  # type: ignore[override]
         return log_softmax_formula(input, d)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:  # type: ignore[override]
-        ctx.d = inputs[1]
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
