@@ -1674,7 +1674,7 @@ CATALOGUE: list[Mutant] = [
         "nn.sdpa.no_scale",
         "nn",
         "scaled dot-product attention without its 1/sqrt(E) scale",
-        "scores = torch.matmul(query, k.transpose(-2, -1)) * s  # (*, L, S)",
+        "scores = torch.matmul(query * s, k.transpose(-2, -1))  # (*, L, S)",
         "scores = torch.matmul(query, k.transpose(-2, -1))  # (*, L, S)",
         ATTENTION,
         select="matches_torch",
