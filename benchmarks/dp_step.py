@@ -9,6 +9,10 @@ tokens: one full training step with Adam (lr 1e-3): forward, per-example clippin
 * ``fdl dp step``: ``fdl.privacy.make_dp_train_step`` (eager: the per-layer rules
   path; per-example norms and the clipped weighted sum from the layer's own factors,
   without per-example gradients of the linear layers).
+* ``fdl dp step compiled`` (text model only): the same step with ``method="rules",
+  compile=True`` (the traced rules under inductor); its first call (trace and compile)
+  is the compile column, and its targets are those of the eager step, labelled
+  "(compiled)".
 * ``opacus hooks``: ``PrivacyEngine.make_private(..., grad_sample_mode="hooks")``.
 * ``opacus ghost``: ``make_private(..., grad_sample_mode="ghost")`` (fast gradient
   clipping, the criterion wrapped by Opacus: two backward passes).
@@ -43,6 +47,7 @@ from benchmarks._harness import (
     peak_mem_child,
     result,
     threads_note,
+    time_first_call,
 )
 from benchmarks.per_sample import _fdl_model, _torch_model, measure_cpu
 
@@ -53,6 +58,8 @@ PEERS = [
     "non-private fdl",
     "non-private torch",
 ]
+COMPILED = "fdl dp step compiled"
+TEXT_PEERS = [*PEERS[:1], COMPILED, *PEERS[1:]]
 SIGMA, CLIP = 1.0, 1.0
 
 _TARGETS = {
@@ -61,6 +68,7 @@ _TARGETS = {
         {"text": "≥ 1.5× faster than Opacus ghost", "vs": "opacus ghost", "max_ratio": 1 / 1.5},
     ],
 }
+_TARGETS[COMPILED] = [{**t, "text": f"(compiled) {t['text']}"} for t in _TARGETS["fdl dp step"]]
 
 
 MODELS = ("cnn", "text")
@@ -164,14 +172,16 @@ def _make(peer: str, batch: int, model: str = "cnn") -> Callable[[], Any]:
             carry["params"], carry["state"], _ = step(carry["params"], carry["state"], x, y)
 
         return fdl_step
-    if peer != "fdl dp step":
-        raise ValueError(f"unknown peer {peer!r}; expected one of {PEERS}")
+    if peer not in ("fdl dp step", COMPILED):
+        raise ValueError(f"unknown peer {peer!r}; expected one of {TEXT_PEERS}")
+    compiled = dict(method="rules", compile=True) if peer == COMPILED else {}
     dp = fdl.privacy.make_dp_train_step(
         loss_fn,
         opt,
         noise_multiplier=SIGMA,
         max_grad_norm=CLIP,
         expected_batch_size=batch,
+        **compiled,  # type: ignore[arg-type]
     )
     keys = {"key": fdl.random.key(1)}
     mask = torch.ones(batch, dtype=torch.bool)
@@ -193,17 +203,28 @@ def run(quick: bool = False, memory: bool = True, models: tuple[str, ...] = MODE
     for model in models:
         for batch in (64,) if quick else (64, 256, 1024):
             workload = _workload(model, batch)
-            fns = {peer: _make(peer, batch, model) for peer in PEERS}
+            peers = TEXT_PEERS if model == "text" else PEERS
+            fns = {peer: _make(peer, batch, model) for peer in peers}
+            compile_s = {p: time_first_call(fn) for p, fn in fns.items() if p == COMPILED}
             repeats = 2 if quick else (3 if batch >= 1024 else 5)
             timings = {p: measure_cpu(fn, warmup=2, repeats=repeats) for p, fn in fns.items()}
-            for peer in PEERS:
+            for peer in peers:
                 mem = None
                 if memory:
                     mem = peak_mem("benchmarks.dp_step", peer, batch, args=("--model", model))
                 note = f"peak RSS +{mem:.0f} MB" if mem is not None else ""
                 extra = {"targets": _TARGETS.get(peer, [])}
+                comp = compile_s.get(peer)
                 results.append(
-                    result(workload, peer, timings[peer], peak_mem_mb=mem, note=note, extra=extra)
+                    result(
+                        workload,
+                        peer,
+                        timings[peer],
+                        compile_s=comp,
+                        peak_mem_mb=mem,
+                        note=note,
+                        extra=extra,
+                    )
                 )
     return results
 

@@ -58,6 +58,7 @@ RECURRENT = ("tests/test_nn_recurrent.py",)
 LSTM_BPTT = ("tests/test_nn_recurrent.py", "tests/test_nn_recurrent_scan_backward.py")
 ATTENTION = ("tests/test_nn_attention.py",)
 TRANSFORMER = ("tests/test_nn_transformer.py",)
+LEAN = ("tests/test_nn_lean_autograd.py",)
 PADDING = ("tests/test_nn_catalog_padding.py",)
 LOSSES_CATALOG = ("tests/test_losses_catalog.py",)
 EXPLAIN = ("tests/test_explain.py",)
@@ -729,10 +730,8 @@ CATALOGUE: list[Mutant] = [
         "nn.layer_norm.eps_outside",
         "nn",
         "LayerNorm adds eps to the standard deviation instead of the variance",
-        "    y = (input - mu) * torch.rsqrt(var + eps)\n"
-        "    return _affine(y, weight, bias, shape)\n",
-        "    y = (input - mu) / (torch.sqrt(var) + eps)\n"
-        "    return _affine(y, weight, bias, shape)\n",
+        "    rstd = torch.rsqrt(var + eps)\n",
+        "    rstd = 1 / (torch.sqrt(var) + eps)\n",
         NORM,
         select="parity or every_option",
     ),
@@ -1675,7 +1674,7 @@ CATALOGUE: list[Mutant] = [
         "nn.sdpa.no_scale",
         "nn",
         "scaled dot-product attention without its 1/sqrt(E) scale",
-        "scores = torch.matmul(query, k.transpose(-2, -1)) * s  # (*, L, S)",
+        "scores = torch.matmul(query * s, k.transpose(-2, -1))  # (*, L, S)",
         "scores = torch.matmul(query, k.transpose(-2, -1))  # (*, L, S)",
         ATTENTION,
         select="matches_torch",
@@ -1694,11 +1693,110 @@ CATALOGUE: list[Mutant] = [
         "nn",
         "the attention mask applied after the softmax (weights zeroed, rows not renormalised)",
         "    if bias is not None:\n        scores = scores + bias\n"
-        "    weights = safe_softmax(scores)\n",
-        "    weights = safe_softmax(scores)\n    if bias is not None:\n"
-        "        weights = weights * bias.exp()\n",
+        "    return safe_softmax(scores)\n",
+        "    p = safe_softmax(scores)\n    return p if bias is None else p * bias.exp()\n",
         ATTENTION,
         select="matches_torch",
+    ),
+    # nn: the lean autograd functions' own backward and forward-mode formulas
+    Mutant(
+        "nn.lean_softmax.backward_no_projection",
+        "nn",
+        "softmax's backward forgets the projection: y * g instead of y * (g - sum(y * g))",
+        "return y * (g - torch.sum(y * g, dim=ctx.d, keepdim=True)), None",
+        "return y * g, None",
+        LEAN,
+        select="softmax",
+    ),
+    Mutant(
+        "nn.lean_softmax.jvp_no_projection",
+        "nn",
+        "softmax's forward-mode tangent forgets the projection: y * t",
+        "return y * (t - torch.sum(y * t, dim=ctx.d, keepdim=True))",
+        "return y * t",
+        LEAN,
+        select="softmax",
+    ),
+    Mutant(
+        "nn.lean_log_softmax.backward_no_exp",
+        "nn",
+        "log_softmax's backward weights the sum by the log-probabilities, not the probabilities",
+        "return g - torch.exp(y) * torch.sum(g, dim=ctx.d, keepdim=True), None",
+        "return g - y * torch.sum(g, dim=ctx.d, keepdim=True), None",
+        LEAN,
+        select="log_softmax",
+    ),
+    Mutant(
+        "nn.lean_log_softmax.jvp_no_exp",
+        "nn",
+        "log_softmax's forward-mode tangent subtracts sum(y * t) instead of sum(exp(y) * t)",
+        "return t - torch.sum(torch.exp(y) * t, dim=ctx.d, keepdim=True)",
+        "return t - torch.sum(y * t, dim=ctx.d, keepdim=True)",
+        LEAN,
+        select="log_softmax",
+    ),
+    Mutant(
+        "nn.lean_layer_norm.backward_no_variance_term",
+        "nn",
+        "layer norm's backward drops the variance path (the - xhat * mean(g * xhat) term)",
+        "gx = rstd * (g - mean_g - xhat * mean_gx)",
+        "gx = rstd * (g - mean_g)",
+        LEAN,
+        select="layer_norm",
+    ),
+    Mutant(
+        "nn.lean_layer_norm.backward_no_rstd_grad",
+        "nn",
+        "layer norm's backward ignores the gradient reaching rstd (double backward is wrong)",
+        "return gx - (g_rstd * rstd * rstd / ctx.n) * xhat, None, None",
+        "return gx, None, None",
+        LEAN,
+        select="layer_norm and double_backward",
+    ),
+    Mutant(
+        "nn.lean_layer_norm.jvp_no_variance_term",
+        "nn",
+        "layer norm's forward-mode tangent drops the variance path",
+        "t_xhat = rstd * (t - torch.mean(t, dim=dims, keepdim=True) - xhat * mean_xt)",
+        "t_xhat = rstd * (t - torch.mean(t, dim=dims, keepdim=True))",
+        LEAN,
+        select="layer_norm",
+    ),
+    Mutant(
+        "nn.lean_attention.backward_no_projection",
+        "nn",
+        "attention's backward takes dS = P * dP (the softmax's row projection forgotten)",
+        "gs = p * (gp - torch.sum(p * gp, dim=-1, keepdim=True))",
+        "gs = p * gp",
+        LEAN,
+        select="attention",
+    ),
+    Mutant(
+        "nn.lean_attention.backward_key_unscaled",
+        "nn",
+        "attention's key gradient misses the score scale s",
+        "gk = torch.matmul(gs.transpose(-2, -1), q) * s  # (*, S, E)",
+        "gk = torch.matmul(gs.transpose(-2, -1), q)  # (*, S, E)",
+        LEAN,
+        select="attention",
+    ),
+    Mutant(
+        "nn.lean_attention.no_bias_grad",
+        "nn",
+        "attention gives a learned additive bias no gradient",
+        "gb = _to(gs, bias) if bias is not None and need_bias else None",
+        "gb = None",
+        LEAN,
+        select="attention",
+    ),
+    Mutant(
+        "nn.lean_attention.jvp_key_unscaled",
+        "nn",
+        "attention's forward-mode tangent of the scores misses the scale for the key tangent",
+        "ts = ts + torch.matmul(q, tk.transpose(-2, -1)) * s",
+        "ts = ts + torch.matmul(q, tk.transpose(-2, -1))",
+        LEAN,
+        select="attention",
     ),
     Mutant(
         "nn.attention.causal_off_by_one",

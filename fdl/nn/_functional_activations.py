@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fdl.nn import _lean_softmax as _lean
 from fdl.nn._functional_named import named
 
 __all__ = [
@@ -237,12 +238,6 @@ def _softmax_dim(name: str, input: Tensor, dim: int | None) -> int:
     return dim
 
 
-def _stable_max(input: Tensor, dim: int) -> Tensor:
-    """Row maximum used as the shift: detached, and 0 where the row has no finite maximum."""
-    m = torch.amax(input.detach(), dim=dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-
-
 def logsumexp(input: Tensor, dim: int | Sequence[int], keepdim: bool = False) -> Tensor:
     """Stable ``log(sum(exp(input), dim))``.
 
@@ -299,9 +294,7 @@ def softmax(
     _check_tensor("softmax", input)
     if dtype is not None:
         input = input.to(dtype)
-    d = _softmax_dim("softmax", input, dim)
-    e = torch.exp(input - _stable_max(input, d))
-    return e / torch.sum(e, dim=d, keepdim=True)
+    return _lean.softmax(input, _softmax_dim("softmax", input, dim))
 
 
 def log_softmax(
@@ -330,9 +323,7 @@ def log_softmax(
     _check_tensor("log_softmax", input)
     if dtype is not None:
         input = input.to(dtype)
-    d = _softmax_dim("log_softmax", input, dim)
-    z = input - _stable_max(input, d)
-    return z - torch.log(torch.sum(torch.exp(z), dim=d, keepdim=True))
+    return _lean.log_softmax(input, _softmax_dim("log_softmax", input, dim))
 
 
 # The normalisations moved to fdl.nn._functional_norms; importable here too, for code

@@ -28,8 +28,9 @@ import math
 import torch
 
 from fdl import random as _random
-from fdl.nn import _functional_activations as _A
 from fdl.nn import _functional_layers as _L
+from fdl.nn import _lean_attention as _lean
+from fdl.nn._lean_attention import safe_softmax  # noqa: F401  (importable here, as before)
 
 __all__ = ["scaled_dot_product_attention"]
 
@@ -54,13 +55,6 @@ def mask_to_bias(
     if not mask.is_floating_point():
         raise TypeError(f"attention masks must be bool or floating, got dtype {mask.dtype}")
     return mask.to(dtype)
-
-
-def safe_softmax(scores: Tensor) -> Tensor:
-    """Softmax over the last axis; rows that are all ``-inf`` give zeros (and zero gradient)."""
-    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    probs = _A.softmax(torch.where(dead, torch.zeros_like(scores), scores), dim=-1)
-    return torch.where(dead, torch.zeros_like(probs), probs)
 
 
 def scaled_dot_product_attention(
@@ -129,13 +123,10 @@ def scaled_dot_product_attention(
         v = v.repeat_interleave(rep, dim=-3)
     length, source = query.shape[-2], k.shape[-2]
     s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = torch.matmul(query, k.transpose(-2, -1)) * s  # (*, L, S)
     if is_causal:
         attn_mask = causal_mask(length, source, device=query.device)
-    bias = mask_to_bias(attn_mask, scores.dtype, true_means_masked=False)
-    if bias is not None:
-        scores = scores + bias
-    weights = safe_softmax(scores)
-    if dropout_p > 0:
-        weights = _L.dropout(weights, dropout_p, True, key=key)
+    bias = mask_to_bias(attn_mask, query.dtype, true_means_masked=False)
+    if dropout_p == 0:
+        return _lean.attention(query, k, v, bias, s)  # (*, L, E_v)
+    weights = _L.dropout(_lean.weights(query, k, bias, s), dropout_p, True, key=key)
     return torch.matmul(weights, v)  # (*, L, E_v)

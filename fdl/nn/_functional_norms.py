@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fdl.nn import _lean_norm as _lean
 from fdl.nn._functional_activations import _check_tensor
 
 __all__ = [
@@ -73,9 +74,7 @@ def layer_norm(
             f"(shape (*, {', '.join(map(str, shape))})), got {tuple(input.shape)}"
         )
     dims = tuple(range(input.dim() - k, input.dim()))
-    var, mu = torch.var_mean(input, dim=dims, correction=0, keepdim=True)  # biased variance
-    y = (input - mu) * torch.rsqrt(var + eps)
-    return _affine(y, weight, bias, shape)
+    return _affine(_lean.standardize(input, dims, eps), weight, bias, shape)
 
 
 def group_norm(
