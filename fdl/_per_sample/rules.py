@@ -405,6 +405,12 @@ def weight_per_sample(r: Record) -> torch.Tensor:
     return gw.reshape(gw.shape[0], *r.weight_shape)
 
 
+# per-example conv weight gradients formed at once, in elements (4 MiB of float32): a
+# larger batch is done in row chunks, as oneDNN's weight gradient briefly needs more
+# than twice its output
+CONV_CHUNK_ELEMS = 1 << 20
+
+
 def _conv_weight_grouped(r: Record) -> torch.Tensor:
     """Per-example conv weight gradients as one grouped convolution's weight gradient.
 
@@ -414,21 +420,48 @@ def _conv_weight_grouped(r: Record) -> torch.Tensor:
     convolution. oneDNN computes it without the im2col copy (about 1.4x faster
     than patches and a batched matmul for the document's CNN at batch 64 on a
     CPU, float32; other dtypes keep the matmul, which torch's fallback
-    kernels beat for many groups).
+    kernels beat for many groups). Rows go in even chunks of at most
+    ``CONV_CHUNK_ELEMS`` result elements, written into one ``(B, *weight.shape)``
+    result.
     """
     x, g = r.a, r.g
     k, stride, pad, dil = r.weight_shape[2:], r.stride, r.padding, r.dilation
     if r.nd == 1:
         x, g = x.unsqueeze(2), g.unsqueeze(2)
         k, stride, pad, dil = (1, *k), (1, *stride), (0, *pad), (1, *dil)
-    b, c_out, c_in_g = x.shape[0], r.weight_shape[0], r.weight_shape[1]
-    xs = x.reshape(1, b * x.shape[1], *x.shape[2:])  # (1, B·C_in, H, W)
-    gs = g.reshape(1, b * c_out, *g.shape[2:])  # (1, B·C_out, H_out, W_out)
+    b = x.shape[0]
+    chunks = -(-b * math.prod(r.weight_shape) // CONV_CHUNK_ELEMS)  # ceil
+    rows = -(-b // max(chunks, 1))  # even chunks of at most CONV_CHUNK_ELEMS elements
+    if rows >= b:
+        return _grouped_weight_grad(x, g, r.weight_shape, k, stride, pad, dil, r.groups)
+    out = x.new_empty((b, *r.weight_shape))  # (B, C_out, C_in/groups, *k)
+    for s in range(0, b, rows):
+        part = _grouped_weight_grad(
+            x[s : s + rows], g[s : s + rows], r.weight_shape, k, stride, pad, dil, r.groups
+        )
+        out[s : s + rows] = part  # a fresh buffer of this function's own
+    return out
+
+
+def _grouped_weight_grad(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight_shape: tuple[int, ...],
+    k: tuple[int, ...],
+    stride: tuple[int, ...],
+    pad: tuple[int, ...],
+    dil: tuple[int, ...],
+    groups: int,
+) -> torch.Tensor:
+    """``(b, *weight_shape)`` weight gradients of the ``b`` examples of ``x``, ``g`` (2-d)."""
+    b, c_out, c_in_g = x.shape[0], weight_shape[0], weight_shape[1]
+    xs = x.reshape(1, b * x.shape[1], *x.shape[2:])  # (1, b·C_in, H, W)
+    gs = g.reshape(1, b * c_out, *g.shape[2:])  # (1, b·C_out, H_out, W_out)
     w = x.new_empty(()).expand(b * c_out, c_in_g, *k)  # only its shape is read: no storage
     _, gw, _ = torch.ops.aten.convolution_backward(
-        gs, xs, w, None, stride, pad, dil, False, (0,) * 2, b * r.groups, [False, True, False]
+        gs, xs, w, None, stride, pad, dil, False, (0,) * 2, b * groups, [False, True, False]
     )
-    return gw.reshape(b, *r.weight_shape)  # (B, C_out, C_in/groups, *k)
+    return gw.reshape(b, *weight_shape)  # (b, C_out, C_in/groups, *k)
 
 
 def bias_per_sample(r: Record) -> torch.Tensor:
