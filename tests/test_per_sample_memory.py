@@ -7,14 +7,14 @@ bytes, deterministic for a given sequence of kernels). The clipped, noised
 gradient of the rules path needs the layers' inputs and output gradients and
 the backward of the model to the layer outputs, not to the parameters: it must
 hold less than ``torch.func.grad`` of the same loss, the plain batch gradient
-(measured at 0.67 of it for the CNN below; 0.98 when every layer output was
-kept alive until the backward and each output gradient was copied for the
-batch-mean scale). The bound, 0.8, sits between the two.
+(measured at 0.73 of it for the document's CNN at batch 64; 1.13 when every
+layer output was kept alive until the backward, each output gradient was
+copied for the batch-mean scale and conv2's patches were built for the norm's
+shape test). The bound, 0.9, sits between the two.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -22,29 +22,18 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import fdl
+from benchmarks.per_sample import _fdl_model
 from fdl._per_sample import rules as _rules
 
 B = 64
 
 
 def _cnn() -> tuple[Any, Any, tuple[torch.Tensor, torch.Tensor]]:
-    nn = fdl.nn
-    net = nn.Sequential(
-        OrderedDict(
-            c1=nn.Conv2d(1, 8, 3, padding=1),
-            r1=nn.ReLU(),
-            p1=nn.MaxPool2d(2),  # (B, 8, 8, 8)
-            c2=nn.Conv2d(8, 16, 3, padding=1),
-            r2=nn.ReLU(),
-            p2=nn.MaxPool2d(2),  # (B, 16, 4, 4)
-            f=nn.Flatten(),
-            fc=nn.Linear(256, 10),
-            ls=nn.LogSoftmax(dim=1),
-        )
-    )
+    """The document's MNIST CNN (the DP-SGD benchmark's model) and a batch of ``B`` images."""
+    net = _fdl_model()
     params = net.init(fdl.random.key(0))
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(B, 1, 16, 16, generator=g), torch.randint(0, 10, (B,), generator=g)
+    x, y = torch.randn(B, 1, 28, 28, generator=g), torch.randint(0, 10, (B,), generator=g)
     return params, lambda p, x, y: fdl.losses.nll_loss(net.apply(p, x), y), (x, y)
 
 
@@ -76,7 +65,7 @@ def test_dp_grads_hold_less_than_the_batch_gradient():
     key = fdl.random.key(1)
     got = _peak_bytes(lambda: dp(params, key, *batch))
     plain = _peak_bytes(lambda: torch.func.grad(loss_fn)(params, *batch))
-    assert got < 0.8 * plain, (got, plain)
+    assert got < 0.9 * plain, (got, plain)
 
 
 def test_eager_records_keep_no_layer_output():
@@ -86,14 +75,14 @@ def test_eager_records_keep_no_layer_output():
     rec = _rules.Recorder(flat)
     with torch.enable_grad(), rec:
         loss_fn(fdl.tree.unflatten(fdl.tree.structure(params), flat), *batch)
-    assert len(rec.records) == 3
+    assert len(rec.records) == 4  # conv1, conv2, fc1, fc2
     for r in rec.records:
         assert r.out.device.type == "meta" and r.edge is not None
 
 
-@pytest.mark.parametrize("elems", [1, 3000, 1 << 20])
+@pytest.mark.parametrize("elems", [1, 50000, 1 << 20])
 def test_chunked_conv_per_example_grads_equal_vmap(monkeypatch, elems):
-    # 1: one example per chunk; 3000: uneven chunks of the 1152-element conv c2; else one chunk
+    # 1: one example per chunk; 50000: uneven chunks (conv2's 18432-element weight, 10 rows)
     monkeypatch.setattr(_rules, "CONV_CHUNK_ELEMS", elems)
     params, loss_fn, batch = _cnn()
     x, y = batch[0][:10], batch[1][:10]
@@ -101,8 +90,8 @@ def test_chunked_conv_per_example_grads_equal_vmap(monkeypatch, elems):
     want = fdl.per_sample_grads(loss_fn, method="vmap")(params, x, y)
     leaves = zip(fdl.tree.paths(got), fdl.tree.leaves(got), fdl.tree.leaves(want), strict=True)
     for path, a, b in leaves:
-        # float32: sums of at most ~600 products, reordered
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=path)
+        # float32: sums of at most ~3000 products of O(1) values, reordered
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()), msg=path)
 
 
 def test_conv_norm_takes_no_patches_when_the_gram_form_is_not_used(monkeypatch):
