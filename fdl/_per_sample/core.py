@@ -68,8 +68,13 @@ class Factored:
         params: list[torch.Tensor],
         n: int,
         table: list[_views.Slot],
+        scale: float | torch.Tensor = 1.0,
     ) -> None:
         self.records = records
+        # every per-example gradient is ``scale`` times the one the records' factors give
+        # (``B`` for a batch-mean loss): folded into norms and weights, never into the
+        # output gradients themselves, which would copy each of them
+        self.scale = scale
         self.params = params
         self.n = n
         self.table = table
@@ -97,7 +102,7 @@ class Factored:
         return out.to(p.dtype)
 
     def materialize(self) -> list[torch.Tensor]:
-        return [self._leaf(i) for i in range(len(self.params))]
+        return [scaled(self._leaf(i), self.scale) for i in range(len(self.params))]
 
     def sq_norms(self) -> torch.Tensor:
         total = None
@@ -114,9 +119,10 @@ class Factored:
                 s = self._leaf(i).flatten(1).square().sum(1)
             total = s if total is None else total + s
         assert total is not None  # every record has a weight slot, and there is a record
-        return total
+        return scaled(total, self.scale**2)
 
     def weighted_sum(self, w: torch.Tensor) -> list[torch.Tensor]:
+        w = scaled(w, self.scale)
         out = []
         for p, slots in zip(self.params, self.slots, strict=True):
             acc = torch.zeros_like(p)
@@ -134,6 +140,13 @@ class Factored:
     def rule_kinds(self) -> list[tuple[str, ...]]:
         """Per parameter leaf, the kinds of the rules that give its gradients."""
         return [tuple(sorted({r.kind for r, _ in slots})) for slots in self.slots]
+
+
+def scaled(t: torch.Tensor, s: float | torch.Tensor) -> torch.Tensor:
+    """``t · s`` (``t`` itself when ``s`` is the number 1); a tensor ``s`` keeps ``t``'s dtype."""
+    if isinstance(s, torch.Tensor):
+        return t * s.to(t.dtype)
+    return t if s == 1.0 else t * s
 
 
 class Chunked:
@@ -335,7 +348,7 @@ def _record_eager(
         loss, aux = run(req, rec)
         records = rec.records
         _check_records(records, n)
-        wrt = [r.out for r in records] + [p for p in req if p.requires_grad]
+        wrt = [r.edge for r in records] + [p for p in req if p.requires_grad]
         if not loss.requires_grad:
             raise NoRule("the loss does not depend on the parameters")
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
@@ -346,8 +359,8 @@ def _record_eager(
             paths = _tree.paths(_tree.unflatten(treedef, list(range(len(req)))))
             raise NoRule(f"parameter {paths[i]!r} is used outside the layers with rules")
     for r, g in zip(records, grads[:n_rec], strict=True):
-        r.g = torch.zeros_like(r.out) if g is None else g
-        r.out = None  # type: ignore[assignment]  # drop the graph (out is never read again)
+        r.g = torch.zeros(r.out.shape, dtype=r.out.dtype, device=r.a.device) if g is None else g
+        r.edge = None  # drop the graph (out is never read again)
     return loss, aux, records, rec.slots
 
 
@@ -506,16 +519,14 @@ def rules_factored(
         j = _loudest(records)
         one_batch = tuple(_tree.map(lambda t: t.index_select(0, j), tuple(batch)))  # (1, ...)
         _, _, one, _ = _record(loss_fn, flat, treedef, one_batch, has_aux, 1)
-        scale = _reduction_scale_traced(records, one, n, j)
-        for r in records:
-            r.g = r.g * scale.to(r.g.dtype)  # undo a batch mean (scale n) or keep a sum (1)
+        # undo a batch mean (scale n) or keep a sum (1)
+        scale: float | torch.Tensor = _reduction_scale_traced(records, one, n, j)
     elif n > 1:
         _, _, one, _ = _record(loss_fn, flat, treedef, _slice(batch, 0, 1), has_aux, 1)
-        c = _reduction_scale(records, one, n)
-        if c != 1.0:
-            for r in records:
-                r.g = r.g * n  # undo the batch mean: per-example output gradients
-    return loss, aux, Factored(records, flat, n, table)
+        scale = 1.0 if _reduction_scale(records, one, n) == 1.0 else float(n)  # n: a mean
+    else:
+        scale = 1.0
+    return loss, aux, Factored(records, flat, n, table, scale)
 
 
 def try_rules(

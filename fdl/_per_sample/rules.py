@@ -26,6 +26,7 @@ input and the output tensor of each call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,8 @@ class Record:
     weight: int  # slot of the weight (the table of an embedding, the broadcast parameter)
     bias: int | None  # slot of the bias, if any
     a: torch.Tensor  # the layer input (detached; the indices of an embedding)
-    out: torch.Tensor  # the layer output (in the graph)
+    # the layer output; recorded for autograd ("graph"), a meta tensor of its shape and dtype
+    out: torch.Tensor
     weight_shape: tuple[int, ...] = ()
     nd: int = 0  # spatial dims of a conv (1 or 2)
     stride: tuple[int, ...] = ()
@@ -76,11 +78,19 @@ class Record:
     # per-example output grad: None only until core._record sets it, before any rule reads it
     g: torch.Tensor = field(default=None, repr=False)  # type: ignore[assignment]
     gw: torch.Tensor | None = field(default=None, repr=False)  # per-example weight grads, if formed
+    edge: Any = field(default=None, repr=False)  # "graph": the output's autograd edge
 
 
 def _as_graph_node(out: torch.Tensor) -> torch.Tensor:
-    """A first layer on plain data gives an output outside the graph: make it a leaf."""
-    return out if out.requires_grad else out.requires_grad_()
+    """A first layer on plain data gives an output outside the graph: add a zero leaf to it.
+
+    ``out + 0`` with a tracked 0-d zero rather than ``out`` made a leaf: a leaf's
+    graph edge holds the leaf, an addition's holds nothing, so the output is freed
+    as soon as the forward no longer needs it.
+    """
+    if out.requires_grad:
+        return out
+    return out + torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True)
 
 
 # F.embedding's parameters in order (bound by hand: Dynamo does not trace inspect.signature)
@@ -147,6 +157,19 @@ class Recorder(TorchFunctionMode):
             return out + self.perturb[len(self.records)]  # type: ignore[index]
         return out if self.outputs == "probe" else _as_graph_node(out)
 
+    def _keep(self, r: Record) -> None:
+        """Keep ``r``; for autograd (``"graph"``) only the output's edge and shape.
+
+        ``torch.autograd.grad`` reaches the output's gradient through its graph
+        edge, which does not hold the output: the output is freed as soon as
+        the forward no longer needs it (a ReLU keeps its own output, not its
+        input), instead of staying alive until the backward.
+        """
+        if self.outputs == "graph":
+            r.edge = torch.autograd.graph.get_gradient_edge(r.out)
+            r.out = torch.empty(r.out.shape, dtype=r.out.dtype, device="meta")
+        self.records.append(r)
+
     def _slot(self, t: Any) -> int | None:
         if not isinstance(t, torch.Tensor):
             return None
@@ -199,7 +222,7 @@ class Recorder(TorchFunctionMode):
             return None
         out = _LINEAR(x, weight.detach(), None if bias is None else bias.detach())
         out = self._emit(out)
-        self.records.append(Record("linear", w_slot, b_slot, x.detach(), out))
+        self._keep(Record("linear", w_slot, b_slot, x.detach(), out))
         return out
 
     def _embedding(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -221,7 +244,7 @@ class Recorder(TorchFunctionMode):
         if pad is not None and pad < 0:
             pad += weight.shape[0]
         out = self._emit(_EMBEDDING(idx, weight.detach(), pad))
-        self.records.append(
+        self._keep(
             Record(
                 "embedding", w_slot, None, idx.detach(), out,
                 weight_shape=tuple(weight.shape), padding_idx=pad,
@@ -248,7 +271,7 @@ class Recorder(TorchFunctionMode):
         if out.shape != a.shape:
             return None
         out = self._emit(out)
-        self.records.append(
+        self._keep(
             Record(kind, w_slot, None, a.detach(), out, weight_shape=tuple(w.shape))  # type: ignore[arg-type]
         )
         return out
@@ -294,7 +317,7 @@ class Recorder(TorchFunctionMode):
             groups,
         )
         out = self._emit(out)
-        self.records.append(
+        self._keep(
             Record(
                 "conv",
                 w_slot,
@@ -382,6 +405,12 @@ def weight_per_sample(r: Record) -> torch.Tensor:
     return gw.reshape(gw.shape[0], *r.weight_shape)
 
 
+# per-example conv weight gradients formed at once, in elements (4 MiB of float32): a
+# larger batch is done in row chunks, as oneDNN's weight gradient briefly needs more
+# than twice its output
+CONV_CHUNK_ELEMS = 1 << 20
+
+
 def _conv_weight_grouped(r: Record) -> torch.Tensor:
     """Per-example conv weight gradients as one grouped convolution's weight gradient.
 
@@ -391,21 +420,48 @@ def _conv_weight_grouped(r: Record) -> torch.Tensor:
     convolution. oneDNN computes it without the im2col copy (about 1.4x faster
     than patches and a batched matmul for the document's CNN at batch 64 on a
     CPU, float32; other dtypes keep the matmul, which torch's fallback
-    kernels beat for many groups).
+    kernels beat for many groups). Rows go in even chunks of at most
+    ``CONV_CHUNK_ELEMS`` result elements, written into one ``(B, *weight.shape)``
+    result.
     """
     x, g = r.a, r.g
     k, stride, pad, dil = r.weight_shape[2:], r.stride, r.padding, r.dilation
     if r.nd == 1:
         x, g = x.unsqueeze(2), g.unsqueeze(2)
         k, stride, pad, dil = (1, *k), (1, *stride), (0, *pad), (1, *dil)
-    b, c_out, c_in_g = x.shape[0], r.weight_shape[0], r.weight_shape[1]
-    xs = x.reshape(1, b * x.shape[1], *x.shape[2:])  # (1, B·C_in, H, W)
-    gs = g.reshape(1, b * c_out, *g.shape[2:])  # (1, B·C_out, H_out, W_out)
-    w = x.new_empty((b * c_out, c_in_g, *k))  # only its shape is read
+    b = x.shape[0]
+    chunks = -(-b * math.prod(r.weight_shape) // CONV_CHUNK_ELEMS)  # ceil
+    rows = -(-b // max(chunks, 1))  # even chunks of at most CONV_CHUNK_ELEMS elements
+    if rows >= b:
+        return _grouped_weight_grad(x, g, r.weight_shape, k, stride, pad, dil, r.groups)
+    out = x.new_empty((b, *r.weight_shape))  # (B, C_out, C_in/groups, *k)
+    for s in range(0, b, rows):
+        part = _grouped_weight_grad(
+            x[s : s + rows], g[s : s + rows], r.weight_shape, k, stride, pad, dil, r.groups
+        )
+        out[s : s + rows] = part  # a fresh buffer of this function's own
+    return out
+
+
+def _grouped_weight_grad(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight_shape: tuple[int, ...],
+    k: tuple[int, ...],
+    stride: tuple[int, ...],
+    pad: tuple[int, ...],
+    dil: tuple[int, ...],
+    groups: int,
+) -> torch.Tensor:
+    """``(b, *weight_shape)`` weight gradients of the ``b`` examples of ``x``, ``g`` (2-d)."""
+    b, c_out, c_in_g = x.shape[0], weight_shape[0], weight_shape[1]
+    xs = x.reshape(1, b * x.shape[1], *x.shape[2:])  # (1, b·C_in, H, W)
+    gs = g.reshape(1, b * c_out, *g.shape[2:])  # (1, b·C_out, H_out, W_out)
+    w = x.new_empty(()).expand(b * c_out, c_in_g, *k)  # only its shape is read: no storage
     _, gw, _ = torch.ops.aten.convolution_backward(
-        gs, xs, w, None, stride, pad, dil, False, (0,) * 2, b * r.groups, [False, True, False]
+        gs, xs, w, None, stride, pad, dil, False, (0,) * 2, b * groups, [False, True, False]
     )
-    return gw.reshape(b, *r.weight_shape)  # (B, C_out, C_in/groups, *k)
+    return gw.reshape(b, *weight_shape)  # (b, C_out, C_in/groups, *k)
 
 
 def bias_per_sample(r: Record) -> torch.Tensor:
@@ -435,9 +491,11 @@ def weight_sq_norms(r: Record) -> torch.Tensor:
         if t * t * (n_in + n_out) < t * n_in * n_out:
             return _gram_sq_norms(a, g)
         return torch.bmm(g.transpose(1, 2), a).square().sum((1, 2))
-    a, g = _conv_factors(r)
-    n_k, n_out, l_out = a.shape[2], g.shape[2], a.shape[3]
+    n_k = math.prod(r.weight_shape[1:])  # C_in/groups·k: rows of a group's patches
+    n_out = r.weight_shape[0] // r.groups
+    l_out = math.prod(r.g.shape[2:])  # output positions
     if r.groups == 1 and l_out * l_out * (n_k + n_out) < l_out * n_k * n_out:
+        a, g = _conv_factors(r)  # the patches only where the Gram form reads them
         return _gram_sq_norms(a[:, 0].transpose(1, 2), g[:, 0].transpose(1, 2))
     # a convolution's per-example gradients are small: keep them for weighted sums
     r.gw = weight_per_sample(r)

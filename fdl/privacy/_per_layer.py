@@ -46,13 +46,13 @@ def leaf_sq_norms(rep: Any) -> list[torch.Tensor]:
     for p, slots in zip(rep.params, rep.slots, strict=True):
         if len(slots) == 1:  # views are norm preserving: the rule's norm is the leaf's
             r, role = slots[0]
-            out.append(_RULES[role][1](r).to(p.dtype))
+            out.append(_core.scaled(_RULES[role][1](r).to(p.dtype), rep.scale**2))
             continue
         # unused (zero), or shared by several layer calls: sum the parts, then square
         g = torch.zeros((rep.n, *p.shape), dtype=p.dtype, device=p.device)
         for r, role in slots:
             g = g + _lift(rep, r, role, _RULES[role][0](r)).to(p.dtype)
-        out.append(g.flatten(1).square().sum(1))
+        out.append(_core.scaled(g.flatten(1).square().sum(1), rep.scale**2))
     return out
 
 
@@ -65,6 +65,7 @@ def leaf_weighted_sums(rep: Any, weights: list[torch.Tensor]) -> list[torch.Tens
         ]
     out = []
     for p, slots, w in zip(rep.params, rep.slots, weights, strict=True):
+        w = _core.scaled(w, rep.scale)
         total = torch.zeros_like(p)
         for r, role in slots:
             part = _RULES[role][2](r, w).unsqueeze(0)  # (1, *slot shape)
