@@ -5,9 +5,13 @@ around them (Python, dispatch, autograd's engine, dynamo's guards, pytree
 flattening, allocation). :func:`profile_breakdown` runs a step under
 ``torch.profiler`` and sums each event's *self* time into one class:
 
+- ``conv fwd`` / ``conv bwd``: the convolutions (``aten::mkldnn_convolution``
+  and the ops around it) and their backward (``aten::convolution_backward``);
 - ``matmul fwd``: ``aten::addmm`` (every peer's forward linear layers; compiled
   code calls it as an extern kernel);
 - ``matmul bwd``: ``aten::mm`` / ``aten::bmm`` (the input and weight gradients);
+- ``pooling``: max-pooling forward and backward (torch's kernels, inductor's
+  pooling kernels, and the scatter-add of an image-shaped pooling backward);
 - ``elementwise``: ReLU forward and backward, bias gradients, every other kernel;
 - ``loss``: log-softmax and NLL, forward and backward;
 - ``Adam``: the optimizer update (everything under ``Optimizer.step`` of an
@@ -32,13 +36,16 @@ from typing import Any
 
 import torch
 
+CONV_FWD = "conv fwd"
+CONV_BWD = "conv bwd"
 MATMUL_FWD = "matmul fwd"
 MATMUL_BWD = "matmul bwd"
+POOLING = "pooling"
 ELEMENTWISE = "elementwise"
 LOSS = "loss"
 ADAM = "Adam"
 FRAMEWORK = "framework"
-KERNEL_CLASSES = (MATMUL_FWD, MATMUL_BWD, ELEMENTWISE, LOSS, ADAM)
+KERNEL_CLASSES = (CONV_FWD, CONV_BWD, MATMUL_FWD, MATMUL_BWD, POOLING, ELEMENTWISE, LOSS, ADAM)
 
 _MATMUL = {"aten::addmm": MATMUL_FWD, "aten::mm": MATMUL_BWD, "aten::bmm": MATMUL_BWD}
 _LOSS_OPS = {
@@ -84,16 +91,23 @@ _NO_KERNEL = {
 }
 # inductor kernel names list the ops they fuse: cpp_fused_<op>_<op>_..._<n>
 _ADAM_TOKENS = {"addcmul", "lerp", "sqrt"}
+_POOL_TOKENS = {"pool2d", "pool1d", "pool3d", "offsets"}
+_SCATTER = {"aten::scatter_reduce_", "aten::scatter_add_", "aten::scatter_add"}
 _LOSS_TOKENS = {"log", "exp", "amax", "gather", "scatter", "nll"}
 _OPTIMIZER_STEP = "Optimizer.step"
 
 
-def kernel_class(name: str, ancestors: Sequence[str] = ()) -> str | None:
+def kernel_class(
+    name: str, ancestors: Sequence[str] = (), shapes: Sequence[Sequence[int]] = ()
+) -> str | None:
     """The class of one profiler event's self time, or ``None`` for framework time.
 
     Args:
         name: the event's name (``aten::addmm``, ``cpp_fused_relu_1``, ...).
         ancestors: the names of the events it runs inside, outermost first.
+        shapes: the event's input shapes, where recorded: a scatter into a
+            tensor of three or more dimensions is a pooling backward (the
+            loss's scatter writes ``(B, classes)``).
 
     Returns:
         One of :data:`KERNEL_CLASSES`, or ``None``.
@@ -105,16 +119,26 @@ def kernel_class(name: str, ancestors: Sequence[str] = ()) -> str | None:
         'elementwise'
         >>> kernel_class("aten::mul_", ["Optimizer.step#Adam.step"])
         'Adam'
+        >>> kernel_class("aten::convolution_backward"), kernel_class("cpp_fused_max_pool2d_1")
+        ('conv bwd', 'pooling')
+        >>> kernel_class("aten::scatter_add_", shapes=[[64, 64, 576]])
+        'pooling'
     """
     if "cpp_fused" in name:  # graph_0_cpp_fused_relu_1
         tokens = set(name.split("_"))
         if tokens & _ADAM_TOKENS:
             return ADAM
+        if tokens & _POOL_TOKENS:
+            return POOLING
         return LOSS if tokens & _LOSS_TOKENS else ELEMENTWISE
     if not name.startswith("aten::") or name in _NO_KERNEL:
         return None
     if name in _MATMUL:
         return _MATMUL[name]
+    if "convolution" in name or name.startswith(("aten::conv1d", "aten::conv2d", "aten::conv3d")):
+        return CONV_BWD if "backward" in name else CONV_FWD
+    if "pool" in name or (name in _SCATTER and shapes and len(shapes[0]) >= 3):
+        return POOLING
     if name in _ADAM_OPS or any(a.startswith(_OPTIMIZER_STEP) for a in ancestors):
         return ADAM
     return LOSS if name in _LOSS_OPS else ELEMENTWISE
@@ -145,7 +169,7 @@ def classify_events(events: Sequence[Any]) -> dict[str, float]:
     """
     out = dict.fromkeys(KERNEL_CLASSES, 0.0)
     for e in events:
-        cls = kernel_class(e.name, _ancestors(e))
+        cls = kernel_class(e.name, _ancestors(e), getattr(e, "input_shapes", None) or ())
         if cls is not None:
             out[cls] += e.self_cpu_time_total
     return out
@@ -161,7 +185,7 @@ def profile_breakdown(call: Callable[[], Any], steps: int = 10) -> dict[str, flo
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             call()
@@ -213,13 +237,15 @@ def markdown(rows: Sequence[Any]) -> str:
         >>> from types import SimpleNamespace as R
         >>> row = R(peer="fdl", extra={"breakdown": {"matmul fwd": 1.0, "framework": 0.5}})
         >>> print(markdown([row]).splitlines()[4])
-        | fdl | 1.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.50 | 1.50 |
+        | fdl | 1.00 | 0.50 | 1.50 |
     """
     profiled = [r for r in rows if r.extra.get("breakdown")]
     pieces = [r for r in rows if r.extra.get("pieces_ms")]
     if not (profiled or pieces):
         return ""
-    cols = (*KERNEL_CLASSES, FRAMEWORK)
+    # the classes some row has time in (an MLP has no convolutions)
+    used = [c for c in KERNEL_CLASSES if any(r.extra["breakdown"].get(c) for r in profiled)]
+    cols = (*used, FRAMEWORK)
     out = []
     if profiled:
         out += [

@@ -17,9 +17,10 @@ and on the CNN the same three in channels-last memory (``fdl channels-last``:
 ``make_train_step(..., memory_format="channels_last")``; the torch peers: model
 and input ``.to(memory_format=torch.channels_last)``).
 
-The MLP workload also reports where each peer's time goes (profiler self time
-per kernel class, see :mod:`benchmarks._breakdown`), fdl and torch eager on one
-thread, and the step's 8 matmuls timed alone (MKL on all threads and on one,
+Both workloads report where each peer's time goes (profiler self time per
+kernel class: convolutions, matmuls, pooling, elementwise, loss, Adam and the
+framework rest, see :mod:`benchmarks._breakdown`). The MLP workload also runs
+fdl and torch eager on one thread, and times the step's 8 matmuls alone (MKL on all threads and on one,
 oneDNN; the JAX peer's matmuls are in :mod:`benchmarks.jax_peers`).
 
 Run: ``python -m benchmarks.train_step`` (``--quick`` for fewer repeats;
@@ -340,7 +341,7 @@ def gemm_results(quick: bool = False) -> list[Result]:
 def run(quick: bool = False, workloads: tuple[str, ...] = ("cnn", "mlp")) -> list[Result]:
     """Time one training step of each peer on each workload (``"cnn"``, ``"mlp"``).
 
-    The MLP also gets each peer's time by kernel class, and its 8 matmuls alone.
+    Both get each peer's time by kernel class; the MLP also its 8 matmuls alone.
     """
     k1, k2, k3, k4 = fdl.random.split(fdl.random.key(0), 4)
     results = []
@@ -348,7 +349,9 @@ def run(quick: bool = False, workloads: tuple[str, ...] = ("cnn", "mlp")) -> lis
         cnn_torch, cnn_fdl = load_example("mnist_cnn_torch"), load_example("mnist_cnn")
         x_img = fdl.random.normal(k1, (W.CNN_BATCH, 1, 28, 28))
         y_img = fdl.random.randint(k2, (W.CNN_BATCH,), 0, 10)
-        results += _workload(W.CNN, cnn_torch.CNN, cnn_fdl.CNN(), x_img, y_img, quick)
+        results += _workload(
+            W.CNN, cnn_torch.CNN, cnn_fdl.CNN(), x_img, y_img, quick, breakdown=True
+        )
     if "mlp" in workloads:
         x_vec = fdl.random.normal(k3, (W.MLP_BATCH, 784))
         y_vec = fdl.random.randint(k4, (W.MLP_BATCH,), 0, 10)

@@ -24,6 +24,13 @@ CLASSES = [
     ("aten::_log_softmax", (), B.LOSS),
     ("aten::nll_loss_backward", (), B.LOSS),
     ("aten::scatter_reduce_", ("Torch-Compiled Region: 0/0",), B.LOSS),
+    ("aten::mkldnn_convolution", (), B.CONV_FWD),
+    ("aten::conv2d", (), B.CONV_FWD),
+    ("aten::convolution_backward", (), B.CONV_BWD),
+    ("aten::max_pool2d_with_indices", (), B.POOLING),
+    ("aten::max_pool2d_with_indices_backward", (), B.POOLING),
+    ("graph_0_cpp_fused_max_pool2d_with_indices_relu_2", (), B.POOLING),
+    ("cpp_fused__low_memory_max_pool2d_offsets_to_indices_4", (), B.POOLING),
     ("aten::relu", (), B.ELEMENTWISE),
     ("aten::threshold_backward", (), B.ELEMENTWISE),
     ("aten::sum", (), B.ELEMENTWISE),
@@ -46,11 +53,26 @@ def test_each_event_lands_in_its_class(name: str, ancestors: tuple, expected: st
     assert B.kernel_class(name, ancestors) == expected
 
 
+@pytest.mark.parametrize(
+    ("shapes", "expected"), [([[64, 64, 576]], B.POOLING), ([[64, 10]], B.LOSS), ([], B.LOSS)]
+)
+def test_a_scatter_into_an_image_is_pooling(shapes: list, expected: str) -> None:
+    assert B.kernel_class("aten::scatter_add_", (), shapes) == expected
+
+
 def _eager_step() -> object:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 3 * 3, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 4),
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = torch.randn(8, 32), torch.randint(0, 4, (8,))
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
 
     def call() -> None:
         opt.zero_grad()
@@ -92,8 +114,9 @@ def test_report_has_the_breakdown_table_and_the_jax_pieces(monkeypatch: pytest.M
     ]
     entry = {"name": "x", "results": rows, "flops": {}, "error": None, "seconds": 1.0}
     text = harness.render([entry], quick=True, argv=[], plot=None)
-    assert "| peer | matmul fwd | matmul bwd | elementwise | loss | Adam | framework |" in text
-    assert "| fdl | 0.50 | 0.00 | 0.00 | 0.00 | 0.25 | 1.00 | 1.75 |" in text
+    # only the classes some row has time in
+    assert "| peer | matmul fwd | Adam | framework | profiled wall |" in text
+    assert "| fdl | 0.50 | 0.25 | 1.00 | 1.75 |" in text
     assert f"{W.JAX_PEER}, jitted pieces timed alone (ms): forward 0.40, Adam update 0.20." in text
     table = text.split("Where the time goes")[1].split(W.JAX_PEER)[0]
     assert "| fdl |" in table and "| torch eager |" not in table  # it was not profiled
