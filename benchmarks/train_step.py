@@ -20,8 +20,9 @@ and input ``.to(memory_format=torch.channels_last)``).
 Both workloads report where each peer's time goes (profiler self time per
 kernel class: convolutions, matmuls, pooling, elementwise, loss, Adam and the
 framework rest, see :mod:`benchmarks._breakdown`). The MLP workload also runs
-fdl and torch eager on one thread, and times the step's 8 matmuls alone (MKL on all threads and on one,
-oneDNN; the JAX peer's matmuls are in :mod:`benchmarks.jax_peers`).
+fdl and torch eager on one thread, and times the step's 8 matmuls alone (MKL on
+all threads and on one, oneDNN; the JAX peer's matmuls are in
+:mod:`benchmarks.jax_peers`).
 
 Run: ``python -m benchmarks.train_step`` (``--quick`` for fewer repeats;
 ``--workload mlp --jax`` for the MLP alone, with its JAX peer).

@@ -20,7 +20,8 @@ def _section(title: str) -> str:
 def test_readme_names_the_main_commands() -> None:
     text = README.read_text()
     assert "pip install -e . && python examples/mnist_cnn.py" in text
-    assert 'pip install -e ".[dev]" && python -m pytest -n auto --maxprocesses 4 --dist loadfile' in text
+    test_command = "python -m pytest -n auto --maxprocesses 4 --dist loadfile"
+    assert f'pip install -e ".[dev]" && {test_command}' in text
     assert (README.parent / "examples" / "mnist_cnn.py").is_file()
 
 
