@@ -30,7 +30,6 @@ import torch
 from fdl import random as _random
 from fdl.nn import _functional_layers as _L
 from fdl.nn import _lean_attention as _lean
-from fdl.nn._lean_attention import safe_softmax  # noqa: F401  (importable here, as before)
 
 __all__ = ["scaled_dot_product_attention"]
 
